@@ -1,0 +1,54 @@
+"""tokenlens: explain and check a causal language model's single token choices.
+
+The residual stream of a pre-norm decoder is a sum of writes (embedding, every attention layer, every MLP),
+so with the final norm's scale frozen, a target token's logit splits exactly into per-component terms.
+tokenlens captures those writes with hooks on the real Hugging Face modules and reports the split.
+
+Importing this package is cheap: torch and transformers load only when a model-facing name is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tokenlens.errors import TokenlensError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TokenlensError",
+    "load",
+    "LoadedModel",
+    "attribute",
+    "decompose_logit",
+    "LogitAttribution",
+    "Decomposition",
+    "ZOO",
+    "DEFAULT_MODEL",
+    "__version__",
+]
+
+_LAZY = {
+    "load": "tokenlens.models.loading",
+    "LoadedModel": "tokenlens.models.loading",
+    "ZOO": "tokenlens.models.zoo",
+    "DEFAULT_MODEL": "tokenlens.models.zoo",
+    "attribute": "tokenlens.attribution.direct",
+    "decompose_logit": "tokenlens.attribution.direct",
+    "LogitAttribution": "tokenlens.attribution.result",
+    "Decomposition": "tokenlens.attribution.result",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenlens.attribution.direct import attribute, decompose_logit
+    from tokenlens.attribution.result import Decomposition, LogitAttribution
+    from tokenlens.models.loading import LoadedModel, load
+    from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tokenlens' has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""Turning what a user types into token ids, a position and a target id, with one-line errors.
+
+Target strings are decoded text: ``" Paris"`` with its leading space is one token for most BPE tokenizers,
+``"Paris"`` may be another. A target that tokenizes to several tokens is refused unless the caller opts in
+to its first token. Checkpoints often have more embedding rows than the tokenizer has ids (Qwen3: 151,936
+rows, 151,669 ids); the extra rows are padding, so default targets are chosen among decodable ids only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tokenlens.errors import TokenlensError
+
+
+def decodable_vocab(tokenizer: Any, vocab_size: int) -> int:
+    """How many leading ids of a ``vocab_size``-row head the tokenizer can decode."""
+    return min(len(tokenizer), vocab_size)
+
+
+def decode_token(tokenizer: Any, token_id: int) -> str:
+    """The decoded text of one token id (special tokens included, nothing stripped)."""
+    return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def encode_prompt(tokenizer: Any, prompt: str, *, chat: bool = False, max_positions: int | None = None) -> list[int]:
+    """Token ids of ``prompt``, optionally wrapped as a user turn with the tokenizer's chat template.
+
+    Raises:
+        TokenlensError: The prompt is empty, the tokenizer has no chat template when ``chat`` is asked
+            for, or the prompt is longer than the model's context.
+    """
+    if not prompt or not prompt.strip():
+        raise TokenlensError("the prompt is empty: give some text to predict from")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise TokenlensError("this model's tokenizer has no chat template: drop --chat")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise TokenlensError("the prompt tokenizes to no tokens")
+    if max_positions is not None and len(ids) > max_positions:
+        raise TokenlensError(
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {max_positions}"
+        )
+    return list(ids)
+
+
+def resolve_position(position: int, seq_len: int) -> int:
+    """A non-negative position; negative values count from the end (``-1`` is the last token).
+
+    Raises:
+        TokenlensError: The position is outside the prompt.
+    """
+    if not -seq_len <= position < seq_len:
+        raise TokenlensError(
+            f"position {position} is outside the prompt of {seq_len} tokens (use 0..{seq_len - 1} or -1)"
+        )
+    return position % seq_len
+
+
+def target_from_text(tokenizer: Any, text: str, *, first_token: bool = False) -> int:
+    """The id of the single token ``text`` encodes to.
+
+    Raises:
+        TokenlensError: ``text`` is empty, or encodes to several tokens and ``first_token`` is false (the
+            message names the pieces and the token that ``first_token`` would use).
+    """
+    if text == "":
+        raise TokenlensError("the target is empty: give a token's text, e.g. ' Paris' (leading space included)")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TokenlensError(f"the target {text!r} encodes to no tokens")
+    if len(ids) > 1 and not first_token:
+        pieces = ", ".join(repr(decode_token(tokenizer, i)) for i in ids)
+        raise TokenlensError(
+            f"the target {text!r} is {len(ids)} tokens ({pieces}); pass --first-token (first_token=True) "
+            f"to explain its first token {decode_token(tokenizer, ids[0])!r}"
+        )
+    return int(ids[0])
+
+
+def check_target_id(tokenizer: Any, token_id: int, vocab_size: int) -> int:
+    """``token_id`` if the tokenizer can decode it and the head has a row for it.
+
+    Raises:
+        TokenlensError: The id is outside ``0 .. decodable_vocab - 1``.
+    """
+    limit = decodable_vocab(tokenizer, vocab_size)
+    if not 0 <= token_id < limit:
+        raise TokenlensError(f"target id {token_id} is outside the vocabulary (valid ids: 0..{limit - 1})")
+    return int(token_id)
+
+
+def top_tokens(logits: torch.Tensor, limit: int, k: int) -> torch.Tensor:
+    """Ids of the ``k`` highest ``logits`` among the first ``limit`` ids (the decodable ones), best first."""
+    return logits[:limit].float().topk(min(k, limit)).indices

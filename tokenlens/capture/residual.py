@@ -1,0 +1,119 @@
+"""Capture every write to the residual stream during one real forward pass.
+
+A pre-norm decoder's stream at the final norm is the sum of its writes::
+
+    h_L = embed + Σ_l attn_l + Σ_l mlp_l
+
+Forward hooks on the embedding, on each layer's attention and MLP modules, and a pre-hook on the final norm
+record those writes and ``h_L`` itself. Nothing is re-implemented: the model runs its own forward; the hooks
+only read. Hooks are registered by module object (PEFT wrappers keep the objects) and are always removed,
+also when the forward raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tokenlens.models.specs import ArchitectureSpec
+
+
+@dataclass(frozen=True)
+class ResidualCapture:
+    """The residual-stream writes of one forward pass, at the kept positions.
+
+    Attributes:
+        names: Component names in model order: ``embed``, ``L0.attn``, ``L0.mlp``, ``L1.attn``, …
+        writes: ``(component, batch, pos, d_model)`` each component's write, in the model's dtype.
+        final_input: ``(batch, pos, d_model)`` the stream entering the final norm (``h_L``).
+        positions: ``(pos,)`` the sequence positions kept, ascending.
+    """
+
+    names: tuple[str, ...]
+    writes: torch.Tensor
+    final_input: torch.Tensor
+    positions: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.writes.shape[0] != len(self.names):
+            raise ValueError(f"{len(self.names)} names for {self.writes.shape[0]} writes")
+        if self.writes.shape[1:] != self.final_input.shape:
+            raise ValueError(f"writes {tuple(self.writes.shape)} vs final input {tuple(self.final_input.shape)}")
+
+
+@dataclass
+class _Recorder:
+    """Mutable collector the hooks write into; turned into a :class:`ResidualCapture` after the pass."""
+
+    positions: torch.Tensor | None
+    writes: dict[str, torch.Tensor] = field(default_factory=dict)
+    final_input: torch.Tensor | None = None
+
+    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        if self.positions is not None:
+            tensor = tensor[:, self.positions.to(tensor.device)]  # (batch, kept pos, d_model)
+        return tensor
+
+    def result(self, names: tuple[str, ...]) -> ResidualCapture:
+        missing = [n for n in names if n not in self.writes]
+        if missing or self.final_input is None:
+            raise RuntimeError(f"hooks did not fire for: {', '.join(missing) or 'final norm'}")
+        device = self.final_input.device
+        writes = torch.stack([self.writes[n].to(device) for n in names])  # (component, batch, pos, d)
+        seq = self.final_input.shape[1]
+        positions = self.positions if self.positions is not None else torch.arange(seq)
+        return ResidualCapture(names, writes, self.final_input, positions.cpu())
+
+
+def component_names(spec: ArchitectureSpec, model: nn.Module) -> tuple[str, ...]:
+    """``embed, L0.attn, L0.mlp, …`` for ``model``'s layer count."""
+    n_layers = len(spec.layer_list(model))
+    return ("embed",) + tuple(f"L{i}.{part}" for i in range(n_layers) for part in ("attn", "mlp"))
+
+
+def _first(output: object) -> torch.Tensor:
+    """A module's main output: attention returns ``(output, weights)``, some MoE blocks a tuple too."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+@contextmanager
+def capture_residual(
+    model: nn.Module, spec: ArchitectureSpec, positions: torch.Tensor | None = None
+) -> Iterator[_Recorder]:
+    """Record each residual write of the forward passes run inside the ``with`` block.
+
+    Args:
+        model: A HF causal LM of the family ``spec`` describes, bare or PEFT-wrapped.
+        spec: Its architecture spec.
+        positions: Sequence positions to keep (``None`` keeps all); keeping few saves memory on long prompts.
+
+    Yields:
+        A recorder; call ``.result(component_names(spec, model))`` after the forward pass.
+    """
+    recorder = _Recorder(positions=None if positions is None else positions.long().cpu())
+    handles = []
+
+    def save(name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            recorder.writes[name] = recorder.keep(_first(output))
+
+        return hook
+
+    def save_final(_module: nn.Module, inputs: tuple) -> None:
+        recorder.final_input = recorder.keep(inputs[0])
+
+    try:
+        handles.append(spec.module(model, spec.embed).register_forward_hook(save("embed")))
+        for i, layer in enumerate(spec.layer_list(model)):
+            handles.append(layer.get_submodule(spec.attn).register_forward_hook(save(f"L{i}.attn")))
+            handles.append(layer.get_submodule(spec.mlp).register_forward_hook(save(f"L{i}.mlp")))
+        handles.append(spec.module(model, spec.final_norm).register_forward_pre_hook(save_final))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()

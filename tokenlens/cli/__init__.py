@@ -1,0 +1,95 @@
+"""The ``tokenlens`` command line.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``. Nothing
+here imports torch: ``tokenlens --help`` answers at once, and the model stack loads only when a subcommand
+runs. Every user-facing problem ends as one line on stderr and a non-zero exit code, never a traceback
+(set ``TOKENLENS_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from tokenlens import __version__
+from tokenlens.cli import inspect as inspect_cmd
+from tokenlens.errors import TokenlensError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+EPILOG = """examples:
+  tokenlens inspect --prompt "The capital of France is"
+  tokenlens inspect --prompt "The capital of France is" --target " Paris" --format json --out paris.json
+  tokenlens inspect --model qwen3-tiny --prompt "Hello" --chat
+  tokenlens inspect --model Qwen/Qwen3-0.6B --prompt "The capital of France is"   (needs hub access)
+"""
+
+COMMANDS = (inspect_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenlens",
+        description="Explain a causal LM's next-token choice: exact per-component logit attribution.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tokenlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _quiet_libraries()
+    try:
+        return int(args.run(args))
+    except TokenlensError as exc:
+        print(f"tokenlens: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tokenlens: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if os.environ.get("TOKENLENS_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if type(exc).__name__ == "OutOfMemoryError":
+            print(f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)", file=sys.stderr)
+        else:
+            print(
+                f"tokenlens: internal error: {type(exc).__name__}: {message} "
+                "(rerun with TOKENLENS_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
+        return EXIT_FAILURE
+
+
+def console_main() -> None:
+    """Entry point of the ``tokenlens`` console script."""
+    sys.exit(main())
+
+
+def _quiet_libraries() -> None:
+    """Send tokenlens's progress notes to stderr; silence transformers' progress bars and chatter."""
+    logging.basicConfig(level=logging.INFO, format="tokenlens: %(message)s", stream=sys.stderr)
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")

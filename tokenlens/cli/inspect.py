@@ -1,0 +1,112 @@
+"""``tokenlens inspect``: explain one next-token prediction, component by component."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tokenlens.errors import TokenlensError
+
+EPILOG = """examples:
+  tokenlens inspect --prompt "The capital of France is"
+  tokenlens inspect --prompt "The capital of France is" --target " Paris"
+  tokenlens inspect --prompt "The capital of France is" --target " Parisian" --first-token
+  tokenlens inspect --prompt "The capital of France is" --position 2 --target-id 7042
+  tokenlens inspect --model qwen3-tiny --prompt "Hi" --chat --format json --out out/hi.json
+  tokenlens inspect --model path/to/adapter --base Qwen/Qwen3-0.6B --prompt "..."
+
+Target strings are decoded text: " Paris" (leading space included) is usually a different token from
+"Paris". Without --target the model's top-1 token (among ids the tokenizer can decode) is explained.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="explain a next-token logit, per embedding / attention / MLP layer",
+        description="Split the target token's logit exactly over the model's residual-stream components.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(p)
+    p.add_argument("--prompt", required=True, help="text to predict from (used as is unless --chat)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target", metavar="TOKEN", help='token to explain, as decoded text, e.g. " Paris"')
+    target.add_argument("--target-id", metavar="N", type=int, help="token to explain, by id")
+    p.add_argument("--first-token", action="store_true", help="accept a multi-token --target; explain its first token")
+    p.add_argument("--position", type=int, default=-1, help="prompt position to explain (default -1: the last)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn with the chat template")
+    p.add_argument("--top-k", type=int, default=10, help="how many alternative tokens to list (default 10)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
+    p.set_defaults(run=run)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model-loading options shared by every subcommand that loads a model."""
+    p.add_argument("--model", default="smollm2-135m", help="zoo name, checkpoint folder, .gguf file, adapter "
+                   "folder or hub id (default: smollm2-135m)")
+    p.add_argument("--base", help="base model of a PEFT adapter folder (default: from adapter_config.json)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device-map", help="shard over GPUs with from_pretrained's device_map (e.g. auto)")
+    p.add_argument("--quantize", choices=("4bit", "8bit"), help="load weights quantised with bitsandbytes")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weight files (they can run code)")
+
+
+def load_from_args(args: argparse.Namespace):
+    """:func:`tokenlens.load` with the options of :func:`add_model_options`."""
+    from tokenlens.models.loading import load
+
+    return load(
+        args.model,
+        base=args.base,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        quantize=args.quantize,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise TokenlensError("--top-k must be at least 1")
+    if not args.prompt.strip():  # fail before loading a model
+        raise TokenlensError("the prompt is empty: give some text to predict from")
+    from tokenlens.attribution.direct import attribute
+
+    loaded = load_from_args(args)
+    result = attribute(
+        loaded,
+        args.prompt,
+        target=args.target,
+        target_id=args.target_id,
+        first_token=args.first_token,
+        position=args.position,
+        chat=args.chat,
+        top_k=args.top_k,
+    )
+    if args.format == "json":
+        from tokenlens.report.json_report import attribution_to_json
+
+        text = attribution_to_json(result)
+    elif args.out:
+        from tokenlens.report.terminal import attribution_to_text
+
+        text = attribution_to_text(result)
+    else:
+        from tokenlens.report.terminal import print_attribution
+
+        print_attribution(result)
+        return 0
+    if args.out:
+        from tokenlens.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"tokenlens: wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

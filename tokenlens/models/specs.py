@@ -1,0 +1,116 @@
+"""Where each supported model family keeps the parts tokenlens hooks.
+
+Every supported family is a pre-norm decoder: an embedding writes the first residual-stream vector, each
+layer reads the stream and adds an attention write and an MLP write, a final RMSNorm rescales the stream and
+the head reads logits off it. The families differ only in module paths and in which linears carry biases, so
+each family is one declarative :class:`ArchitectureSpec` record; adding a family means adding a record,
+not branching on model classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tokenlens.errors import TokenlensError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Module paths of one model family, relative to the bare ``*ForCausalLM`` model.
+
+    Attributes:
+        family: Short name shown to users.
+        model_types: ``config.model_type`` values this record covers.
+        embed: Token embedding module (its output is the first residual write).
+        layers: The ``ModuleList`` of decoder layers.
+        attn: Attention module inside a layer; its output's first element is the layer's attention write.
+        mlp: Feed-forward module inside a layer; its output is the layer's MLP write.
+        attn_out: The linear inside a layer that projects attention onto the stream (``o_proj``).
+        mlp_out: The linear inside a layer that projects the MLP onto the stream (``down_proj``), or
+            ``None`` where a layer's MLP is a mixture of experts with no single output linear.
+        final_norm: The RMSNorm applied before the head.
+        head: The unembedding (``lm_head``).
+        moe: Layers may hold a routed mixture-of-experts block.
+        qkv_bias: q/k/v projections carry biases (Qwen2).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    embed: str = "model.embed_tokens"
+    layers: str = "model.layers"
+    attn: str = "self_attn"
+    mlp: str = "mlp"
+    attn_out: str = "self_attn.o_proj"
+    mlp_out: str | None = "mlp.down_proj"
+    final_norm: str = "model.norm"
+    head: str = "lm_head"
+    moe: bool = False
+    qkv_bias: bool = False
+
+    def layer_list(self, model: nn.Module) -> list[nn.Module]:
+        """The decoder layers of ``model`` (a bare HF model or a PEFT wrapper), in order."""
+        return list(bare_model(model).get_submodule(self.layers))
+
+    def module(self, model: nn.Module, path: str) -> nn.Module:
+        """The live module at ``path`` of ``model`` (PEFT wrappers are looked through)."""
+        return bare_model(model).get_submodule(path)
+
+
+SPECS: tuple[ArchitectureSpec, ...] = (
+    ArchitectureSpec(family="qwen3", model_types=("qwen3",)),
+    ArchitectureSpec(family="qwen3_moe", model_types=("qwen3_moe",), mlp_out=None, moe=True),
+    ArchitectureSpec(family="qwen2", model_types=("qwen2",), qkv_bias=True),
+    ArchitectureSpec(family="llama", model_types=("llama",)),
+)
+
+
+def supported_model_types() -> list[str]:
+    """Every ``config.model_type`` tokenlens can attribute, sorted."""
+    return sorted(t for spec in SPECS for t in spec.model_types)
+
+
+def spec_for_config(config: Any) -> ArchitectureSpec:
+    """The spec for a HF config (or anything with ``model_type``).
+
+    Raises:
+        TokenlensError: The architecture is not supported; the message lists the supported ones.
+    """
+    model_type = getattr(config, "model_type", None)
+    for spec in SPECS:
+        if model_type in spec.model_types:
+            return spec
+    arch = ", ".join(getattr(config, "architectures", None) or []) or "unknown class"
+    raise TokenlensError(
+        f"unsupported architecture {model_type!r} ({arch}); supported: {', '.join(supported_model_types())}"
+    )
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The underlying HF ``*ForCausalLM`` of a PEFT-wrapped model, or ``model`` itself.
+
+    PEFT keeps the original module objects, so hooks registered on the bare model's modules are live in
+    the wrapped model too.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def spec_for_model(model: nn.Module) -> ArchitectureSpec:
+    """The spec for a loaded model (bare or PEFT-wrapped)."""
+    return spec_for_config(bare_model(model).config)
+
+
+def linear_bias(model: nn.Module, path: str) -> Any:
+    """The bias tensor of the linear at ``path`` (looking through PEFT/LoRA wrappers), or ``None``."""
+    try:
+        module = bare_model(model).get_submodule(path)
+    except AttributeError:
+        return None
+    get_base_layer = getattr(module, "get_base_layer", None)
+    if callable(get_base_layer):
+        module = get_base_layer()
+    return getattr(module, "bias", None)
