@@ -18,8 +18,8 @@ from torch import nn
 
 from tokenlens.attribution import inputs
 from tokenlens.attribution.result import Decomposition, LogitAttribution, TokenScore
-from tokenlens.errors import TokenlensError
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
+from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import ArchitectureSpec, bare_model, linear_bias, spec_for_model
 
@@ -44,7 +44,9 @@ def run_with_capture(
     return recorder.result(component_names(spec, model)), output.logits.detach()
 
 
-def _readout(model: nn.Module, spec: ArchitectureSpec) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
+def _readout(
+    model: nn.Module, spec: ArchitectureSpec
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
     """The head weight ``(vocab, d)``, final-norm weight ``(d,)``, its epsilon and the head bias, if any."""
     head = spec.module(model, spec.head)
     head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
@@ -56,7 +58,7 @@ def _readout(model: nn.Module, spec: ArchitectureSpec) -> tuple[torch.Tensor, to
 
 
 def _layer_bias_terms(model: nn.Module, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
-    """Constant bias vectors the layers' output linears add to the stream, keyed by the write they belong to."""
+    """Constant bias vectors the layers' output linears add to the stream, keyed by their layer's write."""
     terms = {}
     for i in range(len(spec.layer_list(model))):
         for part, path in (("attn", spec.attn_out), ("mlp", spec.mlp_out)):
@@ -105,7 +107,7 @@ def decompose(
     names: list[str] = []
     vectors: list[torch.Tensor] = []
     biases = _layer_bias_terms(model, spec)
-    for name, write in zip(capture.names, writes):
+    for name, write in zip(capture.names, writes, strict=False):
         bias = biases.get(name)
         if bias is None:
             names.append(name)

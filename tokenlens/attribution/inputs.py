@@ -25,7 +25,9 @@ def decode_token(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def encode_prompt(tokenizer: Any, prompt: str, *, chat: bool = False, max_positions: int | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, prompt: str, *, chat: bool = False, max_positions: int | None = None
+) -> list[int]:
     """Token ids of ``prompt``, optionally wrapped as a user turn with the tokenizer's chat template.
 
     Raises:
@@ -73,7 +75,9 @@ def target_from_text(tokenizer: Any, text: str, *, first_token: bool = False) ->
             message names the pieces and the token that ``first_token`` would use).
     """
     if text == "":
-        raise TokenlensError("the target is empty: give a token's text, e.g. ' Paris' (leading space included)")
+        raise TokenlensError(
+            "the target is empty: give a token's text, e.g. ' Paris' (leading space included)"
+        )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise TokenlensError(f"the target {text!r} encodes to no tokens")

@@ -52,7 +52,9 @@ class Decomposition:
 
     def __post_init__(self) -> None:
         if self.contributions.shape != (len(self.names),):
-            raise ValueError(f"{len(self.names)} names for contributions of shape {tuple(self.contributions.shape)}")
+            raise ValueError(
+                f"{len(self.names)} names for contributions of shape {tuple(self.contributions.shape)}"
+            )
 
     @property
     def total(self) -> float:
@@ -76,7 +78,9 @@ class Decomposition:
 
     def as_dict(self) -> dict[str, float]:
         """``{name: contribution}`` in model order."""
-        return {name: float(value) for name, value in zip(self.names, self.contributions.tolist())}
+        return {
+            name: float(value) for name, value in zip(self.names, self.contributions.tolist(), strict=False)
+        }
 
 
 @dataclass(frozen=True)

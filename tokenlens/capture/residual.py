@@ -42,7 +42,9 @@ class ResidualCapture:
         if self.writes.shape[0] != len(self.names):
             raise ValueError(f"{len(self.names)} names for {self.writes.shape[0]} writes")
         if self.writes.shape[1:] != self.final_input.shape:
-            raise ValueError(f"writes {tuple(self.writes.shape)} vs final input {tuple(self.final_input.shape)}")
+            raise ValueError(
+                f"writes {tuple(self.writes.shape)} vs final input {tuple(self.final_input.shape)}"
+            )
 
 
 @dataclass

@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if type(exc).__name__ == "OutOfMemoryError":
-            print(f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)", file=sys.stderr)
+            print(
+                f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)",
+                file=sys.stderr,
+            )
         else:
             print(
                 f"tokenlens: internal error: {type(exc).__name__}: {message} "

