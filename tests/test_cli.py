@@ -163,3 +163,10 @@ def test_default_model_shows_paris(smollm2, capsys):
     code, out, err = run_cli(capsys, "inspect", "--prompt", PROMPT)
     assert code == 0, err
     assert "' Paris'" in out and "✓ exact" in out and "L29.mlp" in out
+
+
+def test_models_lists_zoo_and_architectures(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    assert "smollm2-135m" in out and "(default)" in out and "qwen3-tiny" in out
+    assert all(arch in out for arch in ("qwen3", "qwen3_moe", "qwen2", "llama"))

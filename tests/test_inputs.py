@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tokenlens.attribution.direct import attribute
 from tokenlens.errors import TokenlensError
+from tokenlens.models.loading import LoadedModel
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,23 @@ def test_chat_template_wraps_the_prompt(loaded):
     assert result.tokens[0] == "<|im_start|>"
     assert result.tokens[-1] == "\n" and "assistant" in result.tokens
     assert result.decomposition.exact
+
+
+def test_nan_in_the_model_is_a_clear_error(tiny_loaded):
+    loaded = tiny_loaded("llama")
+    with torch.no_grad():
+        loaded.model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(TokenlensError) as exc:
+        attribute(loaded, "Hello there")
+    assert "NaN" in one_line(exc)
+
+
+def test_prompt_tuning_adapter_is_refused_clearly(tiny_loaded):
+    from peft import PromptTuningConfig, get_peft_model
+
+    loaded = tiny_loaded("qwen3-tied-gqa")
+    peft_model = get_peft_model(loaded.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    wrapped = LoadedModel(peft_model, loaded.tokenizer, loaded.spec, "tiny+prompt", "test")
+    with pytest.raises(TokenlensError) as exc:
+        attribute(wrapped, "Hello there")
+    assert "virtual positions" in one_line(exc)

@@ -121,7 +121,9 @@ def test_hub_id_loads_from_a_local_hub_cache(tiny_checkpoint, tmp_path):
 def test_unreachable_hub_id_is_one_line(monkeypatch):
     with pytest.raises(TokenlensError) as exc:
         load("no-such-org/no-such-model")
-    assert "could not read the config of 'no-such-org/no-such-model'" in str(exc.value)
+    assert "'no-such-org/no-such-model' is not a local path, and neither the hub nor its cache" in str(
+        exc.value
+    )
     assert "\n" not in str(exc.value)
 
 
@@ -208,3 +210,20 @@ def test_cuda_requested_without_gpu(tiny_checkpoint):
         pytest.skip("this machine has a GPU")
     with pytest.raises(TokenlensError, match="no CUDA GPU"):
         load(str(tiny_checkpoint), device="cuda")
+
+
+def test_device_map_is_passed_to_from_pretrained(tiny_checkpoint, monkeypatch):
+    """A device map (here all on the CPU) reaches from_pretrained unchanged; attribution still works."""
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    loaded = load(str(tiny_checkpoint), device_map={"": "cpu"})
+    assert seen["device_map"] == {"": "cpu"}
+    assert attribute(loaded, PROMPT).decomposition.exact

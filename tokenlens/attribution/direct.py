@@ -32,6 +32,7 @@ def run_with_capture(
     Returns:
         The captured writes at ``positions`` and the logits there, ``(batch, len(positions), vocab)``.
     """
+    _refuse_virtual_positions(model)
     device = spec.module(model, spec.embed).weight.device
     input_ids = input_ids.to(device)
     with torch.no_grad(), capture_residual(model, spec, positions) as recorder:
@@ -42,6 +43,16 @@ def run_with_capture(
             logits_to_keep=positions.to(device),
         )
     return recorder.result(component_names(spec, model)), output.logits.detach()
+
+
+def _refuse_virtual_positions(model: nn.Module) -> None:
+    """Prompt and prefix tuning add virtual positions the per-position split does not model yet."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        raise TokenlensError(
+            f"{config.peft_type} adapters add virtual positions, which attribution does not handle yet; "
+            "use a LoRA / IA3 adapter"
+        )
 
 
 def _readout(
@@ -103,6 +114,11 @@ def decompose(
     h_final = capture.final_input[batch_index, k].to(device, torch.float32)  # (d,)
     scale = torch.rsqrt(h_final.pow(2).mean() + eps)
     stream_error = float((writes.sum(0) - h_final).abs().max())
+    if not (torch.isfinite(writes).all() and torch.isfinite(logits[batch_index, k]).all()):
+        raise TokenlensError(
+            f"the model produced NaN or infinite values at position {position} (overflow in a low-precision "
+            "dtype? try --dtype float32; or the weights are corrupt)"
+        )
 
     names: list[str] = []
     vectors: list[torch.Tensor] = []

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from tokenlens import __version__
 from tokenlens.cli import inspect as inspect_cmd
+from tokenlens.cli import models as models_cmd
 from tokenlens.errors import TokenlensError
 
 EXIT_USAGE = 2
@@ -27,9 +28,10 @@ EPILOG = """examples:
   tokenlens inspect --prompt "The capital of France is" --target " Paris" --format json --out paris.json
   tokenlens inspect --model qwen3-tiny --prompt "Hello" --chat
   tokenlens inspect --model Qwen/Qwen3-0.6B --prompt "The capital of France is"   (needs hub access)
+  tokenlens models
 """
 
-COMMANDS = (inspect_cmd,)
+COMMANDS = (inspect_cmd, models_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

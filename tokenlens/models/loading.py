@@ -184,6 +184,11 @@ def _load_checkpoint(
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=options.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - hub/network/parse errors all mean "cannot use this ref"
+        if source == "hub":
+            reason = _first_line(exc)
+            raise TokenlensError(
+                f"{ref!r} is not a local path, and neither the hub nor its cache could provide it: {reason}"
+            ) from exc
         raise TokenlensError(f"could not read the config of {ref!r}: {_first_line(exc)}") from exc
     spec = spec_for_config(config)
     if isinstance(location, Path):
