@@ -170,3 +170,22 @@ def test_models_lists_zoo_and_architectures(capsys):
     assert code == 0
     assert "smollm2-135m" in out and "(default)" in out and "qwen3-tiny" in out
     assert all(arch in out for arch in ("qwen3", "qwen3_moe", "qwen2", "llama"))
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "expected"),
+    [
+        (RuntimeError("kaboom\nsecond line"), 1, "internal error: RuntimeError: kaboom"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_unexpected_failures_are_one_line(tiny_checkpoint, monkeypatch, capsys, raised, code, expected):
+    import tokenlens.attribution.direct as direct
+
+    def explode(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(direct, "attribute", explode)
+    result, _, err = run_cli(capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT)
+    assert result == code and expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -8,3 +8,9 @@ where there is one, what to do instead. The CLI prints it without a traceback an
 
 class TokenlensError(Exception):
     """A user-facing problem, reported as one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from tokenlens import __version__
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, first_line
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if os.environ.get("TOKENLENS_DEBUG"):
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = first_line(exc)
         if type(exc).__name__ == "OutOfMemoryError":
             print(
                 f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)",

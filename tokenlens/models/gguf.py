@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, first_line
 from tokenlens.models.assets import cache_dir
 from tokenlens.models.cachedir import build_once
 from tokenlens.models.specs import spec_for_config
@@ -41,22 +41,17 @@ def _convert(path: Path, out: Path) -> None:
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable GGUF"
-        raise TokenlensError(f"could not read GGUF file {path}: {_first_line(exc)}") from exc
+        raise TokenlensError(f"could not read GGUF file {path}: {first_line(exc)}") from exc
     spec_for_config(config)  # refuse an unsupported architecture before dequantising anything
     log.info("converting %s to a safetensors cache once (this takes ~30 s; later loads ~1 s)", path.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001
-        raise TokenlensError(f"could not load GGUF file {path}: {_first_line(exc)}") from exc
+        raise TokenlensError(f"could not load GGUF file {path}: {first_line(exc)}") from exc
     settings = model.config.to_dict()
     settings.pop("quantization_config", None)  # the saved weights are plain float32
     (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
     save_model(model, str(out / "model.safetensors"))  # handles tied embedding/head storage
     tokenizer.save_pretrained(out)
     (out / "tokenlens-source.json").write_text(json.dumps({"gguf": str(path)}, indent=2))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, first_line
 from tokenlens.models.specs import ArchitectureSpec, spec_for_config
 from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
 
@@ -185,11 +185,11 @@ def _load_checkpoint(
         config = AutoConfig.from_pretrained(where, trust_remote_code=options.trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - hub/network/parse errors all mean "cannot use this ref"
         if source == "hub":
-            reason = _first_line(exc)
+            reason = first_line(exc)
             raise TokenlensError(
                 f"{ref!r} is not a local path, and neither the hub nor its cache could provide it: {reason}"
             ) from exc
-        raise TokenlensError(f"could not read the config of {ref!r}: {_first_line(exc)}") from exc
+        raise TokenlensError(f"could not read the config of {ref!r}: {first_line(exc)}") from exc
     spec = spec_for_config(config)
     if isinstance(location, Path):
         _check_weights(location, options.allow_pickle)
@@ -210,7 +210,7 @@ def _load_checkpoint(
     except TokenlensError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise TokenlensError(f"could not load {ref!r}: {_first_line(exc)}") from exc
+        raise TokenlensError(f"could not load {ref!r}: {first_line(exc)}") from exc
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -239,7 +239,7 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
     try:
         adapter_config = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise TokenlensError(f"{folder}/adapter_config.json is not valid JSON: {_first_line(exc)}") from exc
+        raise TokenlensError(f"{folder}/adapter_config.json is not valid JSON: {first_line(exc)}") from exc
     if not isinstance(adapter_config, dict):
         raise TokenlensError(f"{folder}/adapter_config.json is not a JSON object")
     base = base or adapter_config.get("base_model_name_or_path")
@@ -256,19 +256,11 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
             )
         if "adapter_model.bin" not in files:
             raise TokenlensError(f"{folder} has no adapter weights (adapter_model.safetensors)")
-    loaded_base = load(
-        base,
-        dtype=options.dtype,
-        device=options.device,
-        device_map=options.device_map,
-        quantize=options.quantize,
-        trust_remote_code=options.trust_remote_code,
-        allow_pickle=options.allow_pickle,
-    )
+    loaded_base = load(base, **asdict(options))
     try:
         model = PeftModel.from_pretrained(loaded_base.model, str(folder), is_trainable=False)
     except Exception as exc:  # noqa: BLE001 - shape mismatches, corrupt files, wrong base …
-        raise TokenlensError(f"could not apply the adapter {folder} to {base!r}: {_first_line(exc)}") from exc
+        raise TokenlensError(f"could not apply the adapter {folder} to {base!r}: {first_line(exc)}") from exc
     model.eval()
     tokenizer = loaded_base.tokenizer
     if (folder / "tokenizer_config.json").is_file():
@@ -280,8 +272,3 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
                 f"the adapter {folder} ships a tokenizer that differs from its base {base!r}"
             )
     return LoadedModel(model, tokenizer, loaded_base.spec, ref, "peft", path=folder, base_ref=base)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
