@@ -8,16 +8,24 @@ one token's logit is linear, and ``h_L`` is the sum of the writes. So::
 
 exactly, one term per write ``c``. A bias vector that a linear adds to the stream (an ``o_proj`` or
 ``down_proj`` bias) is split off its layer's write as a constant term of its own, and a head bias is the
-``logit_bias`` term. All of it is computed in float32 whatever the model's dtype.
+``logit_bias`` term. All of it is computed in float32 whatever the model's dtype. Finer splits of the layer
+terms (heads, source positions, neurons, experts) are in :mod:`tokenlens.attribution.finer`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Sequence
+from contextlib import ExitStack
+
 import torch
 from torch import nn
 
-from tokenlens.attribution import inputs
-from tokenlens.attribution.result import Decomposition, LogitAttribution, TokenScore
+from tokenlens.attribution import finer, inputs
+from tokenlens.attribution.readout import Readout, make_readout
+from tokenlens.attribution.result import Decomposition, LogitAttribution, SourceSplit, TokenScore
+from tokenlens.capture.internals import InternalsRecorder, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
@@ -25,24 +33,53 @@ from tokenlens.models.specs import ArchitectureSpec, bare_model, linear_bias, sp
 
 
 def run_with_capture(
-    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, positions: torch.Tensor
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[ResidualCapture, torch.Tensor]:
     """One real forward pass of ``input_ids`` ``(batch, seq)``, capturing the stream at ``positions``.
+
+    Args:
+        attention_mask: ``(batch, seq)`` 1 for real tokens, 0 for padding (default: all ones). With left
+            padding, position ids are derived from it so every prompt sees the positions it would alone.
 
     Returns:
         The captured writes at ``positions`` and the logits there, ``(batch, len(positions), vocab)``.
     """
+    capture, _, logits = run_with_internals(model, spec, input_ids, positions, frozenset(), attention_mask)
+    return capture, logits
+
+
+def run_with_internals(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    splits: frozenset[str],
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[ResidualCapture, InternalsRecorder, torch.Tensor]:
+    """:func:`run_with_capture` that also records the layer internals ``splits`` need (see
+    :mod:`tokenlens.capture.internals`)."""
     _refuse_virtual_positions(model)
     device = spec.module(model, spec.embed).weight.device
     input_ids = input_ids.to(device)
-    with torch.no_grad(), capture_residual(model, spec, positions) as recorder:
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq) = arange for unpadded rows
+    with ExitStack() as stack, torch.no_grad():
+        residual = stack.enter_context(capture_residual(model, spec, positions))
+        internals = stack.enter_context(
+            capture_internals(model, spec, tuple(input_ids.shape), positions, splits)
+        )
         output = model(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=mask,
+            position_ids=position_ids,
             use_cache=False,
             logits_to_keep=positions.to(device),
         )
-    return recorder.result(component_names(spec, model)), output.logits.detach()
+    return residual.result(component_names(spec, model)), internals, output.logits.detach()
 
 
 def _refuse_virtual_positions(model: nn.Module) -> None:
@@ -55,30 +92,22 @@ def _refuse_virtual_positions(model: nn.Module) -> None:
         )
 
 
-def _readout(
-    model: nn.Module, spec: ArchitectureSpec
-) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor | None]:
-    """The head weight ``(vocab, d)``, final-norm weight ``(d,)``, its epsilon and the head bias, if any."""
-    head = spec.module(model, spec.head)
-    head = head.get_base_layer() if hasattr(head, "get_base_layer") else head
-    norm = spec.module(model, spec.final_norm)
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    if eps is None:
-        raise ValueError(f"final norm {type(norm).__name__} exposes no epsilon")
-    return head.weight, norm.weight, float(eps), getattr(head, "bias", None)
-
-
 def _layer_bias_terms(model: nn.Module, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
     """Constant bias vectors the layers' output linears add to the stream, keyed by their layer's write."""
     terms = {}
     for i in range(len(spec.layer_list(model))):
         for part, path in (("attn", spec.attn_out), ("mlp", spec.mlp_out)):
-            if path is None:
-                continue
             bias = linear_bias(model, f"{spec.layers}.{i}.{path}")
             if bias is not None:
                 terms[f"L{i}.{part}"] = bias.detach()
     return terms
+
+
+def _kept_index(capture: ResidualCapture, position: int) -> int:
+    matches = (capture.positions == position).nonzero()
+    if len(matches) != 1:
+        raise ValueError(f"position {position} was not captured (kept {capture.positions.tolist()})")
+    return int(matches[0, 0])
 
 
 @torch.no_grad()
@@ -89,6 +118,7 @@ def decompose(
     *,
     position: int,
     target_id: int,
+    contrast_id: int | None = None,
     batch_index: int = 0,
     spec: ArchitectureSpec | None = None,
 ) -> Decomposition:
@@ -98,32 +128,27 @@ def decompose(
         model: The model the capture came from (its head, final norm and biases are read).
         capture: Writes captured by :func:`run_with_capture`; must include ``position``.
         logits: ``(batch, len(capture.positions), vocab)`` the model's logits from the same pass.
-        position: Non-negative sequence position to explain.
+        position: Sequence position to explain (in the captured, possibly padded, sequence).
         target_id: Token whose logit is split.
+        contrast_id: Split ``logit[target] − logit[contrast]`` instead.
         batch_index: Which prompt of the batch.
         spec: The model's spec (looked up when omitted).
     """
     spec = spec or spec_for_model(model)
-    matches = (capture.positions == position).nonzero()
-    if len(matches) != 1:
-        raise ValueError(f"position {position} was not captured (kept {capture.positions.tolist()})")
-    k = int(matches[0, 0])
-    w_u, g, eps, head_bias = _readout(model, spec)
-    device = w_u.device
+    k = _kept_index(capture, position)
+    readout = make_readout(model, spec, capture.final_input[batch_index, k], target_id, contrast_id)
+    device = readout.direction.device
     writes = capture.writes[:, batch_index, k].to(device, torch.float32)  # (component, d)
     h_final = capture.final_input[batch_index, k].to(device, torch.float32)  # (d,)
-    scale = torch.rsqrt(h_final.pow(2).mean() + eps)
-    stream_error = float((writes.sum(0) - h_final).abs().max())
     if not (torch.isfinite(writes).all() and torch.isfinite(logits[batch_index, k]).all()):
         raise TokenlensError(
             f"the model produced NaN or infinite values at position {position} (overflow in a low-precision "
             "dtype? try --dtype float32; or the weights are corrupt)"
         )
-
     names: list[str] = []
     vectors: list[torch.Tensor] = []
     biases = _layer_bias_terms(model, spec)
-    for name, write in zip(capture.names, writes, strict=False):
+    for name, write in zip(capture.names, writes, strict=True):
         bias = biases.get(name)
         if bias is None:
             names.append(name)
@@ -132,24 +157,31 @@ def decompose(
             bias = bias.to(device, torch.float32)
             names += [name, f"{name}.bias"]
             vectors += [write - bias, bias]
-    readout = w_u[target_id].to(torch.float32) * g.to(device, torch.float32)  # (d,) u ⊙ g
-    contributions = (torch.stack(vectors) @ readout) * scale  # (component,)
-    if head_bias is not None:
+    contributions = readout(torch.stack(vectors))  # (component,)
+    if readout.bias is not None:
         names.append("logit_bias")
-        contributions = torch.cat([contributions, head_bias[target_id].to(device, torch.float32).reshape(1)])
+        contributions = torch.cat([contributions, torch.tensor([readout.bias], device=device)])
+    row = logits[batch_index, k].float()
+    logit = row[target_id] - (row[contrast_id] if contrast_id is not None else 0.0)
     return Decomposition(
         names=tuple(names),
         contributions=contributions.cpu(),
         target_id=int(target_id),
         position=int(position),
-        logit=float(logits[batch_index, k, target_id].float()),
-        scale=float(scale),
-        stream_error=stream_error,
+        logit=float(logit),
+        scale=readout.scale,
+        stream_error=float((writes.sum(0) - h_final).abs().max()),
+        contrast_id=None if contrast_id is None else int(contrast_id),
     )
 
 
 def decompose_logit(
-    model: nn.Module, input_ids: torch.Tensor, *, target_id: int, position: int = -1
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    target_id: int,
+    position: int = -1,
+    contrast_id: int | None = None,
 ) -> Decomposition:
     """Run ``input_ids`` ``(seq,)`` or ``(1, seq)`` and split ``target_id``'s logit at ``position``.
 
@@ -160,7 +192,9 @@ def decompose_logit(
     input_ids = input_ids.reshape(1, -1)
     position = inputs.resolve_position(position, input_ids.shape[1])
     capture, logits = run_with_capture(model, spec, input_ids, torch.tensor([position]))
-    return decompose(model, capture, logits, position=position, target_id=target_id, spec=spec)
+    return decompose(
+        model, capture, logits, position=position, target_id=target_id, contrast_id=contrast_id, spec=spec
+    )
 
 
 def attribute(
@@ -170,9 +204,15 @@ def attribute(
     target: str | None = None,
     target_id: int | None = None,
     first_token: bool = False,
+    vs: str | None = None,
+    vs_id: int | None = None,
     position: int = -1,
     chat: bool = False,
     top_k: int = 10,
+    heads: bool = False,
+    neurons: int = 0,
+    experts: bool = False,
+    sources: Sequence[str] = (),
 ) -> LogitAttribution:
     """Explain the model's next-token logit for ``prompt``, component by component.
 
@@ -182,52 +222,252 @@ def attribute(
         target: The token to explain, as decoded text (``" Paris"``); default: the model's top-1 token
             among ids the tokenizer can decode.
         target_id: The token to explain, by id (instead of ``target``).
-        first_token: Accept a ``target`` of several tokens and explain its first one.
+        first_token: Accept a ``target`` (or ``vs``) of several tokens and use its first one.
+        vs: A contrast token (decoded text): explain ``logit[target] − logit[vs]``.
+        vs_id: The contrast token by id (instead of ``vs``).
         position: Which prompt position's prediction to explain; negative counts from the end.
         chat: Wrap the prompt as a user turn with the model's chat template.
         top_k: How many top alternatives to report.
+        heads: Split every attention layer by head.
+        neurons: Report this many top neurons per dense MLP layer (0: none).
+        experts: Split every MoE layer by routed expert.
+        sources: Split by source position: ``"L3"`` (a layer), ``"L3.H2"`` (a head), ``"all"`` (every head).
 
     Raises:
         TokenlensError: For any bad input (empty or over-long prompt, bad position, unknown or multi-token
-            target); the message is one line.
+            target, contrast equal to the target, unknown layer/head); the message is one line.
     """
+    return attribute_batch(
+        loaded,
+        [prompt],
+        target=target,
+        target_id=target_id,
+        first_token=first_token,
+        vs=vs,
+        vs_id=vs_id,
+        position=position,
+        chat=chat,
+        top_k=top_k,
+        heads=heads,
+        neurons=neurons,
+        experts=experts,
+        sources=sources,
+    )[0]
+
+
+def attribute_batch(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    target: str | None = None,
+    target_id: int | None = None,
+    first_token: bool = False,
+    vs: str | None = None,
+    vs_id: int | None = None,
+    position: int = -1,
+    chat: bool = False,
+    top_k: int = 10,
+    heads: bool = False,
+    neurons: int = 0,
+    experts: bool = False,
+    sources: Sequence[str] = (),
+    padding_side: str = "right",
+) -> tuple[LogitAttribution, ...]:
+    """:func:`attribute` for several prompts in one padded forward pass; results equal running each alone.
+
+    ``position`` is per prompt (``-1``: each prompt's last token). ``padding_side`` is ``"right"`` or
+    ``"left"`` (left padding gets position ids from the attention mask). Other arguments as in
+    :func:`attribute`; a named target or contrast applies to every prompt, the default target is each
+    prompt's own top-1 token.
+    """
+    if not prompts:
+        raise TokenlensError("no prompts given")
     if target is not None and target_id is not None:
         raise TokenlensError("give the target as text or as an id, not both")
+    if vs is not None and vs_id is not None:
+        raise TokenlensError("give the contrast as text or as an id, not both")
+    if padding_side not in ("left", "right"):
+        raise TokenlensError(f"padding side must be left or right, not {padding_side!r}")
+    if neurons < 0:
+        raise TokenlensError("the number of neurons must be 0 or more")
     model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.spec
     config = bare_model(model).config
-    ids = inputs.encode_prompt(
-        tokenizer, prompt, chat=chat, max_positions=getattr(config, "max_position_embeddings", None)
-    )
-    pos = inputs.resolve_position(position, len(ids))
+    n_layers = len(spec.layer_list(model))
+    n_heads = spec.layer_list(model)[0].get_submodule(spec.attn).config.num_attention_heads
+    scopes = parse_sources(sources, n_layers, n_heads)
+    splits = _splits_needed(heads, neurons, experts, scopes, spec)
+    max_positions = getattr(config, "max_position_embeddings", None)
+    encoded = [inputs.encode_prompt(tokenizer, p, chat=chat, max_positions=max_positions) for p in prompts]
+    own_positions = [inputs.resolve_position(position, len(ids)) for ids in encoded]
     vocab_size = spec.module(model, spec.head).weight.shape[0]
-    if target_id is not None:
-        target_id = inputs.check_target_id(tokenizer, target_id, vocab_size)
-    elif target is not None:
-        target_id = inputs.target_from_text(tokenizer, target, first_token=first_token)
+    target_fixed = _token(tokenizer, target, target_id, first_token, vocab_size)
+    contrast = _token(tokenizer, vs, vs_id, first_token, vocab_size)
+    if contrast is not None and contrast == target_fixed:
+        raise TokenlensError("the contrast token is the target itself: choose another --vs")
 
-    capture, logits = run_with_capture(model, spec, torch.tensor([ids]), torch.tensor([pos]))
-    row = logits[0, 0].float()  # (vocab,)
-    probs = row.softmax(-1)
+    width = max(len(ids) for ids in encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    offsets = [width - len(ids) if padding_side == "left" else 0 for ids in encoded]
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, (ids, offset) in enumerate(zip(encoded, offsets, strict=True)):
+        input_ids[row, offset : offset + len(ids)] = torch.tensor(ids)
+        mask[row, offset : offset + len(ids)] = 1
+    padded = [p + o for p, o in zip(own_positions, offsets, strict=True)]
+    kept = torch.tensor(sorted(set(padded)))
+    capture, internals, logits = run_with_internals(model, spec, input_ids, kept, splits, mask)
+
     limit = inputs.decodable_vocab(tokenizer, vocab_size)
-    top_ids = inputs.top_tokens(row, limit, top_k).tolist()
-    if target_id is None:
-        target_id = top_ids[0]
+    results = []
+    for row, ids in enumerate(encoded):
+        k = int((kept == padded[row]).nonzero()[0, 0])
+        scores = logits[row, k].float()  # (vocab,)
+        probs = scores.softmax(-1)
+        top_ids = inputs.top_tokens(scores, limit, top_k).tolist()
+        chosen = target_fixed if target_fixed is not None else top_ids[0]
+        if contrast is not None and contrast == chosen:
+            raise TokenlensError(
+                "the contrast token is the model's top-1 target: name a --target or another --vs"
+            )
 
-    def score(token_id: int) -> TokenScore:
-        token = inputs.decode_token(tokenizer, token_id)
-        return TokenScore(token_id, token, float(row[token_id]), float(probs[token_id]))
+        def score(token_id: int, scores=scores, probs=probs) -> TokenScore:
+            token = inputs.decode_token(tokenizer, token_id)
+            return TokenScore(token_id, token, float(scores[token_id]), float(probs[token_id]))
 
-    return LogitAttribution(
-        model=loaded.ref,
-        prompt=prompt,
-        chat=chat,
-        token_ids=tuple(ids),
-        tokens=tuple(inputs.decode_token(tokenizer, i) for i in ids),
-        position=pos,
-        target=score(target_id),
-        logprob=float(row.log_softmax(-1)[target_id]),
-        top=tuple(score(i) for i in top_ids),
-        decomposition=decompose(model, capture, logits, position=pos, target_id=target_id, spec=spec),
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        device=str(next(model.parameters()).device),
-    )
+        d = decompose(
+            model,
+            capture,
+            logits,
+            position=padded[row],
+            target_id=chosen,
+            contrast_id=contrast,
+            batch_index=row,
+            spec=spec,
+        )
+        fine = _finer(
+            model, spec, capture, internals, d, splits, scopes, neurons, row, k, padded[row], mask[row]
+        )
+        results.append(
+            LogitAttribution(
+                model=loaded.ref,
+                prompt=prompts[row],
+                chat=chat,
+                token_ids=tuple(ids),
+                tokens=tuple(inputs.decode_token(tokenizer, i) for i in ids),
+                position=own_positions[row],
+                target=score(chosen),
+                logprob=float(scores.log_softmax(-1)[chosen]),
+                top=tuple(score(i) for i in top_ids),
+                decomposition=_unpadded(d, own_positions[row]),
+                dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                device=str(next(model.parameters()).device),
+                contrast=None if contrast is None else score(contrast),
+                **fine,
+            )
+        )
+    return tuple(results)
+
+
+def _token(
+    tokenizer, text: str | None, token_id: int | None, first_token: bool, vocab_size: int
+) -> int | None:
+    if token_id is not None:
+        return inputs.check_target_id(tokenizer, token_id, vocab_size)
+    if text is not None:
+        return inputs.target_from_text(tokenizer, text, first_token=first_token)
+    return None
+
+
+def _unpadded(d: Decomposition, position: int) -> Decomposition:
+    """The decomposition with its position counted in the prompt's own tokens (not the padded batch)."""
+    return dataclasses.replace(d, position=position)
+
+
+def parse_sources(sources: Sequence[str], n_layers: int, n_heads: int) -> tuple[tuple[int, int | None], ...]:
+    """``["L3", "L3.H2", "all"]`` → ``((3, None), (3, 2), …)``; ``all`` means every head of every layer.
+
+    Raises:
+        TokenlensError: A malformed name or a layer/head index the model does not have.
+    """
+    scopes: list[tuple[int, int | None]] = []
+    for item in sources:
+        if item == "all":
+            scopes += [(i, h) for i in range(n_layers) for h in range(n_heads)]
+            continue
+        match = re.fullmatch(r"L(\d+)(?:\.H(\d+))?", item)
+        if match is None:
+            raise TokenlensError(
+                f"cannot read source scope {item!r}: use L{{layer}}, L{{layer}}.H{{head}} or all"
+            )
+        layer, head = int(match[1]), None if match[2] is None else int(match[2])
+        if layer >= n_layers:
+            raise TokenlensError(f"layer {layer} does not exist: the model has layers 0..{n_layers - 1}")
+        if head is not None and head >= n_heads:
+            raise TokenlensError(f"head {head} does not exist: layer {layer} has heads 0..{n_heads - 1}")
+        scopes.append((layer, head))
+    return tuple(dict.fromkeys(scopes))
+
+
+def _splits_needed(
+    heads: bool, neurons: int, experts: bool, scopes: tuple, spec: ArchitectureSpec
+) -> frozenset[str]:
+    if experts and not spec.moe:
+        raise TokenlensError(f"--experts needs a mixture-of-experts model; this one is {spec.family}")
+    wanted = set()
+    if heads or scopes:
+        wanted.add("heads")  # a source split is checked against its head's contribution
+    if scopes:
+        wanted.add("sources")
+    if neurons:
+        wanted.add("neurons")
+    if experts:
+        wanted.add("experts")
+    return frozenset(wanted)
+
+
+@torch.no_grad()
+def _finer(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    capture: ResidualCapture,
+    internals: InternalsRecorder,
+    d: Decomposition,
+    splits: frozenset[str],
+    scopes: tuple[tuple[int, int | None], ...],
+    neurons: int,
+    row: int,
+    k: int,
+    position: int,
+    key_mask: torch.Tensor,
+) -> dict:
+    """The finer splits asked for, as keyword arguments of :class:`LogitAttribution`."""
+    if not splits:
+        return {}
+    readout: Readout = make_readout(model, spec, capture.final_input[row, k], d.target_id, d.contrast_id)
+    parents = d.as_dict()
+    layers = internals.layers
+    fine: dict = {}
+    if "heads" in splits:
+        fine["heads"] = finer.head_split(model, spec, layers, readout, parents, row, k)
+    if "neurons" in splits:
+        fine["neurons"] = finer.neuron_split(model, spec, layers, readout, parents, row, k, neurons)
+    if "experts" in splits:
+        fine["experts"] = finer.expert_split(model, spec, layers, readout, parents, row, k)
+    sources: list[SourceSplit] = [
+        finer.source_split(
+            model,
+            spec,
+            layers,
+            readout,
+            fine["heads"],
+            layer_index=layer,
+            head=head,
+            position=position,
+            batch_index=row,
+            k=k,
+            key_mask=key_mask,
+        )
+        for layer, head in scopes
+    ]
+    fine["sources"] = tuple(sources)
+    return fine

@@ -35,8 +35,9 @@ class Decomposition:
             [``L0.mlp.bias``], …, [``logit_bias``]. A layer's bias term is split off its write.
         contributions: ``(component,)`` float32 logit contribution of each component.
         target_id: The token whose logit is split.
+        contrast_id: With a contrast token, ``logit`` and the split are of ``logit[target − contrast]``.
         position: The sequence position (non-negative) of the prediction.
-        logit: The model's own logit for the target, from its forward pass (not from the parts).
+        logit: The model's own logit for the target (minus the contrast's), from its forward pass.
         scale: The final norm's scale ``s = 1/sqrt(mean(h_L²) + ε)`` at the position.
         stream_error: ``max |Σ writes − h_L|``: how far the captured writes are from the stream the final
             norm actually received (0 up to rounding when every write was captured).
@@ -49,6 +50,7 @@ class Decomposition:
     logit: float
     scale: float
     stream_error: float
+    contrast_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.contributions.shape != (len(self.names),):
@@ -84,6 +86,96 @@ class Decomposition:
 
 
 @dataclass(frozen=True)
+class HeadSplit:
+    """Each attention head's direct contribution: ``L{i}.attn = Σ_h L{i}.H{h}``.
+
+    (The ``o_proj`` bias, where there is one, is the separate ``L{i}.attn.bias`` term.)
+
+    Attributes:
+        contributions: ``(layer, head)`` float32 contribution of head ``h`` of layer ``i``.
+        residual: ``(layer,)`` ``L{i}.attn − Σ_h L{i}.H{h}``: 0 up to rounding for plain and LoRA ``o_proj``;
+            for a quantised ``o_proj`` it holds the split's quantisation error.
+    """
+
+    contributions: torch.Tensor
+    residual: torch.Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"L{i}.H{h}": contribution}`` in layer-then-head order."""
+        return {
+            f"L{i}.H{h}": value
+            for i, row in enumerate(self.contributions.tolist())
+            for h, value in enumerate(row)
+        }
+
+
+@dataclass(frozen=True)
+class SourceSplit:
+    """How much each source position contributed through one head (or a whole layer) at the query position.
+
+    Attributes:
+        layer: The layer.
+        head: The head, or ``None`` for all heads of the layer together.
+        contributions: ``(seq,)`` float32 contribution through source position ``j`` (0 after the query).
+        value_bias: The value-projection bias's contribution (``Σ_j a[i, j] b_v``), kept off the sources.
+        pattern: ``(heads, seq)`` attention weights from the query position (one row per head in scope).
+        residual: parent − (Σ sources + value_bias), the parent being ``L{i}.H{h}`` or ``Σ_h L{i}.H{h}``.
+    """
+
+    layer: int
+    head: int | None
+    contributions: torch.Tensor
+    value_bias: float
+    pattern: torch.Tensor
+    residual: float
+
+    @property
+    def name(self) -> str:
+        """``L{i}.H{h}`` or ``L{i}``; source ``j`` is ``{name}.S{j}``."""
+        return f"L{self.layer}" if self.head is None else f"L{self.layer}.H{self.head}"
+
+
+@dataclass(frozen=True)
+class NeuronSplit:
+    """The top-k MLP neurons of each dense layer by |contribution|.
+
+    Neuron ``n`` writes ``act_n · W_down[:, n]`` to the stream.
+
+    Attributes:
+        layers: The layers with a dense MLP, in order (MoE layers are in :class:`ExpertSplit`).
+        ids: ``(layer, k)`` neuron indices, largest |contribution| first.
+        contributions: ``(layer, k)`` float32 their contributions.
+        activations: ``(layer, k)`` float32 their activations ``silu(gate) * up``.
+        residual: ``(layer,)`` ``L{i}.mlp − Σ_all neurons`` (over every neuron, not only the top k).
+    """
+
+    layers: tuple[int, ...]
+    ids: torch.Tensor
+    contributions: torch.Tensor
+    activations: torch.Tensor
+    residual: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExpertSplit:
+    """Each routed expert's weighted output in every MoE layer: ``L{i}.mlp = Σ_e L{i}.E{e}``.
+
+    Attributes:
+        layers: The MoE layers, in order.
+        expert_ids: ``(layer, top_k)`` the experts the router chose at the position.
+        router_weights: ``(layer, top_k)`` float32 the router's weights for them.
+        contributions: ``(layer, top_k)`` float32 each chosen expert's contribution.
+        residual: ``(layer,)`` ``L{i}.mlp − Σ_e L{i}.E{e}``: the recomputation checked against the block.
+    """
+
+    layers: tuple[int, ...]
+    expert_ids: torch.Tensor
+    router_weights: torch.Tensor
+    contributions: torch.Tensor
+    residual: torch.Tensor
+
+
+@dataclass(frozen=True)
 class LogitAttribution:
     """Why the model gives its target token the logit it does, for one prompt at one position.
 
@@ -100,6 +192,11 @@ class LogitAttribution:
         decomposition: The exact per-component split of ``target.logit``.
         dtype: The model's parameter dtype (the split itself is computed in float32).
         device: Where the model ran.
+        contrast: With a contrast token, the split is of ``logit[target] − logit[contrast]``.
+        heads: Per-head split, when asked for.
+        neurons: Top neurons per dense layer, when asked for.
+        experts: Per-expert split of MoE layers, when asked for.
+        sources: Source-position splits for the heads / layers asked for.
     """
 
     model: str
@@ -114,3 +211,8 @@ class LogitAttribution:
     decomposition: Decomposition
     dtype: str
     device: str
+    contrast: TokenScore | None = None
+    heads: HeadSplit | None = None
+    neurons: NeuronSplit | None = None
+    experts: ExpertSplit | None = None
+    sources: tuple[SourceSplit, ...] = ()

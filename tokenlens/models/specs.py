@@ -30,10 +30,16 @@ class ArchitectureSpec:
         attn: Attention module inside a layer; its output's first element is the layer's attention write.
         mlp: Feed-forward module inside a layer; its output is the layer's MLP write.
         attn_out: The linear inside a layer that projects attention onto the stream (``o_proj``).
-        mlp_out: The linear inside a layer that projects the MLP onto the stream (``down_proj``), or
-            ``None`` where a layer's MLP is a mixture of experts with no single output linear.
+        mlp_out: The linear inside a layer that projects the MLP onto the stream (``down_proj``); a layer
+            whose MLP is a mixture of experts has none (its experts are under ``experts``).
         final_norm: The RMSNorm applied before the head.
         head: The unembedding (``lm_head``).
+        q_states: Module inside a layer whose output is the queries just before RoPE (after ``q_norm`` in
+            Qwen3), shaped ``(batch, seq, heads, head_dim)`` or ``(batch, seq, heads * head_dim)``.
+        k_states: Same for the keys.
+        v_states: Module inside a layer whose output is the values, ``(batch, seq, kv_heads * head_dim)``.
+        experts: Module inside a MoE layer holding the stacked expert weights; it is called with
+            ``(tokens, top_k_index, top_k_weights)``.
         moe: Layers may hold a routed mixture-of-experts block.
         qkv_bias: q/k/v projections carry biases (Qwen2).
     """
@@ -45,9 +51,13 @@ class ArchitectureSpec:
     attn: str = "self_attn"
     mlp: str = "mlp"
     attn_out: str = "self_attn.o_proj"
-    mlp_out: str | None = "mlp.down_proj"
+    mlp_out: str = "mlp.down_proj"
     final_norm: str = "model.norm"
     head: str = "lm_head"
+    q_states: str = "self_attn.q_proj"
+    k_states: str = "self_attn.k_proj"
+    v_states: str = "self_attn.v_proj"
+    experts: str | None = None
     moe: bool = False
     qkv_bias: bool = False
 
@@ -60,9 +70,13 @@ class ArchitectureSpec:
         return bare_model(model).get_submodule(path)
 
 
+_QK_NORM = dict(q_states="self_attn.q_norm", k_states="self_attn.k_norm")
+
 SPECS: tuple[ArchitectureSpec, ...] = (
-    ArchitectureSpec(family="qwen3", model_types=("qwen3",)),
-    ArchitectureSpec(family="qwen3_moe", model_types=("qwen3_moe",), mlp_out=None, moe=True),
+    ArchitectureSpec(family="qwen3", model_types=("qwen3",), **_QK_NORM),
+    ArchitectureSpec(
+        family="qwen3_moe", model_types=("qwen3_moe",), experts="mlp.experts", moe=True, **_QK_NORM
+    ),
     ArchitectureSpec(family="qwen2", model_types=("qwen2",), qkv_bias=True),
     ArchitectureSpec(family="llama", model_types=("llama",)),
 )

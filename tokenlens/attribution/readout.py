@@ -1,0 +1,95 @@
+"""The readout: the linear map from the residual stream to the explained number, at one position.
+
+With the final norm's scale ``s`` frozen at its value in the real forward pass, the logit of token ``t`` is
+``u_t · (g ⊙ h) · s + b_t`` — linear in the stream ``h``. A logit difference ``t − c`` is linear too, with
+``u_t − u_c``. Every split (layers, heads, sources, neurons, experts) applies this same map to its parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tokenlens.models.specs import ArchitectureSpec
+
+
+@dataclass(frozen=True)
+class Readout:
+    """``value(c) = direction · c · scale`` for any stream vector ``c`` at the position.
+
+    Attributes:
+        direction: ``(d_model,)`` float32 ``(u_target − u_contrast) ⊙ g`` (no contrast: ``u_target ⊙ g``).
+        scale: The final norm's scale ``1/sqrt(mean(h_L²) + ε)`` at the position.
+        bias: The head's bias for the target (minus the contrast's), or ``None`` when the head has none.
+    """
+
+    direction: torch.Tensor
+    scale: float
+    bias: float | None
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``(..., d_model)`` → ``(...)`` float32 contributions."""
+        return (vectors.to(self.direction.device, torch.float32) @ self.direction) * self.scale
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    get_base_layer = getattr(module, "get_base_layer", None)
+    return get_base_layer() if callable(get_base_layer) else module
+
+
+def final_norm_eps(model: nn.Module, spec: ArchitectureSpec) -> float:
+    """The final RMSNorm's epsilon."""
+    norm = spec.module(model, spec.final_norm)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if eps is None:
+        raise ValueError(f"final norm {type(norm).__name__} exposes no epsilon")
+    return float(eps)
+
+
+def make_readout(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    final_input: torch.Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+) -> Readout:
+    """The readout at one position.
+
+    Args:
+        model: The model (bare or PEFT-wrapped; a head wrapped by PEFT is read through its base layer).
+        spec: Its spec.
+        final_input: ``(d_model,)`` the stream entering the final norm at the position.
+        target_id: The explained token.
+        contrast_id: Explain ``logit[target] − logit[contrast]`` instead of ``logit[target]``.
+    """
+    head = _unwrapped(spec.module(model, spec.head))
+    g = spec.module(model, spec.final_norm).weight
+    device = head.weight.device
+    u = head.weight[target_id].to(torch.float32)
+    if contrast_id is not None:
+        u = u - head.weight[contrast_id].to(torch.float32)
+    h = final_input.to(device, torch.float32)
+    scale = torch.rsqrt(h.pow(2).mean() + final_norm_eps(model, spec))
+    bias = getattr(head, "bias", None)
+    bias_value = None
+    if bias is not None:
+        bias_value = float(bias[target_id]) - (float(bias[contrast_id]) if contrast_id is not None else 0.0)
+    return Readout(direction=(u * g.to(device, torch.float32)).detach(), scale=float(scale), bias=bias_value)
+
+
+def input_direction(
+    module: nn.Module, direction: torch.Tensor, in_features: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``Wᵀ · direction`` for the affine map ``module`` (a linear, a LoRA-wrapped linear, a quantised one).
+
+    Computed as the gradient of ``direction · module(x)`` with respect to ``x`` at ``x = 0``, so whatever the
+    module adds to its plain weight (a LoRA update, dequantisation) is included without reading its
+    internals. Returns ``(in_features,)`` float32.
+    """
+    device = next(module.parameters()).device
+    x = torch.zeros(1, in_features, device=device, dtype=dtype, requires_grad=True)
+    with torch.enable_grad():
+        (module(x).to(torch.float32) @ direction.to(device)).sum().backward()
+    return x.grad[0].to(direction.device, torch.float32)

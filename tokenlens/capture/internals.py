@@ -1,0 +1,172 @@
+"""Capture what happens inside each layer, for the finer splits (heads, source tokens, neurons, experts).
+
+Each split needs one more tensor from the real forward pass, read by a hook on the module that consumes or
+produces it:
+
+* heads — ``z``, the input of ``o_proj``: the per-head attention outputs side by side (pre-hook);
+* neurons — ``act = silu(gate) * up``, the input of ``down_proj`` (pre-hook);
+* sources — the pre-RoPE queries and keys (after ``q_norm``/``k_norm`` where the model has them), the values,
+  and the rotary ``(cos, sin)`` the attention module receives as a keyword argument;
+* experts — the tokens, router choice and router weights the stacked experts module is called with.
+
+Only the kept query positions are stored, except keys, values and rotary tables, which sources need at every
+position. As with the residual capture, hooks are removed in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tokenlens.models.specs import ArchitectureSpec
+
+SPLITS = frozenset({"heads", "sources", "neurons", "experts"})
+
+
+@dataclass
+class LayerInternals:
+    """Tensors captured inside one layer (``None`` where not asked for or not present).
+
+    Attributes:
+        z: ``(batch, kept, heads * head_dim)`` input of ``o_proj`` at the kept positions.
+        act: ``(batch, kept, intermediate)`` input of ``down_proj`` (``None`` in a MoE layer).
+        q: ``(batch, kept, heads, head_dim)`` queries before RoPE.
+        k: ``(batch, seq, kv_heads, head_dim)`` keys before RoPE.
+        v: ``(batch, seq, kv_heads * head_dim)`` values (``v_proj`` output, bias included).
+        cos: ``(batch, seq, head_dim)`` rotary cosines the attention module received.
+        sin: ``(batch, seq, head_dim)`` rotary sines.
+        expert_inputs: ``(batch, kept, d_model)`` tokens entering the experts (MoE layers).
+        expert_index: ``(batch, kept, top_k)`` the router's chosen experts.
+        expert_weights: ``(batch, kept, top_k)`` the router's weights for them.
+    """
+
+    z: torch.Tensor | None = None
+    act: torch.Tensor | None = None
+    q: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    expert_inputs: torch.Tensor | None = None
+    expert_index: torch.Tensor | None = None
+    expert_weights: torch.Tensor | None = None
+
+
+@dataclass
+class InternalsRecorder:
+    """Filled by the hooks during the forward pass; ``layers[i]`` holds layer i's tensors."""
+
+    positions: torch.Tensor
+    batch: int
+    seq: int
+    layers: list[LayerInternals] = field(default_factory=list)
+
+    def kept(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach()[:, self.positions.to(tensor.device)]  # (batch, kept, …)
+
+
+def _heads_view(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``(batch, seq, heads * head_dim)`` or ``(batch, seq, heads, head_dim)`` → the latter."""
+    return tensor.reshape(*tensor.shape[:2], -1, head_dim)
+
+
+def _optional(module: nn.Module, path: str | None) -> nn.Module | None:
+    if path is None:
+        return None
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+@contextmanager
+def capture_internals(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_shape: tuple[int, int],
+    positions: torch.Tensor,
+    splits: frozenset[str],
+) -> Iterator[InternalsRecorder]:
+    """Record the layer internals that ``splits`` need, for forward passes run inside the block.
+
+    Args:
+        model: The model (bare or PEFT-wrapped).
+        spec: Its architecture spec.
+        input_shape: ``(batch, seq)`` of the input ids that will be run.
+        positions: Query positions to keep.
+        splits: A subset of ``{"heads", "sources", "neurons", "experts"}``.
+    """
+    unknown = set(splits) - SPLITS
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(SPLITS)}")
+    batch, seq = input_shape
+    recorder = InternalsRecorder(positions=positions.long().cpu(), batch=batch, seq=seq)
+    handles = []
+
+    def pre_hook(store: LayerInternals, name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            setattr(store, name, recorder.kept(inputs[0]))
+
+        return hook
+
+    def qk_hook(store: LayerInternals, name: str, head_dim: int, keep: bool):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            states = _heads_view(output.detach(), head_dim)  # (batch, seq, heads, head_dim)
+            setattr(store, name, recorder.kept(states) if keep else states)
+
+        return hook
+
+    def v_hook(store: LayerInternals):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            store.v = output.detach()
+
+        return hook
+
+    def rope_hook(store: LayerInternals):
+        def hook(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
+            store.cos, store.sin = (t.detach() for t in kwargs["position_embeddings"])
+
+        return hook
+
+    def experts_hook(store: LayerInternals):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            tokens, index, weights = inputs[:3]
+            store.expert_inputs = recorder.kept(tokens.reshape(batch, seq, -1))
+            store.expert_index = recorder.kept(index.reshape(batch, seq, -1))
+            store.expert_weights = recorder.kept(weights.reshape(batch, seq, -1))
+
+        return hook
+
+    try:
+        for layer in spec.layer_list(model):
+            store = LayerInternals()
+            recorder.layers.append(store)
+            attn = layer.get_submodule(spec.attn)
+            head_dim = attn.head_dim
+            if "heads" in splits:
+                handles.append(
+                    layer.get_submodule(spec.attn_out).register_forward_pre_hook(pre_hook(store, "z"))
+                )
+            if "neurons" in splits and (down := _optional(layer, spec.mlp_out)) is not None:
+                handles.append(down.register_forward_pre_hook(pre_hook(store, "act")))
+            if "sources" in splits:
+                handles += [
+                    layer.get_submodule(spec.q_states).register_forward_hook(
+                        qk_hook(store, "q", head_dim, True)
+                    ),
+                    layer.get_submodule(spec.k_states).register_forward_hook(
+                        qk_hook(store, "k", head_dim, False)
+                    ),
+                    layer.get_submodule(spec.v_states).register_forward_hook(v_hook(store)),
+                    attn.register_forward_pre_hook(rope_hook(store), with_kwargs=True),
+                ]
+            if "experts" in splits and (experts := _optional(layer, spec.experts)) is not None:
+                handles.append(experts.register_forward_pre_hook(experts_hook(store)))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
