@@ -126,3 +126,15 @@ def smollm2():
 def count_hooks(model: torch.nn.Module) -> int:
     """All forward hooks and pre-hooks registered on any module of ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="session")
+def quantisable_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
+    """bitsandbytes' CPU 4-bit kernels need in-features of at least one 64-wide block: a wider tiny model
+    (small vocabulary to stay tiny; driven by ids, not text)."""
+    folder = tmp_path_factory.mktemp("quant") / "tiny"
+    build_tiny(
+        "qwen3-tied-gqa", vocab_size=1024, hidden_size=128, head_dim=32, intermediate_size=256
+    ).save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    return folder

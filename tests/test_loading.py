@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny
 
 from tokenlens.attribution.direct import attribute, decompose_logit
 from tokenlens.errors import TokenlensError
@@ -125,18 +124,6 @@ def test_unreachable_hub_id_is_one_line(monkeypatch):
         exc.value
     )
     assert "\n" not in str(exc.value)
-
-
-@pytest.fixture(scope="module")
-def quantisable_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
-    """bitsandbytes' CPU 4-bit kernels need in-features of at least one 64-wide block: a wider tiny model
-    (small vocabulary to stay tiny; driven by ids, not text)."""
-    folder = tmp_path_factory.mktemp("quant") / "tiny"
-    build_tiny(
-        "qwen3-tied-gqa", vocab_size=1024, hidden_size=128, head_dim=32, intermediate_size=256
-    ).save_pretrained(folder)
-    qwen_tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import ArchitectureSpec
 
 
@@ -79,17 +80,33 @@ def make_readout(
     return Readout(direction=(u * g.to(device, torch.float32)).detach(), scale=float(scale), bias=bias_value)
 
 
+_QUANTISED = ("Linear4bit", "Linear8bitLt")
+
+
 def input_direction(
     module: nn.Module, direction: torch.Tensor, in_features: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """``Wᵀ · direction`` for the affine map ``module`` (a linear, a LoRA-wrapped linear, a quantised one).
 
-    Computed as the gradient of ``direction · module(x)`` with respect to ``x`` at ``x = 0``, so whatever the
-    module adds to its plain weight (a LoRA update, dequantisation) is included without reading its
-    internals. Returns ``(in_features,)`` float32.
+    Whatever the module adds to its plain weight (a LoRA update, dequantisation) is included without reading
+    its internals: for ordinary modules it is the gradient of ``direction · module(x)`` at ``x = 0``;
+    bitsandbytes modules (whose CPU inference kernels pass no gradient) are instead evaluated on the basis
+    vectors, ``(module(I) − module(0))ᵀ · direction``, in chunks. Returns ``(in_features,)`` float32.
     """
     device = next(module.parameters()).device
+    target = direction.to(device)
+    if any(type(m).__name__ in _QUANTISED for m in module.modules()):
+        with torch.no_grad():
+            offset = module(torch.zeros(1, in_features, device=device, dtype=dtype)).to(torch.float32)
+            eye = torch.eye(in_features, device=device, dtype=dtype)
+            parts = []
+            for start in range(0, in_features, 256):
+                rows = eye[start : start + 256]
+                parts.append((module(rows).to(torch.float32) - offset) @ target)  # (rows,)
+        return torch.cat(parts).to(direction.device)
     x = torch.zeros(1, in_features, device=device, dtype=dtype, requires_grad=True)
     with torch.enable_grad():
-        (module(x).to(torch.float32) @ direction.to(device)).sum().backward()
+        (module(x).to(torch.float32) @ target).sum().backward()
+    if x.grad is None:
+        raise TokenlensError(f"{type(module).__name__} does not pass gradients to its input: cannot split it")
     return x.grad[0].to(direction.device, torch.float32)
