@@ -189,3 +189,73 @@ def test_unexpected_failures_are_one_line(tiny_checkpoint, monkeypatch, capsys, 
     result, _, err = run_cli(capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT)
     assert result == code and expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_finer_splits_in_json(tiny_checkpoint, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--format",
+        "json",
+        "--heads",
+        "--neurons",
+        "2",
+        "--sources",
+        "L1.H0,L2",
+        "--target",
+        " Paris",
+        "--vs",
+        " London",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["contrast"]["token"] == " London" and data["explained"]["quantity"] == "logit_difference"
+    components = {c["name"]: c["logit"] for c in data["components"]}
+    assert abs(sum(components.values()) - data["explained"]["value"]) <= 1e-4
+    for layer in range(3):
+        heads = [h["logit"] for h in data["heads"] if h["parent"] == f"L{layer}.attn"]
+        assert len(heads) == 4 and abs(sum(heads) - components[f"L{layer}.attn"]) <= 1e-4
+    assert {n["parent"] for n in data["neurons"]} == {"L0.mlp", "L1.mlp", "L2.mlp"}
+    by_parent = {}
+    for entry in data["sources"]:
+        by_parent.setdefault(entry["parent"], []).append(entry)
+    assert set(by_parent) == {"L1.H0", "L2.attn"}
+    head_value = next(h["logit"] for h in data["heads"] if h["name"] == "L1.H0")
+    assert abs(sum(e["logit"] for e in by_parent["L1.H0"]) - head_value) <= 1e-4
+    assert [e["name"] for e in by_parent["L1.H0"]][:2] == ["L1.H0.S0", "L1.H0.S1"]
+    assert by_parent["L1.H0"][-1]["name"] == "L1.H0.v_bias"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--sources", "L99"], "layer 99 does not exist"),
+        (["--experts"], "mixture-of-experts"),
+        (["--target", " Paris", "--vs", " Paris"], "contrast token is the target"),
+    ],
+)
+def test_bad_split_flags(tiny_checkpoint, capsys, extra, expected):
+    code, _, err = run_cli(capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, *extra)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_table_shows_drilldowns(tiny_checkpoint, capsys):
+    code, out, _ = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--heads",
+        "--neurons",
+        "2",
+        "--sources",
+        "L1",
+    )
+    assert code == 0
+    assert "Heads L{i}.H{h}" in out and "Top neurons" in out and "Sources through L1" in out

@@ -12,6 +12,9 @@ EPILOG = """examples:
   tokenlens inspect --prompt "The capital of France is" --target " Paris"
   tokenlens inspect --prompt "The capital of France is" --target " Parisian" --first-token
   tokenlens inspect --prompt "The capital of France is" --position 2 --target-id 7042
+  tokenlens inspect --prompt "The capital of France is" --target " Paris" --vs " London"
+  tokenlens inspect --prompt "The capital of France is" --heads --neurons 5 --sources L23,L29.H4
+  tokenlens inspect --model qwen3-tiny --prompt "Hello" --experts        (MoE models only)
   tokenlens inspect --model qwen3-tiny --prompt "Hi" --chat --format json --out out/hi.json
   tokenlens inspect --model path/to/adapter --base Qwen/Qwen3-0.6B --prompt "..."
 
@@ -34,8 +37,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--target", metavar="TOKEN", help='token to explain, as decoded text, e.g. " Paris"')
     target.add_argument("--target-id", metavar="N", type=int, help="token to explain, by id")
     p.add_argument(
-        "--first-token", action="store_true", help="accept a multi-token --target; explain its first token"
+        "--first-token", action="store_true", help="accept a multi-token --target/--vs; use its first token"
     )
+    contrast = p.add_mutually_exclusive_group()
+    contrast.add_argument("--vs", metavar="TOKEN", help="contrast token: explain logit[target] − logit[vs]")
+    contrast.add_argument("--vs-id", metavar="N", type=int, help="contrast token by id")
+    p.add_argument("--heads", action="store_true", help="split every attention layer by head (L{i}.H{h})")
+    p.add_argument(
+        "--sources",
+        metavar="SCOPE",
+        action="append",
+        default=[],
+        help="split by source token through a head or layer: L3.H2, L3, or all (repeatable, comma-separated)",
+    )
+    p.add_argument(
+        "--neurons", metavar="K", type=int, default=0, help="top K neurons per MLP layer (L{i}.N{n})"
+    )
+    p.add_argument("--experts", action="store_true", help="split MoE layers by routed expert (L{i}.E{e})")
     p.add_argument(
         "--position", type=int, default=-1, help="prompt position to explain (default -1: the last)"
     )
@@ -104,9 +122,15 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         target_id=args.target_id,
         first_token=args.first_token,
+        vs=args.vs,
+        vs_id=args.vs_id,
         position=args.position,
         chat=args.chat,
         top_k=args.top_k,
+        heads=args.heads,
+        neurons=args.neurons,
+        experts=args.experts,
+        sources=[scope.strip() for item in args.sources for scope in item.split(",") if scope.strip()],
     )
     if args.format == "json":
         from tokenlens.report.json_report import attribution_to_json

@@ -9,7 +9,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tokenlens.attribution.result import LogitAttribution
+from tokenlens.attribution.result import LogitAttribution, SourceSplit
 
 BAR_WIDTH = 16
 
@@ -44,6 +44,12 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
     t = result.target
     scores = f"logit {t.logit:.4f}  p {t.prob:.4f}  log p {result.logprob:.3f}"
     header.add_row("target", Text(f"{show_token(t.token)} (id {t.id})  {scores}"))
+    if result.contrast is not None:
+        c = result.contrast
+        explained = f"explaining logit[{show_token(t.token)}] − logit[{show_token(c.token)}] = {d.logit:.4f}"
+        header.add_row(
+            "vs", Text(f"{show_token(c.token)} (id {c.id})  logit {c.logit:.4f}  p {c.prob:.4f}; {explained}")
+        )
     top = "  ".join(f"{show_token(s.token)} {s.prob:.3f}" for s in result.top)
     header.add_row("top", Text(top, overflow="fold"))
 
@@ -59,12 +65,109 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
         table.add_row(name, Text(f"{value:+.4f}", style=style), share, _bar(value, scale))
     verdict = Text("✓ exact", style="green") if d.exact else Text("✗ NOT EXACT", style="bold red")
     check = Text.assemble(
-        f"sum of components {d.total:.6f} | model logit {d.logit:.6f} | error {d.error:.1e} "
+        f"sum of components {d.total:.6f} | model {'logit' if result.contrast is None else 'logit diff'} "
+        f"{d.logit:.6f} | error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) ",
         verdict,
         f"\nfinal-norm scale s = {d.scale:.5f}; direct attribution: each component's own path to the logit.",
     )
-    return Group(header, table, check)
+    return Group(header, table, check, *_drilldowns(result))
+
+
+def _drilldowns(result: LogitAttribution) -> list[RenderableType]:
+    parts: list[RenderableType] = []
+    if result.heads is not None:
+        parts.append(_heads_table(result))
+    if result.neurons is not None and result.neurons.layers:
+        parts.append(_neurons_table(result))
+    if result.experts is not None and result.experts.layers:
+        parts.append(_experts_table(result))
+    parts += [_sources_view(result, split) for split in result.sources]
+    return parts
+
+
+def _signed(value: float, strong: float, digits: int = 3) -> Text:
+    style = "green" if value > 0 else "red" if value < 0 else "dim"
+    if abs(value) >= strong > 0:
+        style = "bold " + style
+    return Text(f"{value:+.{digits}f}", style=style)
+
+
+def _heads_table(result: LogitAttribution) -> Table:
+    contributions = result.heads.contributions
+    strong = 0.5 * float(contributions.abs().max())
+    table = Table(
+        title="Heads L{i}.H{h} (logit units; each row sums to L{i}.attn)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("layer")
+    for h in range(contributions.shape[1]):
+        table.add_column(f"H{h}", justify="right")
+    for i, row in enumerate(contributions.tolist()):
+        table.add_row(f"L{i}", *(_signed(v, strong, digits=2) for v in row))
+    return table
+
+
+def _neurons_table(result: LogitAttribution, limit: int = 15) -> Table:
+    n = result.neurons
+    rows = [
+        (abs(value), f"L{layer}.N{nid}", value, act)
+        for r, layer in enumerate(n.layers)
+        for nid, value, act in zip(
+            n.ids[r].tolist(), n.contributions[r].tolist(), n.activations[r].tolist(), strict=False
+        )
+    ]
+    rows.sort(reverse=True)
+    strong = 0.5 * rows[0][0] if rows else 0.0
+    table = Table(
+        title=f"Top neurons (top {n.ids.shape[1]} per layer)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    for column in ("neuron", "logit", "activation"):
+        table.add_column(column, justify="left" if column == "neuron" else "right")
+    for _, name, value, act in rows[:limit]:
+        table.add_row(name, _signed(value, strong), f"{act:+.3f}")
+    return table
+
+
+def _experts_table(result: LogitAttribution) -> Table:
+    e = result.experts
+    strong = 0.5 * float(e.contributions.abs().max())
+    table = Table(
+        title="Routed experts: L{i}.E{e} (router weight)", box=box.SIMPLE_HEAD, title_justify="left"
+    )
+    table.add_column("layer")
+    table.add_column("experts")
+    for r, layer in enumerate(e.layers):
+        cells = Text()
+        for eid, value, weight in zip(
+            e.expert_ids[r].tolist(), e.contributions[r].tolist(), e.router_weights[r].tolist(), strict=False
+        ):
+            cells.append(f"E{eid} ")
+            cells.append_text(_signed(value, strong))
+            cells.append(f" ({weight:.2f})   ")
+        table.add_row(f"L{layer}", cells)
+    return table
+
+
+def _sources_view(result: LogitAttribution, split: SourceSplit) -> RenderableType:
+    """The prompt, each source token shaded by its contribution (green up, red down), and the top sources."""
+    values = split.contributions[: result.position + 1].tolist()
+    peak = max((abs(v) for v in values), default=0.0) or 1.0
+    prompt = Text()
+    for token, value in zip(result.tokens, values):
+        level = int(40 + 160 * abs(value) / peak)
+        colour = f"rgb(0,{level},0)" if value > 0 else f"rgb({level},0,0)" if value < 0 else "default"
+        prompt.append(show_token(token), style=f"on {colour}")
+        prompt.append(" ")
+    ranked = sorted(range(len(values)), key=lambda j: -abs(values[j]))[:8]
+    top = "  ".join(f"S{j} {show_token(result.tokens[j])} {values[j]:+.3f}" for j in ranked)
+    title = Text(f"Sources through {split.name} (value bias {split.value_bias:+.4f})", style="bold")
+    return Group(title, prompt, Text(top, overflow="fold"))
 
 
 def print_attribution(result: LogitAttribution, console: Console | None = None) -> None:
