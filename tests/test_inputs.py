@@ -108,3 +108,18 @@ def test_prompt_tuning_adapter_is_refused_clearly(tiny_loaded):
     with pytest.raises(TokenlensError) as exc:
         attribute(wrapped, "Hello there")
     assert "virtual positions" in one_line(exc)
+
+
+def test_token_ids_as_the_prompt(loaded):
+    ids = loaded.tokenizer("The capital of France is")["input_ids"]
+    by_ids = attribute(loaded, ids, target=" Paris")
+    by_text = attribute(loaded, "The capital of France is", target=" Paris")
+    assert by_ids.token_ids == by_text.token_ids and by_ids.prompt == "The capital of France is"
+    assert by_ids.target.logit == pytest.approx(by_text.target.logit)
+    for bad, message in (
+        ([], "empty"),
+        ([5, 999_999], "outside the vocabulary"),
+        ([1] * 100, "context of 64"),
+    ):
+        with pytest.raises(TokenlensError, match=message):
+            attribute(loaded, bad)

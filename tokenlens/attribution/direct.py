@@ -199,7 +199,7 @@ def decompose_logit(
 
 def attribute(
     loaded: LoadedModel,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     target: str | None = None,
     target_id: int | None = None,
@@ -218,7 +218,7 @@ def attribute(
 
     Args:
         loaded: A model from :func:`tokenlens.load`.
-        prompt: Text to predict from (used as is unless ``chat``).
+        prompt: Text to predict from (used as is unless ``chat``), or token ids used exactly as given.
         target: The token to explain, as decoded text (``" Paris"``); default: the model's top-1 token
             among ids the tokenizer can decode.
         target_id: The token to explain, by id (instead of ``target``).
@@ -257,7 +257,7 @@ def attribute(
 
 def attribute_batch(
     loaded: LoadedModel,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     *,
     target: str | None = None,
     target_id: int | None = None,
@@ -297,9 +297,15 @@ def attribute_batch(
     scopes = parse_sources(sources, n_layers, n_heads)
     splits = _splits_needed(heads, neurons, experts, scopes, spec)
     max_positions = getattr(config, "max_position_embeddings", None)
-    encoded = [inputs.encode_prompt(tokenizer, p, chat=chat, max_positions=max_positions) for p in prompts]
-    own_positions = [inputs.resolve_position(position, len(ids)) for ids in encoded]
     vocab_size = spec.module(model, spec.head).weight.shape[0]
+    encoded = [
+        inputs.encode_prompt(tokenizer, p, chat=chat, max_positions=max_positions)
+        if isinstance(p, str)
+        else inputs.check_prompt_ids(p, vocab_size, max_positions)
+        for p in prompts
+    ]
+    texts = [p if isinstance(p, str) else tokenizer.decode(ids) for p, ids in zip(prompts, encoded)]
+    own_positions = [inputs.resolve_position(position, len(ids)) for ids in encoded]
     target_fixed = _token(tokenizer, target, target_id, first_token, vocab_size)
     contrast = _token(tokenizer, vs, vs_id, first_token, vocab_size)
     if contrast is not None and contrast == target_fixed:
@@ -350,7 +356,7 @@ def attribute_batch(
         results.append(
             LogitAttribution(
                 model=loaded.ref,
-                prompt=prompts[row],
+                prompt=texts[row],
                 chat=chat,
                 token_ids=tuple(ids),
                 tokens=tuple(inputs.decode_token(tokenizer, i) for i in ids),

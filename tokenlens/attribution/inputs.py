@@ -8,6 +8,7 @@ rows, 151,669 ids); the extra rows are padding, so default targets are chosen am
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -52,6 +53,27 @@ def encode_prompt(
             f"the prompt is {len(ids)} tokens, longer than the model's context of {max_positions}"
         )
     return list(ids)
+
+
+def check_prompt_ids(ids: Sequence[int], vocab_size: int, max_positions: int | None = None) -> list[int]:
+    """Token ids given directly as a prompt, checked: non-empty, within the vocabulary and the context.
+
+    Raises:
+        TokenlensError: The ids are empty, one is outside ``0 .. vocab_size - 1``, or there are too many.
+    """
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise TokenlensError("the prompt is empty: give at least one token id")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise TokenlensError(
+            f"prompt token id {bad[0]} is outside the vocabulary (valid ids: 0..{vocab_size - 1})"
+        )
+    if max_positions is not None and len(ids) > max_positions:
+        raise TokenlensError(
+            f"the prompt is {len(ids)} tokens, longer than the model's context of {max_positions}"
+        )
+    return ids
 
 
 def resolve_position(position: int, seq_len: int) -> int:
