@@ -259,3 +259,60 @@ def test_table_shows_drilldowns(tiny_checkpoint, capsys):
     )
     assert code == 0
     assert "Heads L{i}.H{h}" in out and "Top neurons" in out and "Sources through L1" in out
+
+
+def test_lens_and_causal_sections_in_json(tiny_checkpoint, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--format",
+        "json",
+        "--target",
+        " Paris",
+        "--vs",
+        " Rome",
+        "--lens",
+        "--ablate",
+        "L1.H0,L2.mlp",
+        "--patch",
+        "The capital of Italy is",
+        "--estimate",
+        "3",
+        "--rope",
+        "--norms",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    lens = data["lens"]
+    assert lens["depths"] == ["embed", "L0", "L1", "L2"] and lens["positions"] == [4]
+    last = lens["cells"][-1]
+    assert last["target_logit"] == pytest.approx(data["logit"], abs=1e-4)  # the last depth is the model
+    ablation = data["ablation"]
+    assert ablation["metric"]["kind"] == "logit_diff" and [e["name"] for e in ablation["each"]] == [
+        "L1.H0",
+        "L2.mlp",
+    ]
+    assert ablation["baseline"] == pytest.approx(data["explained"]["value"], abs=1e-4)
+    assert data["patching"]["clean"] == pytest.approx(data["explained"]["value"], abs=1e-4)
+    assert len(data["estimates"]["confirmed"]) == 3 and "estimates" in data["estimates"]["kind"]
+    assert [e["name"] for e in data["rope"]["each"]][-1] == "L2.rope"
+    assert data["norms"]["each"][0]["name"] == "final_norm"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--ablate", "L7.H0"], "layer"),
+        (["--patch", "A much longer corrupted prompt than the clean one"], "token"),
+        (["--metric", "logit_diff", "--rope"], "--vs"),
+        (["--metric", "prob"], "apply to --ablate"),
+        (["--ablate", "L0.mlp", "--ablate-mode", "mean"], "reference"),
+    ],
+)
+def test_bad_causal_flags(tiny_checkpoint, capsys, extra, expected):
+    code, _, err = run_cli(capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, *extra)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

@@ -285,3 +285,25 @@ def test_quantised_model_reports_the_split_residual(quantisable_checkpoint, bits
     scale = float(d.contributions.abs().max())
     assert torch.isfinite(heads.residual).all() and torch.isfinite(neurons.residual).all()
     assert heads.residual.abs().max() < 0.2 * scale and neurons.residual.abs().max() < 0.2 * scale
+
+
+@pytest.mark.parametrize("mode", ["lora", "modules_to_save"])
+def test_wrapped_head_is_read_as_the_model_applies_it(tiny_loaded, mode):
+    from peft import LoraConfig, get_peft_model
+
+    loaded = tiny_loaded("llama")
+    torch.manual_seed(4)
+    if mode == "lora":
+        config = LoraConfig(r=2, target_modules=["lm_head"], init_lora_weights=False)
+    else:
+        config = LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    peft_model = get_peft_model(copy.deepcopy(loaded.model), config)
+    if mode == "modules_to_save":
+        with torch.no_grad():
+            peft_model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)
+    result = attribute(loaded_with(loaded, peft_model), PROMPT, target=" Paris", vs=" Rome")
+    with torch.no_grad():
+        logits = peft_model(input_ids=torch.tensor([result.token_ids])).logits[0, -1]
+    expected = float(logits[result.target.id] - logits[result.contrast.id])
+    assert result.decomposition.logit == pytest.approx(expected, abs=1e-5)
+    assert abs(result.decomposition.total - expected) <= result.decomposition.tolerance

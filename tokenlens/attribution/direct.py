@@ -62,7 +62,7 @@ def run_with_internals(
 ) -> tuple[ResidualCapture, InternalsRecorder, torch.Tensor]:
     """:func:`run_with_capture` that also records the layer internals ``splits`` need (see
     :mod:`tokenlens.capture.internals`)."""
-    _refuse_virtual_positions(model)
+    refuse_virtual_positions(model)
     device = spec.module(model, spec.embed).weight.device
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
@@ -82,8 +82,8 @@ def run_with_internals(
     return residual.result(component_names(spec, model)), internals, output.logits.detach()
 
 
-def _refuse_virtual_positions(model: nn.Module) -> None:
-    """Prompt and prefix tuning add virtual positions the per-position split does not model yet."""
+def refuse_virtual_positions(model: nn.Module) -> None:
+    """Refuse prompt/prefix-tuning adapters: their virtual positions are not modelled per position yet."""
     config = getattr(model, "active_peft_config", None)
     if config is not None and getattr(config, "is_prompt_learning", False):
         raise TokenlensError(

@@ -59,25 +59,54 @@ def make_readout(
     """The readout at one position.
 
     Args:
-        model: The model (bare or PEFT-wrapped; a head wrapped by PEFT is read through its base layer).
+        model: The model (bare or PEFT-wrapped). A plain linear head is read directly; a wrapped one (LoRA,
+            ``modules_to_save``, quantised) through the module itself, so its update is included.
         spec: Its spec.
         final_input: ``(d_model,)`` the stream entering the final norm at the position.
         target_id: The explained token.
         contrast_id: Explain ``logit[target] − logit[contrast]`` instead of ``logit[target]``.
     """
-    head = _unwrapped(spec.module(model, spec.head))
+    head = spec.module(model, spec.head)
     g = spec.module(model, spec.final_norm).weight
-    device = head.weight.device
-    u = head.weight[target_id].to(torch.float32)
-    if contrast_id is not None:
-        u = u - head.weight[contrast_id].to(torch.float32)
+    weight = head.weight if type(head) is nn.Linear else None
+    device = g.device
+    if weight is not None:  # a plain linear head: read its rows
+        u = weight[target_id].to(device, torch.float32)
+        if contrast_id is not None:
+            u = u - weight[contrast_id].to(device, torch.float32)
+        bias = (
+            None if head.bias is None else _pick(head.bias.to(device, torch.float32), target_id, contrast_id)
+        )
+    else:  # a wrapped head (LoRA, modules_to_save, quantised): ask the module itself
+        out_features, in_features = _shape(head)
+        pick = torch.zeros(out_features, device=device)
+        pick[target_id] += 1.0
+        if contrast_id is not None:
+            pick[contrast_id] -= 1.0
+        u = input_direction(head, pick, in_features, g.dtype)
+        with torch.no_grad():
+            offset = head(torch.zeros(1, in_features, device=next(head.parameters()).device, dtype=g.dtype))
+        bias = float(offset[0].to(device, torch.float32) @ pick) if _has_bias(head) else None
     h = final_input.to(device, torch.float32)
     scale = torch.rsqrt(h.pow(2).mean() + final_norm_eps(model, spec))
-    bias = getattr(head, "bias", None)
-    bias_value = None
-    if bias is not None:
-        bias_value = float(bias[target_id]) - (float(bias[contrast_id]) if contrast_id is not None else 0.0)
-    return Readout(direction=(u * g.to(device, torch.float32)).detach(), scale=float(scale), bias=bias_value)
+    return Readout(direction=(u * g.to(torch.float32)).detach(), scale=float(scale), bias=bias)
+
+
+def _pick(values: torch.Tensor, target_id: int, contrast_id: int | None) -> float:
+    return float(values[target_id]) - (float(values[contrast_id]) if contrast_id is not None else 0.0)
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a (possibly wrapped) linear."""
+    base = _unwrapped(module)
+    for candidate in (module, base, getattr(base, "original_module", None)):
+        if candidate is not None and hasattr(candidate, "out_features"):
+            return int(candidate.out_features), int(candidate.in_features)
+    raise ValueError(f"cannot tell the shape of head {type(module).__name__}")
+
+
+def _has_bias(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Linear) and m.bias is not None for m in module.modules())
 
 
 _QUANTISED = ("Linear4bit", "Linear8bitLt")

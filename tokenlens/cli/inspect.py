@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tokenlens.cli import causal_options
 from tokenlens.errors import TokenlensError
 
 EPILOG = """examples:
@@ -55,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--experts", action="store_true", help="split MoE layers by routed expert (L{i}.E{e})")
     p.add_argument(
+        "--lens", action="store_true", help="logit lens: the top tokens and the target after every layer"
+    )
+    p.add_argument(
         "--position", type=int, default=-1, help="prompt position to explain (default -1: the last)"
     )
     p.add_argument(
@@ -65,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format", choices=("table", "json"), default="table", help="output format (default table)"
     )
     p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
+    causal_options.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -132,19 +137,36 @@ def run(args: argparse.Namespace) -> int:
         experts=args.experts,
         sources=[scope.strip() for item in args.sources for scope in item.split(",") if scope.strip()],
     )
+    sections = []
+    if args.lens:
+        from tokenlens.attribution.lens import logit_lens
+
+        lens = logit_lens(
+            loaded, args.prompt, target_id=result.target.id, positions=[result.position], chat=args.chat, k=3
+        )
+        sections.append(("lens", lens))
+    if causal_options.wanted(args):
+        sections += causal_options.run(args, loaded, result)
     if args.format == "json":
-        from tokenlens.report.json_report import attribution_to_json
+        import json
 
-        text = attribution_to_json(result)
-    elif args.out:
-        from tokenlens.report.terminal import attribution_to_text
+        from tokenlens.report.json_report import attribution_to_dict
 
-        text = attribution_to_text(result)
+        data = attribution_to_dict(result)
+        data.update({key: causal_options.to_dict(key, value) for key, value in sections})
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     else:
-        from tokenlens.report.terminal import print_attribution
+        from tokenlens.report.terminal import render_attribution, renderables_to_text
 
-        print_attribution(result)
-        return 0
+        parts = [render_attribution(result)] + [causal_options.table(key, value) for key, value in sections]
+        if not args.out:
+            from rich.console import Console
+
+            console = Console()
+            for part in parts:
+                console.print(part)
+            return 0
+        text = renderables_to_text(parts)
     if args.out:
         from tokenlens.io import atomic_write_text
 

@@ -30,6 +30,8 @@ class ArchitectureSpec:
         attn: Attention module inside a layer; its output's first element is the layer's attention write.
         mlp: Feed-forward module inside a layer; its output is the layer's MLP write.
         attn_out: The linear inside a layer that projects attention onto the stream (``o_proj``).
+        attn_norm: The RMSNorm inside a layer that feeds attention (``input_layernorm``).
+        mlp_norm: The RMSNorm inside a layer that feeds the MLP (``post_attention_layernorm``).
         mlp_out: The linear inside a layer that projects the MLP onto the stream (``down_proj``); a layer
             whose MLP is a mixture of experts has none (its experts are under ``experts``).
         final_norm: The RMSNorm applied before the head.
@@ -50,6 +52,8 @@ class ArchitectureSpec:
     layers: str = "model.layers"
     attn: str = "self_attn"
     mlp: str = "mlp"
+    attn_norm: str = "input_layernorm"
+    mlp_norm: str = "post_attention_layernorm"
     attn_out: str = "self_attn.o_proj"
     mlp_out: str = "mlp.down_proj"
     final_norm: str = "model.norm"

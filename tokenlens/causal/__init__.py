@@ -1,0 +1,63 @@
+"""Causal effects: what changes when a component is ablated, patched, or run without its norm scale or RoPE.
+
+Direct logit attribution (:mod:`tokenlens.attribution`) splits a logit exactly over the direct paths of
+the residual-stream writes. The effects here are measured instead, by intervening on the model's own
+forward pass with hooks: they include each component's indirect effect through later layers, and they
+cover the parts with no additive share (norm scales, RoPE). Attribution patching gives cheap first-order
+estimates of all patches at once, labelled as estimates.
+
+Public entry points take a :class:`~tokenlens.models.loading.LoadedModel` and prompt text; each has a
+lower-level twin taking ``(model, spec, input_ids)``.
+"""
+
+from tokenlens.causal.activation_patching import patch, patching
+from tokenlens.causal.effects import ablate, ablation
+from tokenlens.causal.estimates import (
+    attribution_patch,
+    attribution_patching,
+    check_estimates,
+    estimate_check,
+)
+from tokenlens.causal.metrics import METRICS, Metric, metric_for
+from tokenlens.causal.nonadditive import ablate_norms, ablate_rope, norm_ablation, rope_ablation
+from tokenlens.causal.results import (
+    Ablation,
+    AttributionPatching,
+    CheckedEstimate,
+    Effect,
+    EstimateCheck,
+    NormAblation,
+    PatchEffect,
+    Patching,
+)
+from tokenlens.causal.sites import Site, head_sites, layer_sites, parse_sites
+
+__all__ = [
+    "METRICS",
+    "Ablation",
+    "AttributionPatching",
+    "CheckedEstimate",
+    "Effect",
+    "EstimateCheck",
+    "Metric",
+    "NormAblation",
+    "PatchEffect",
+    "Patching",
+    "Site",
+    "ablate",
+    "ablate_norms",
+    "ablate_rope",
+    "ablation",
+    "attribution_patch",
+    "attribution_patching",
+    "check_estimates",
+    "estimate_check",
+    "head_sites",
+    "layer_sites",
+    "metric_for",
+    "norm_ablation",
+    "parse_sites",
+    "patch",
+    "patching",
+    "rope_ablation",
+]

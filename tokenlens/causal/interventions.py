@@ -1,0 +1,226 @@
+"""Hook context managers that read, replace or rescale activations during a real forward pass.
+
+A causal effect is measured by changing one activation and letting the model run its own forward on the
+change. Sites (:mod:`tokenlens.causal.sites`) name what to change; here each site's module gets a forward
+hook (outputs: ``embed``, attention, MLP) or forward pre-hook (inputs: ``o_proj`` for heads, ``down_proj``
+for neurons), one hook per module whatever the number of sites on it. Norms and rotary embeddings get
+their own hooks: an RMSNorm's output is rescaled to replace its scale, and attention's
+``position_embeddings`` keyword argument is replaced to switch RoPE off. Every hook is removed in a
+``finally`` block, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from tokenlens.causal.sites import Site, head_count, hook_point, site_slice
+from tokenlens.errors import TokenlensError
+from tokenlens.models.specs import ArchitectureSpec
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a site's activation ``(batch, seq, width)`` to its replacement of the same shape."""
+
+
+def _groups(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site]) -> dict[int, tuple]:
+    """Sites grouped by hook point: ``id(module) -> (module, is_pre, [sites])``."""
+    groups: dict[int, tuple] = {}
+    for site in sites:
+        module, pre = hook_point(model, spec, site)
+        groups.setdefault(id(module), (module, pre, []))[2].append(site)
+    return groups
+
+
+def install(
+    module: nn.Module, pre: bool, fn: Callable[[torch.Tensor], torch.Tensor | None]
+) -> RemovableHandle:
+    """Register ``fn`` on a hook point; ``fn`` sees the activation and returns a replacement or ``None``.
+
+    Returns:
+        The hook handle (the caller removes it).
+    """
+    if pre:
+
+        def pre_hook(_module: nn.Module, args: tuple) -> tuple | None:
+            if not args:
+                raise RuntimeError(f"{type(_module).__name__} was called without a positional input")
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+
+        return module.register_forward_pre_hook(pre_hook)
+
+    def hook(_module: nn.Module, _args: tuple, output: object) -> object:
+        first = output[0] if isinstance(output, tuple) else output
+        new = fn(first)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return module.register_forward_hook(hook)
+
+
+@contextmanager
+def hooks(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site], make: Callable) -> Iterator[None]:
+    """Install one hook per hook point; ``make(sites)`` builds its activation function."""
+    handles = []
+    try:
+        for module, pre, group in _groups(model, spec, sites).values():
+            handles.append(install(module, pre, make(group)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record(
+    model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each site's activation ``(batch, seq, width)`` (detached copies) during the ``with`` block.
+
+    Yields:
+        A dict filled by the forward pass: site name -> its activation (``width`` is 1 for a neuron).
+    """
+    values: dict[str, torch.Tensor] = {}
+    heads = head_count(model)
+
+    def make(group: list[Site]) -> Callable:
+        def fn(x: torch.Tensor) -> None:
+            for site in group:
+                values[site.name] = x[..., site_slice(site, x.shape[-1], heads)].detach().clone()
+
+        return fn
+
+    with hooks(model, spec, sites, make):
+        yield values
+
+
+@contextmanager
+def replace(model: nn.Module, spec: ArchitectureSpec, edits: Mapping[Site, Edit]) -> Iterator[None]:
+    """Replace each site's activation by ``edits[site](activation)`` in the forward passes of the block.
+
+    Edits of one hook point all read the unmodified activation and write into one copy of it.
+    """
+    heads = head_count(model)
+
+    def make(group: list[Site]) -> Callable:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            new = x.clone()
+            for site in group:
+                part = site_slice(site, x.shape[-1], heads)
+                new[..., part] = edits[site](x[..., part])
+            return new
+
+        return fn
+
+    with hooks(model, spec, list(edits), make):
+        yield
+
+
+def zeroed(positions: Sequence[int] | None = None) -> Edit:
+    """An edit that sets the activation to zero (at ``positions`` only, when given)."""
+    return constant(torch.zeros(()), positions)
+
+
+def scaled(factor: float, positions: Sequence[int] | None = None) -> Edit:
+    """An edit that multiplies the activation by ``factor`` (at ``positions`` only, when given)."""
+    return _at(lambda a: a * factor, positions)
+
+
+def constant(value: torch.Tensor, positions: Sequence[int] | None = None) -> Edit:
+    """An edit that sets the activation to ``value``, broadcast to ``(batch, seq, width)``.
+
+    ``value`` may be ``()``, ``(width,)`` (the same at every position) or ``(1 or batch, seq, width)``.
+    """
+    return _at(lambda a: value.to(a).expand_as(a), positions)
+
+
+def _at(edit: Edit, positions: Sequence[int] | None) -> Edit:
+    if positions is None:
+        return edit
+
+    def at(a: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(list(positions), device=a.device)
+        new = a.clone()
+        new[:, index] = edit(a)[:, index]
+        return new
+
+    return at
+
+
+def norm_epsilon(norm: nn.Module) -> float:
+    """The epsilon of an RMSNorm module (``variance_epsilon`` in HF models, ``eps`` elsewhere)."""
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if eps is None:
+        raise ValueError(f"{type(norm).__name__} exposes no epsilon")
+    return float(eps)
+
+
+@contextmanager
+def rescale_norm(
+    norm: nn.Module,
+    scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seen: list[torch.Tensor] | None = None,
+) -> Iterator[None]:
+    """Make an RMSNorm act as if its scale were ``scale(s)``, by rescaling its real output.
+
+    An RMSNorm computes ``g ⊙ x · s`` with ``s = 1/sqrt(mean(x²) + ε)`` per position. A forward hook reads
+    ``s`` from the module's input (float32, ``(batch, seq)``), appends it to ``seen`` and, when ``scale``
+    is given, multiplies the output by ``scale(s) / s``: the model then runs on with the norm's scale
+    replaced, and nothing of the norm or the head is re-implemented.
+    """
+    eps = norm_epsilon(norm)
+
+    def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        s = torch.rsqrt(args[0].float().pow(2).mean(-1) + eps)  # (batch, seq)
+        if seen is not None:
+            seen.append(s.detach())
+        if scale is None:
+            return None
+        ratio = scale(s).to(s) / s  # (batch, seq)
+        return (output.float() * ratio[..., None]).to(output.dtype)
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def without_rope(model: nn.Module, spec: ArchitectureSpec, layers: Sequence[int]) -> Iterator[None]:
+    """Run the attention of ``layers`` without rotary position information.
+
+    Each attention module receives ``position_embeddings=(cos, sin)`` as a keyword argument and applies
+    ``q·cos + rotate_half(q)·sin`` (likewise to ``k``; transformers 5.24 ``apply_rotary_pos_emb``). A
+    ``with_kwargs`` pre-hook replaces the pair by ``(1, 0)``, which makes the rotation the identity, so the
+    layer's attention scores no longer depend on relative position (the causal mask still applies).
+
+    Raises:
+        TokenlensError: The attention module is not called with ``position_embeddings``.
+    """
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        pair = kwargs.get("position_embeddings")
+        if pair is None:
+            raise TokenlensError(
+                "RoPE ablation needs attention modules called with position_embeddings=(cos, sin); "
+                f"{type(_module).__name__} is not"
+            )
+        cos, sin = pair
+        return args, {**kwargs, "position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
+
+    all_layers = spec.layer_list(model)
+    handles = []
+    try:
+        for i in layers:
+            attn = all_layers[i].get_submodule(spec.attn)
+            handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,187 @@
+"""The number a causal experiment watches: one token's logit, log-prob, probability or logit difference.
+
+Every intervention is judged by how it moves one scalar read off the model's next-token logits at one
+position. ``logit_diff`` (target minus a contrast token) is the usual choice: it does not depend on the
+softmax normaliser, so it isolates what pushes one answer over the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tokenlens.attribution import inputs
+from tokenlens.attribution.direct import refuse_virtual_positions
+from tokenlens.errors import TokenlensError
+from tokenlens.models.loading import LoadedModel
+from tokenlens.models.specs import ArchitectureSpec, bare_model
+
+METRICS = ("logit", "logprob", "prob", "logit_diff")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar read off the logits at one position.
+
+    Attributes:
+        kind: ``logit``, ``logprob``, ``prob`` or ``logit_diff`` (``logit[target] - logit[contrast]``).
+        target_id: The token whose score is read.
+        position: The non-negative sequence position whose next-token prediction is read.
+        contrast_id: The token subtracted by ``logit_diff`` (``None`` for the other kinds).
+        target_text: The target's decoded text, for labels (``None`` when unknown).
+        contrast_text: The contrast's decoded text, for labels.
+
+    Raises:
+        TokenlensError: Unknown kind, a ``logit_diff`` without a contrast, a contrast equal to the target,
+            or a contrast given for another kind.
+    """
+
+    kind: str
+    target_id: int
+    position: int
+    contrast_id: int | None = None
+    target_text: str | None = None
+    contrast_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in METRICS:
+            raise TokenlensError(f"unknown metric {self.kind!r}: use one of {', '.join(METRICS)}")
+        if self.kind == "logit_diff" and self.contrast_id is None:
+            raise TokenlensError("the logit_diff metric needs a contrast token (the answer to compare with)")
+        if self.kind != "logit_diff" and self.contrast_id is not None:
+            raise TokenlensError(f"a contrast token only applies to logit_diff, not to {self.kind}")
+        if self.contrast_id is not None and self.contrast_id == self.target_id:
+            raise TokenlensError(
+                f"the contrast token is the target itself (id {self.target_id}): pick another"
+            )
+        if self.position < 0:
+            raise ValueError(f"metric position must be non-negative, got {self.position}")
+
+    def of(self, logits: torch.Tensor) -> torch.Tensor:
+        """The metric (a float32 scalar, differentiable) of one position's logits ``(vocab,)``."""
+        row = logits.float()
+        if self.kind == "logit":
+            return row[self.target_id]
+        if self.kind == "logprob":
+            return row.log_softmax(-1)[self.target_id]
+        if self.kind == "prob":
+            return row.softmax(-1)[self.target_id]
+        return row[self.target_id] - row[self.contrast_id]
+
+    def describe(self) -> str:
+        """A short label, e.g. ``logit_diff(' Paris' - ' London') at position 5``."""
+        target = repr(self.target_text) if self.target_text is not None else f"id {self.target_id}"
+        if self.contrast_id is not None:
+            contrast = (
+                repr(self.contrast_text) if self.contrast_text is not None else f"id {self.contrast_id}"
+            )
+            target = f"{target} - {contrast}"
+        return f"{self.kind}({target}) at position {self.position}"
+
+
+def run_metric(
+    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, metric: Metric
+) -> torch.Tensor:
+    """One real forward pass of ``input_ids`` ``(1, seq)``; the metric as a float32 scalar tensor.
+
+    Runs under whatever grad mode the caller set (``torch.no_grad()`` for exact effects, autograd for
+    attribution patching). Only the metric position's logits are computed.
+
+    Raises:
+        TokenlensError: The metric position is outside the prompt, or a prompt-learning adapter adds
+            virtual positions.
+    """
+    if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"expected input ids of shape (1, seq), got {tuple(input_ids.shape)}")
+    if metric.position >= input_ids.shape[1]:
+        raise TokenlensError(
+            f"the metric reads position {metric.position}, outside this prompt of {input_ids.shape[1]} tokens"
+        )
+    refuse_virtual_positions(model)
+    device = spec.module(model, spec.embed).weight.device
+    input_ids = input_ids.to(device)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        use_cache=False,
+        logits_to_keep=torch.tensor([metric.position], device=device),
+    )
+    return metric.of(output.logits[0, 0])
+
+
+def encode(loaded: LoadedModel, prompt: str, *, chat: bool = False) -> torch.Tensor:
+    """``prompt``'s token ids as a ``(1, seq)`` tensor (rules: :func:`inputs.encode_prompt`)."""
+    limit = getattr(bare_model(loaded.model).config, "max_position_embeddings", None)
+    return torch.tensor([inputs.encode_prompt(loaded.tokenizer, prompt, chat=chat, max_positions=limit)])
+
+
+def _token(
+    loaded: LoadedModel, text: str | None, token_id: int | None, first_token: bool, what: str
+) -> int | None:
+    if text is not None and token_id is not None:
+        raise TokenlensError(f"give the {what} as text or as an id, not both")
+    if token_id is not None:
+        vocab_size = loaded.spec.module(loaded.model, loaded.spec.head).weight.shape[0]
+        return inputs.check_target_id(loaded.tokenizer, token_id, vocab_size)
+    if text is not None:
+        return inputs.target_from_text(loaded.tokenizer, text, first_token=first_token)
+    return None
+
+
+def _top1(loaded: LoadedModel, ids: torch.Tensor, position: int) -> int:
+    """The model's top-1 token at ``position`` among ids the tokenizer can decode."""
+    device = loaded.spec.module(loaded.model, loaded.spec.embed).weight.device
+    with torch.no_grad():
+        logits = loaded.model(
+            input_ids=ids.to(device), use_cache=False, logits_to_keep=torch.tensor([position], device=device)
+        ).logits[0, 0]
+    limit = inputs.decodable_vocab(loaded.tokenizer, logits.shape[-1])
+    return int(inputs.top_tokens(logits, limit, 1)[0])
+
+
+def metric_for(
+    loaded: LoadedModel,
+    prompt: str | Sequence[int],
+    *,
+    kind: str = "logit",
+    target: str | None = None,
+    target_id: int | None = None,
+    contrast: str | None = None,
+    contrast_id: int | None = None,
+    first_token: bool = False,
+    position: int = -1,
+    chat: bool = False,
+) -> Metric:
+    """The metric a user asks for on ``prompt`` (text, or token ids).
+
+    Args:
+        loaded: The model.
+        prompt: The prompt the metric is read on (for patching: the clean prompt).
+        kind: ``logit``, ``logprob``, ``prob`` or ``logit_diff``.
+        target / target_id: The token to watch, as decoded text (``" Paris"``) or id; default: the model's
+            top-1 token at ``position`` among ids the tokenizer can decode.
+        contrast / contrast_id: For ``logit_diff``, the token subtracted.
+        first_token: Accept a multi-token target or contrast and use its first token.
+        position: The prediction position; negative counts from the end.
+        chat: Wrap a text prompt as a user turn with the chat template.
+
+    Raises:
+        TokenlensError: Any bad input (see :class:`Metric` and :mod:`tokenlens.attribution.inputs`).
+    """
+    ids = encode(loaded, prompt, chat=chat) if isinstance(prompt, str) else torch.tensor([list(prompt)])
+    pos = inputs.resolve_position(position, ids.shape[1])
+    target_id = _token(loaded, target, target_id, first_token, "target")
+    contrast_id = _token(loaded, contrast, contrast_id, first_token, "contrast")
+    if target_id is None:
+        target_id = _top1(loaded, ids, pos)
+    return Metric(
+        kind=kind,
+        target_id=target_id,
+        position=pos,
+        contrast_id=contrast_id,
+        target_text=inputs.decode_token(loaded.tokenizer, target_id),
+        contrast_text=None if contrast_id is None else inputs.decode_token(loaded.tokenizer, contrast_id),
+    )

@@ -1,0 +1,172 @@
+"""Effects of the parts with no additive share of the logit: the RMSNorm scales and RoPE.
+
+The residual stream is a sum of writes, but two parts of the model act multiplicatively or on the
+attention pattern and write nothing to it:
+
+- **RMSNorm scales.** Each norm multiplies its input by ``s = 1/sqrt(mean(x²) + ε)`` per position (the
+  final norm before the head, and each layer's ``input_layernorm`` / ``post_attention_layernorm``). Its
+  effect is measured by replacing ``s`` by a reference value (the mean of ``s`` over the prompt, or a given
+  number) and rerunning.
+- **RoPE.** Rotary embeddings rotate queries and keys by position; there is no positional write. Its effect
+  is measured by running a layer's (or every layer's) attention with the rotation switched off.
+
+Both are reported as ablation effects (:class:`~tokenlens.causal.results.Ablation`), never as
+contributions: they need not add up with anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import nn
+
+from tokenlens.causal.effects import measure
+from tokenlens.causal.interventions import rescale_norm, without_rope
+from tokenlens.causal.metrics import Metric, encode, metric_for
+from tokenlens.causal.results import Ablation, Effect, NormAblation
+from tokenlens.errors import TokenlensError
+from tokenlens.models.loading import LoadedModel
+from tokenlens.models.specs import ArchitectureSpec
+
+
+def norm_modules(
+    model: nn.Module, spec: ArchitectureSpec, *, layers: bool = True
+) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the final norm and, when ``layers``, each layer's two norms, in that order."""
+    norms = [("final_norm", spec.module(model, spec.final_norm))]
+    if layers:
+        for i, layer in enumerate(spec.layer_list(model)):
+            norms += [(f"L{i}.attn_norm", layer.get_submodule(spec.attn_norm))]
+            norms += [(f"L{i}.mlp_norm", layer.get_submodule(spec.mlp_norm))]
+    return norms
+
+
+def _references(scales: torch.Tensor, reference: str | float) -> tuple[torch.Tensor, str]:
+    """``(norm,)`` reference scales and their description."""
+    if reference == "mean":
+        return scales.mean(1), "each norm's mean scale over the prompt's positions"
+    if isinstance(reference, (int, float)) and not isinstance(reference, bool) and reference > 0:
+        return torch.full((scales.shape[0],), float(reference)), f"scale {float(reference):g}"
+    raise TokenlensError(f"norm reference must be 'mean' or a positive number, got {reference!r}")
+
+
+def ablate_norms(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    metric: Metric,
+    *,
+    reference: str | float = "mean",
+    layers: bool = True,
+) -> NormAblation:
+    """Replace each RMSNorm's scale, at every position, by a reference value; one norm at a time.
+
+    Args:
+        model, spec: The model (bare or PEFT-wrapped) and its spec.
+        input_ids: ``(1, seq)`` the prompt.
+        metric: What to measure.
+        reference: ``"mean"`` (each norm's own mean scale over the prompt's positions) or a positive number.
+        layers: Also ablate every layer's two norms (otherwise only the final norm).
+
+    Raises:
+        TokenlensError: A bad reference.
+    """
+    norms = norm_modules(model, spec, layers=layers)
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in norms}
+    recorders = [partial(rescale_norm, module, None, seen[name]) for name, module in norms]
+    baseline = measure(model, spec, input_ids, metric, contexts=recorders)
+    scales = torch.stack([seen[name][-1][0].cpu() for name, _ in norms])  # (norm, seq)
+    references, described = _references(scales, reference)
+    effects = []
+    for (name, module), value in zip(norms, references.tolist(), strict=True):
+        fixed = partial(rescale_norm, module, lambda s, v=value: torch.full_like(s, v))
+        ablated = measure(model, spec, input_ids, metric, contexts=[fixed])
+        effects.append(Effect(name, ablated, ablated - baseline))
+    ablation = Ablation(
+        metric=metric,
+        method="norm",
+        reference=described,
+        sites=tuple(name for name, _ in norms),
+        baseline=baseline,
+        each=tuple(effects),
+        together=None,
+    )
+    return NormAblation(ablation, scales, references)
+
+
+def ablate_rope(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    metric: Metric,
+    *,
+    layers: Sequence[int] | None = None,
+    each: bool = True,
+    together: bool = True,
+) -> Ablation:
+    """Run attention without rotary position information, per layer and/or in ``layers`` together.
+
+    Args:
+        model, spec: The model (bare or PEFT-wrapped) and its spec.
+        input_ids: ``(1, seq)`` the prompt.
+        metric: What to measure.
+        layers: The layers to ablate (default: all).
+        each: Measure each layer ablated alone (effects named ``L{i}.rope``).
+        together: Measure all ``layers`` ablated at once (named ``together``).
+
+    Raises:
+        TokenlensError: An unknown layer index, or attention that does not take ``position_embeddings``.
+    """
+    n_layers = len(spec.layer_list(model))
+    chosen = list(range(n_layers)) if layers is None else list(layers)
+    bad = [i for i in chosen if not 0 <= i < n_layers]
+    if bad or not chosen:
+        raise TokenlensError(f"RoPE ablation layers must be in 0..{n_layers - 1}, got {chosen}")
+    baseline = measure(model, spec, input_ids, metric)
+
+    def effect(name: str, which: list[int]) -> Effect:
+        value = measure(model, spec, input_ids, metric, contexts=[partial(without_rope, model, spec, which)])
+        return Effect(name, value, value - baseline)
+
+    return Ablation(
+        metric=metric,
+        method="rope",
+        reference="cos=1, sin=0 (no rotation)",
+        sites=tuple(f"L{i}.rope" for i in chosen),
+        baseline=baseline,
+        each=tuple(effect(f"L{i}.rope", [i]) for i in chosen) if each else (),
+        together=effect("together", chosen) if together else None,
+    )
+
+
+def norm_ablation(
+    loaded: LoadedModel,
+    prompt: str,
+    *,
+    reference: str | float = "mean",
+    layers: bool = True,
+    metric: Metric | None = None,
+    chat: bool = False,
+) -> NormAblation:
+    """:func:`ablate_norms` on a prompt; the metric defaults to the top-1 token's logit at the end."""
+    ids = encode(loaded, prompt, chat=chat)
+    metric = metric or metric_for(loaded, ids[0].tolist())
+    return ablate_norms(loaded.model, loaded.spec, ids, metric, reference=reference, layers=layers)
+
+
+def rope_ablation(
+    loaded: LoadedModel,
+    prompt: str,
+    *,
+    layers: Sequence[int] | None = None,
+    metric: Metric | None = None,
+    chat: bool = False,
+    each: bool = True,
+    together: bool = True,
+) -> Ablation:
+    """:func:`ablate_rope` on a prompt; the metric defaults to the top-1 token's logit at the end."""
+    ids = encode(loaded, prompt, chat=chat)
+    metric = metric or metric_for(loaded, ids[0].tolist())
+    return ablate_rope(loaded.model, loaded.spec, ids, metric, layers=layers, each=each, together=together)

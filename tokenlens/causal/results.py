@@ -1,0 +1,197 @@
+"""Result objects of causal experiments. They carry their own labels, so renderers never need a model.
+
+Every number here is a *measured effect*: the metric of a real forward pass with something changed, minus
+the metric without the change, except in :class:`AttributionPatching`, whose numbers are first-order
+*estimates* of such effects and are labelled so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tokenlens.causal.metrics import Metric
+
+
+@dataclass(frozen=True)
+class Effect:
+    """The metric with one intervention applied.
+
+    Attributes:
+        name: What was changed: a site name (``L3.H5``), ``together`` for a whole set, ``L3.rope``, a norm.
+        value: The metric with the intervention.
+        delta: ``value - baseline``: the measured effect of the intervention.
+    """
+
+    name: str
+    value: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What replacing some activations (or a norm scale, or RoPE) does to the metric.
+
+    Attributes:
+        metric: What was measured.
+        method: ``zero``, ``mean``, ``resample``, ``rope`` or ``norm``.
+        reference: How the replacement was obtained, in words (e.g. ``mean over 4 reference prompts,
+            per position``).
+        sites: The names of everything ablated.
+        baseline: The metric on the unmodified run.
+        each: One effect per site, each ablated alone (empty when not asked for).
+        together: The effect of ablating all sites at once (``None`` when not asked for).
+        final_scale_frozen: The final norm's scale was held at its unmodified value, so only the change of
+            the stream's direction and size through the fixed readout is measured.
+    """
+
+    metric: Metric
+    method: str
+    reference: str
+    sites: tuple[str, ...]
+    baseline: float
+    each: tuple[Effect, ...]
+    together: Effect | None
+    final_scale_frozen: bool = False
+
+
+@dataclass(frozen=True)
+class PatchEffect:
+    """One site's activation patched from the clean run into the corrupted run.
+
+    Attributes:
+        name: The site.
+        value: The metric of the corrupted run with the site patched.
+        delta: ``value - corrupted``.
+        restored: ``delta / (clean - corrupted)``: the fraction of the clean-corrupted gap this patch
+            restores (1 = all of it); NaN when the gap is zero.
+    """
+
+    name: str
+    value: float
+    delta: float
+    restored: float
+
+
+@dataclass(frozen=True)
+class Patching:
+    """Activation patching: which sites carry the difference between a clean and a corrupted run.
+
+    Attributes:
+        metric: What was measured (read at the same position in both runs).
+        clean: The metric on the clean run (the run activations are taken from).
+        corrupted: The metric on the corrupted run (the run activations are patched into).
+        effects: One entry per site, each patched alone.
+        positions: The patched sequence positions (``None``: all of them).
+    """
+
+    metric: Metric
+    clean: float
+    corrupted: float
+    effects: tuple[PatchEffect, ...]
+    positions: tuple[int, ...] | None = None
+
+    @property
+    def gap(self) -> float:
+        """``clean - corrupted``."""
+        return self.clean - self.corrupted
+
+
+def restored(delta: float, gap: float) -> float:
+    """``delta / gap``, NaN when the gap is zero."""
+    return delta / gap if gap != 0 else math.nan
+
+
+@dataclass(frozen=True)
+class AttributionPatching:
+    """First-order ESTIMATES of every site's patching effect, from one forward and one backward pass.
+
+    For a site with activation ``a`` on the run the gradient is taken on, and replacement ``a'``, the
+    estimate is ``Σ_{pos, dim} (a' - a) · ∂metric/∂a``: exact for a metric linear in ``a``, otherwise a
+    ranking device. Confirm the top sites by exact patching (:class:`EstimateCheck`).
+
+    Attributes:
+        metric: What was estimated.
+        reference: ``zero`` (``a' = 0``) or ``clean run`` (``a'`` from the clean run).
+        baseline: The metric on the run the gradient was taken on (the corrupted run).
+        names: The site names.
+        estimates: ``(site,)`` float32 estimated metric change per site.
+    """
+
+    metric: Metric
+    reference: str
+    baseline: float
+    names: tuple[str, ...]
+    estimates: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.estimates.shape != (len(self.names),):
+            raise ValueError(f"{len(self.names)} names for estimates of shape {tuple(self.estimates.shape)}")
+
+    def ranked(self, k: int | None = None) -> tuple[tuple[str, float], ...]:
+        """``(name, estimate)`` pairs by decreasing ``|estimate|``, the first ``k`` (all when ``None``)."""
+        order = self.estimates.abs().argsort(descending=True, stable=True)[:k].tolist()
+        return tuple((self.names[i], float(self.estimates[i])) for i in order)
+
+
+@dataclass(frozen=True)
+class CheckedEstimate:
+    """One site's first-order estimate next to its exactly measured effect.
+
+    Attributes:
+        name: The site.
+        estimate: The attribution-patching estimate of the metric change.
+        exact: The measured metric change when the site alone is patched (or zero-ablated).
+    """
+
+    name: str
+    estimate: float
+    exact: float
+
+    @property
+    def sign_agrees(self) -> bool:
+        """Whether estimate and exact effect point the same way (both zero counts as agreeing)."""
+        return (self.estimate > 0) == (self.exact > 0) and (self.estimate < 0) == (self.exact < 0)
+
+
+@dataclass(frozen=True)
+class EstimateCheck:
+    """The top sites by ``|estimate|`` of an attribution patching, confirmed by exact patching.
+
+    Attributes:
+        estimates: All estimates.
+        rows: The top sites, by decreasing ``|estimate|``, with their exact effects.
+    """
+
+    estimates: AttributionPatching
+    rows: tuple[CheckedEstimate, ...]
+
+
+@dataclass(frozen=True)
+class NormAblation:
+    """The effect of each RMSNorm's position-dependent scale, measured by replacing it.
+
+    An RMSNorm multiplies its input by ``s = 1/sqrt(mean(x²) + ε)`` per position; the effect is
+    multiplicative, so it has no additive share of the logit. Here each norm's scale is replaced, at every
+    position, by a reference value (the mean of its own scale over the prompt, or a given number) and the
+    change of the metric is measured. For the final norm only the metric position matters.
+
+    Attributes:
+        ablation: The effects, one per norm (``final_norm``, ``L{i}.attn_norm``, ``L{i}.mlp_norm``).
+        scales: ``(norm, seq)`` float32 each norm's scale per position on the unmodified run.
+        references: ``(norm,)`` float32 the value each norm's scale was replaced by.
+    """
+
+    ablation: Ablation
+    scales: torch.Tensor
+    references: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.ablation.sites)
+        if self.scales.shape[0] != n or self.references.shape != (n,):
+            raise ValueError(
+                f"{n} norms for scales {tuple(self.scales.shape)} and references "
+                f"{tuple(self.references.shape)}"
+            )
