@@ -139,7 +139,8 @@ def test_planted_neuron_is_the_top_neuron(tiny_loaded):
     with torch.no_grad():
         act = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
     assert float(result.neurons.activations[row, 0]) == pytest.approx(float(act[neuron]), abs=1e-5)
-    expected = float(act[neuron] * (mlp.down_proj.weight[:, neuron] @ direction)) * result.decomposition.scale
+    column = mlp.down_proj.weight[:, neuron].detach()
+    expected = float(act[neuron] * (column @ direction)) * result.decomposition.scale
     assert float(result.neurons.contributions[row, 0]) == pytest.approx(expected, rel=1e-4)
 
 
