@@ -3,6 +3,8 @@
 The residual stream of a pre-norm decoder is a sum of writes (embedding, every attention layer, every MLP),
 so with the final norm's scale frozen, a target token's logit splits exactly into per-component terms.
 tokenlens captures those writes with hooks on the real Hugging Face modules and reports the split.
+Causal effects (ablation, patching, attribution patching, norm and RoPE ablation) are in
+:mod:`tokenlens.causal`.
 
 Importing this package is cheap: torch and transformers load only when a model-facing name is used.
 """
@@ -20,6 +22,9 @@ __all__ = [
     "load",
     "LoadedModel",
     "attribute",
+    "attribute_batch",
+    "logit_lens",
+    "LogitLens",
     "decompose_logit",
     "LogitAttribution",
     "Decomposition",
@@ -34,13 +39,17 @@ _LAZY = {
     "ZOO": "tokenlens.models.zoo",
     "DEFAULT_MODEL": "tokenlens.models.zoo",
     "attribute": "tokenlens.attribution.direct",
+    "attribute_batch": "tokenlens.attribution.direct",
+    "logit_lens": "tokenlens.attribution.lens",
+    "LogitLens": "tokenlens.attribution.lens",
     "decompose_logit": "tokenlens.attribution.direct",
     "LogitAttribution": "tokenlens.attribution.result",
     "Decomposition": "tokenlens.attribution.result",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tokenlens.attribution.direct import attribute, decompose_logit
+    from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
+    from tokenlens.attribution.lens import LogitLens, logit_lens
     from tokenlens.attribution.result import Decomposition, LogitAttribution
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
