@@ -61,7 +61,7 @@ def wanted(args: argparse.Namespace) -> bool:
     asked = bool(args.ablate or args.patch or args.estimate or args.rope or args.norms)
     if not asked and (args.metric or args.reference or args.patch_sites):
         raise TokenlensError(
-            "--metric, --reference and --patch-sites apply to --ablate, --patch, --estimate, --rope or --norms"
+            "--metric, --reference, --patch-sites need one of --ablate, --patch, --estimate, --rope, --norms"
         )
     return asked
 
