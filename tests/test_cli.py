@@ -309,7 +309,7 @@ def test_lens_and_causal_sections_in_json(tiny_checkpoint, capsys):
         (["--ablate", "L7.H0"], "layer"),
         (["--patch", "A much longer corrupted prompt than the clean one"], "token"),
         (["--metric", "logit_diff", "--rope"], "--vs"),
-        (["--metric", "prob"], "apply to --ablate"),
+        (["--metric", "prob"], "need one of --ablate"),
         (["--ablate", "L0.mlp", "--ablate-mode", "mean"], "reference"),
     ],
 )

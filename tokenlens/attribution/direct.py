@@ -459,21 +459,22 @@ def _finer(
         fine["neurons"] = finer.neuron_split(model, spec, layers, readout, parents, row, k, neurons)
     if "experts" in splits:
         fine["experts"] = finer.expert_split(model, spec, layers, readout, parents, row, k)
-    sources: list[SourceSplit] = [
-        finer.source_split(
+    per_layer = {
+        layer: finer.layer_sources(
             model,
             spec,
             layers,
             readout,
-            fine["heads"],
             layer_index=layer,
-            head=head,
             position=position,
             batch_index=row,
             k=k,
             key_mask=key_mask,
         )
-        for layer, head in scopes
+        for layer in dict.fromkeys(layer for layer, _ in scopes)
+    }
+    sources: list[SourceSplit] = [
+        finer.source_split(per_layer[layer], fine["heads"], head) for layer, head in scopes
     ]
     fine["sources"] = tuple(sources)
     return fine

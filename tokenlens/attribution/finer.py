@@ -21,6 +21,7 @@ for plain and LoRA modules; for quantised modules it holds the quantisation erro
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,21 +62,36 @@ def head_split(
     return HeadSplit(contributions=torch.stack(rows), residual=torch.tensor(residuals, dtype=torch.float32))
 
 
-def source_split(
+@dataclass(frozen=True)
+class LayerSources:
+    """Every head's source split in one layer, at one query position (input to :func:`source_split`).
+
+    Attributes:
+        layer: The layer.
+        pattern: ``(heads, seq)`` attention weights from the query position.
+        sources: ``(heads, seq)`` float32 contribution of each source position through each head.
+        value_bias: ``(heads,)`` float32 each head's value-bias term.
+    """
+
+    layer: int
+    pattern: torch.Tensor
+    sources: torch.Tensor
+    value_bias: torch.Tensor
+
+
+def layer_sources(
     model: nn.Module,
     spec: ArchitectureSpec,
     internals: list[LayerInternals],
     readout: Readout,
-    heads: HeadSplit,
     *,
     layer_index: int,
-    head: int | None,
     position: int,
     batch_index: int,
     k: int,
     key_mask: torch.Tensor,
-) -> SourceSplit:
-    """How much each source position contributed through one head (or a whole layer) at ``position``.
+) -> LayerSources:
+    """The source split of every head of one layer at ``position`` (computed once per layer).
 
     Args:
         key_mask: ``(seq,)`` 1 for real tokens, 0 for padding.
@@ -83,8 +99,7 @@ def source_split(
     layer = _layers(model, spec)[layer_index]
     attn = layer.get_submodule(spec.attn)
     store = internals[layer_index]
-    n_heads = store.q.shape[2]
-    n_rep = n_heads // store.k.shape[2]
+    n_rep = store.q.shape[2] // store.k.shape[2]
     pattern = attention_pattern(
         attn, store, position=position, batch_index=batch_index, k=k, key_mask=key_mask
     )
@@ -98,18 +113,26 @@ def source_split(
     else:
         b_v = bias.detach().to(device, torch.float32).view(-1, attn.head_dim).repeat_interleave(n_rep, dim=0)
     value_scores = torch.einsum("jhd,hd->hj", v - b_v, r) * readout.scale  # (heads, seq)
-    sources = pattern.to(device) * value_scores  # (heads, seq)
-    value_bias = (b_v * r).sum(-1) * readout.scale  # (heads,)
-    chosen = slice(None) if head is None else slice(head, head + 1)
-    parent = float(heads.contributions[layer_index, chosen].double().sum())
-    contributions = sources[chosen].sum(0)
-    bias_term = float(value_bias[chosen].sum())
-    return SourceSplit(
+    return LayerSources(
         layer=layer_index,
+        pattern=pattern.cpu(),
+        sources=(pattern.to(device) * value_scores).cpu(),  # (heads, seq)
+        value_bias=((b_v * r).sum(-1) * readout.scale).cpu(),  # (heads,)
+    )
+
+
+def source_split(per_layer: LayerSources, heads: HeadSplit, head: int | None) -> SourceSplit:
+    """One head's (or, with ``head=None``, the whole layer's) source split, checked against its head terms."""
+    chosen = slice(None) if head is None else slice(head, head + 1)
+    parent = float(heads.contributions[per_layer.layer, chosen].double().sum())
+    contributions = per_layer.sources[chosen].sum(0)
+    bias_term = float(per_layer.value_bias[chosen].sum())
+    return SourceSplit(
+        layer=per_layer.layer,
         head=head,
-        contributions=contributions.cpu(),
+        contributions=contributions,
         value_bias=bias_term,
-        pattern=pattern[chosen].cpu(),
+        pattern=per_layer.pattern[chosen],
         residual=parent - float(contributions.double().sum()) - bias_term,
     )
 
