@@ -6,7 +6,7 @@ to ``reports/benchmarks.md`` (or ``--out``). Run from the repository root:
 
     .venv/bin/python benchmarks/attribution_speed.py                 # 0.6B shape, 256 tokens (~10 min)
     .venv/bin/python benchmarks/attribution_speed.py --quick         # tiny shape, for a smoke run
-    .venv/bin/python benchmarks/attribution_speed.py --lengths 128,512,1024,4096 --repeats 3
+    .venv/bin/python benchmarks/attribution_speed.py --lengths 128,512,1024,4096   # + scaling table
 
 Jobs (each a complete job: the forward pass plus whatever the output needs):
   plain      HF forward returning last-position logits (the baseline)
@@ -14,6 +14,8 @@ Jobs (each a complete job: the forward pass plus whatever the output needs):
   heads      + per-head split
   sources    + source-token split for every head of every layer
   bridge     TransformerLens bridge: run_with_cache + decompose_resid + final norm + unembed (per layer)
+  estimate   attribution patching of every layer write and head (zero-ablation: 1 forward + 1 backward)
+  estimate-2runs  the same, clean vs corrupted (2 forwards + 1 backward)
 """
 
 from __future__ import annotations
@@ -27,32 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tokenlens.models.zoo import QWEN3_0_6B_SIZES, QWEN3_TINY  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-QWEN3_06B = dict(
-    vocab_size=151936,
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-    rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
-TINY = {
-    **QWEN3_06B,
-    "hidden_size": 64,
-    "intermediate_size": 192,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-}
-JOBS = ("plain", "layers", "heads", "sources", "bridge")
+QWEN3_06B = {**QWEN3_TINY, **QWEN3_0_6B_SIZES}
+TINY = dict(QWEN3_TINY)
+JOBS = ("plain", "layers", "heads", "sources", "bridge", "estimate", "estimate-2runs")
 
 
 def build(shape: dict):
@@ -93,6 +78,15 @@ def make_job(name: str, loaded, ids: list[int]):
         return lambda: attribute(loaded, ids, **kwargs)
     if name == "bridge":
         return make_bridge_job(loaded, tensor)
+    if name.startswith("estimate"):
+        from tokenlens.causal import attribution_patch, head_sites, layer_sites, metric_for
+
+        sites = layer_sites(loaded.model, loaded.spec) + head_sites(loaded.model, loaded.spec)
+        metric = metric_for(loaded, ids)
+        clean = tensor.clone()
+        clean[0, len(ids) // 2] = (clean[0, len(ids) // 2] + 1) % 1000  # a corrupted copy: one token changed
+        kwargs = {"clean_ids": clean} if name == "estimate-2runs" else {}
+        return lambda: attribution_patch(loaded.model, loaded.spec, tensor, metric, sites, **kwargs)
     raise ValueError(name)
 
 
@@ -184,6 +178,7 @@ def main() -> int:
         "--lengths", default="", help="comma-separated lengths for a scaling table (layers job)"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scaling-repeats", type=int, default=3, help="repeats per length up to 1024 tokens")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-job peak-memory subprocesses")
     parser.add_argument("--jobs", default=",".join(JOBS))
     parser.add_argument("--out", default="reports/benchmarks.md")
@@ -226,7 +221,7 @@ def main() -> int:
         ]
         for length in (int(x) for x in args.lengths.split(",")):
             ids = prompt_ids(loaded.tokenizer, length)
-            repeats = args.repeats if length <= 1024 else 1
+            repeats = args.scaling_repeats if length <= 1024 else 1
             m = time_jobs(loaded, ids, ["plain", "layers"], repeats)
             peak = "—" if args.no_memory else f"{peak_memory(shape_name, 'layers', length)[0]:.2f}"
             ratio = m["layers"] / m["plain"]

@@ -60,6 +60,17 @@ QWEN3_TINY = dict(
 )
 """Qwen3-0.6B's layout (tied head, GQA with 2 query heads per key/value head, q/k norms) at toy width."""
 
+QWEN3_0_6B_SIZES = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+)
+"""With :data:`QWEN3_TINY`, the real Qwen3-0.6B shape (random weights: no real Qwen3 weights here)."""
+
 
 def _build_qwen3_tiny(out: Path) -> None:
     import torch
