@@ -9,7 +9,7 @@ setup:
 
 demo: setup
 	@mkdir -p reports/demo
-	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --out reports/demo/inspect.json --format json
+	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --out reports/demo/inspect.json --format json --force
 	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)"
 
 test: setup

@@ -114,8 +114,9 @@ def test_out_is_not_clobbered_on_error(tiny_checkpoint, tmp_path, capsys):
         "json",
         "--out",
         str(target),
+        "--force",
     )
-    assert code == 2 and target.read_text() == "old"
+    assert code == 2 and target.read_text() == "old"  # failed after the up-front checks: old file kept
 
 
 def test_help_lists_examples(capsys):
@@ -316,3 +317,41 @@ def test_lens_and_causal_sections_in_json(tiny_checkpoint, capsys):
 def test_bad_causal_flags(tiny_checkpoint, capsys, extra, expected):
     code, _, err = run_cli(capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, *extra)
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_existing_out_needs_force(tiny_checkpoint, tmp_path, capsys):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    argv = [
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--format",
+        "json",
+        "--out",
+        str(target),
+    ]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "--force" in err and target.read_text() == "old"
+    code, _, _ = run_cli(capsys, *argv, "--force")
+    assert code == 0 and json.loads(target.read_text())["position"] == 4
+
+
+def test_unwritable_out_is_refused_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        "./no/such/model",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(blocker / "sub" / "r.json"),
+    )
+    assert code == 2 and "cannot create the folder" in err  # refused before the (missing) model is looked at
+    code, _, err = run_cli(capsys, "inspect", "--prompt", PROMPT, "--out", str(tmp_path))
+    assert code == 2 and "is a folder" in err

@@ -12,12 +12,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
     Missing parent folders are created.
     """
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -25,4 +30,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_output_path(path: str | Path, *, force: bool) -> Path:
+    """Refuse, before any work is done, an output path that exists (unless ``force``) or cannot be written.
+
+    Raises:
+        TokenlensError: The file exists and ``force`` is false, the path is a folder, or its folder cannot be
+            created or written to.
+    """
+    from tokenlens.errors import TokenlensError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise TokenlensError(f"{path} is a folder: give a file name")
+    if path.exists() and not force:
+        raise TokenlensError(f"{path} exists: pass --force to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TokenlensError(f"cannot create the folder {path.parent}: {exc.strerror or exc}") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise TokenlensError(f"cannot write to {path.parent}: permission denied")
     return path

@@ -69,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format", choices=("table", "json"), default="table", help="output format (default table)"
     )
     p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     causal_options.add_options(p)
     p.set_defaults(run=run)
 
@@ -118,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         raise TokenlensError("--top-k must be at least 1")
     if not args.prompt.strip():  # fail before loading a model
         raise TokenlensError("the prompt is empty: give some text to predict from")
+    if args.out:
+        from tokenlens.io import check_output_path
+
+        check_output_path(args.out, force=args.force)
     from tokenlens.attribution.direct import attribute
 
     loaded = load_from_args(args)
