@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tokenlens.cli import causal_options
 from tokenlens.errors import TokenlensError
@@ -66,7 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--top-k", type=int, default=10, help="how many alternative tokens to list (default 10)")
     p.add_argument(
-        "--format", choices=("table", "json"), default="table", help="output format (default table)"
+        "--format",
+        choices=("table", "json", "html", "markdown"),
+        default="table",
+        help="table (terminal), json, html (one self-contained file) or markdown (images beside it)",
     )
     p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
@@ -119,59 +124,40 @@ def run(args: argparse.Namespace) -> int:
         raise TokenlensError("--top-k must be at least 1")
     if not args.prompt.strip():  # fail before loading a model
         raise TokenlensError("the prompt is empty: give some text to predict from")
+    if args.format in ("html", "markdown") and not args.out:
+        raise TokenlensError(f"--format {args.format} writes a file: give --out PATH")
     if args.out:
         from tokenlens.io import check_output_path
 
         check_output_path(args.out, force=args.force)
     from tokenlens.attribution.direct import attribute
 
-    loaded = load_from_args(args)
-    result = attribute(
-        loaded,
-        args.prompt,
-        target=args.target,
-        target_id=args.target_id,
-        first_token=args.first_token,
-        vs=args.vs,
-        vs_id=args.vs_id,
-        position=args.position,
-        chat=args.chat,
-        top_k=args.top_k,
-        heads=args.heads,
-        neurons=args.neurons,
-        experts=args.experts,
-        sources=[scope.strip() for item in args.sources for scope in item.split(",") if scope.strip()],
-    )
-    sections = []
-    if args.lens:
-        from tokenlens.attribution.lens import logit_lens
-
-        lens = logit_lens(
-            loaded, args.prompt, target_id=result.target.id, positions=[result.position], chat=args.chat, k=3
+    with progress(f"loading {args.model}"):
+        loaded = load_from_args(args)
+    with progress("attributing"):
+        result = attribute(
+            loaded,
+            args.prompt,
+            target=args.target,
+            target_id=args.target_id,
+            first_token=args.first_token,
+            vs=args.vs,
+            vs_id=args.vs_id,
+            position=args.position,
+            chat=args.chat,
+            top_k=args.top_k,
+            heads=args.heads,
+            neurons=args.neurons,
+            experts=args.experts,
+            sources=[scope.strip() for item in args.sources for scope in item.split(",") if scope.strip()],
         )
-        sections.append(("lens", lens))
-    if causal_options.wanted(args):
-        sections += causal_options.run(args, loaded, result)
-    if args.format == "json":
-        import json
-
-        from tokenlens.report.json_report import attribution_to_dict
-
-        data = attribution_to_dict(result)
-        data.update({key: causal_options.to_dict(key, value) for key, value in sections})
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    else:
-        from tokenlens.report.terminal import render_attribution, renderables_to_text
-
-        parts = [render_attribution(result)] + [causal_options.table(key, value) for key, value in sections]
-        if not args.out:
-            from rich.console import Console
-
-            console = Console()
-            for part in parts:
-                console.print(part)
-            return 0
-        text = renderables_to_text(parts)
+    with progress("measuring"):
+        lens = _lens(args, loaded, result)
+        sections = causal_options.run(args, loaded, result) if causal_options.wanted(args) else []
+    with progress("rendering"):
+        text = render(args, result, lens, sections)
+    if text is None:
+        return 0
     if args.out:
         from tokenlens.io import atomic_write_text
 
@@ -180,3 +166,81 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _lens(args: argparse.Namespace, loaded, result):
+    if not args.lens:
+        return None
+    from tokenlens.attribution.lens import logit_lens
+
+    positions = None if args.lens == "all" else [result.position]
+    return logit_lens(
+        loaded, args.prompt, target_id=result.target.id, positions=positions, chat=args.chat, k=3
+    )
+
+
+def render(args: argparse.Namespace, result, lens, sections: list) -> str | None:
+    """The output text in ``args.format`` (``None`` when the table was printed to the terminal)."""
+    everything = ([("lens", lens)] if lens is not None else []) + sections
+    if args.format == "json":
+        import json
+
+        from tokenlens.report.json_report import attribution_to_dict
+
+        data = attribution_to_dict(result)
+        data.update({key: causal_options.to_dict(key, value) for key, value in everything})
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if args.format == "html":
+        from tokenlens.report.html import render_html
+        from tokenlens.report.plots import attribution_figures, figure_png
+
+        figures = attribution_figures(result, lens=lens, sections=sections)
+        images = {key: figure_png(figure) for key, figure in figures.items()}
+        return render_html(result, lens=lens, sections=sections, images=images, settings=_settings(args))
+    if args.format == "markdown":
+        from pathlib import Path
+
+        from tokenlens.report.markdown import render_markdown
+        from tokenlens.report.plots import attribution_figures, save_figure
+
+        out = Path(args.out)
+        folder = out.with_name(out.stem + "_files")
+        paths = {}
+        for key, figure in attribution_figures(result, lens=lens, sections=sections).items():
+            png, _ = save_figure(figure, folder / key)
+            paths[key] = f"{folder.name}/{png.name}"
+        return render_markdown(result, lens=lens, sections=sections, image_paths=paths)
+    from tokenlens.report.terminal import render_attribution, renderables_to_text
+
+    parts = [render_attribution(result)] + [causal_options.table(key, value) for key, value in everything]
+    if args.out:
+        return renderables_to_text(parts)
+    from rich.console import Console
+
+    console = Console()
+    for part in parts:
+        console.print(part)
+    return None
+
+
+def _settings(args: argparse.Namespace) -> dict[str, str]:
+    """The run's settings for a report's settings section."""
+    return {
+        "command": "tokenlens " + " ".join(sys.argv[1:]) if sys.argv[1:] else "tokenlens (Python API)",
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+    }
+
+
+@contextmanager
+def progress(what: str) -> Iterator[None]:
+    """A spinner on stderr while something takes a moment (nothing when stderr is not a terminal)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(f"{what}…"):
+        yield

@@ -1,0 +1,34 @@
+"""Jupyter helpers: show tokenlens figures inline.
+
+Result objects render themselves in a notebook (``_repr_html_`` on :class:`LogitAttribution`); these
+helpers display the matplotlib figures of :mod:`tokenlens.report.plots` as inline PNG images without
+touching pyplot's global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+def show(figure: Figure) -> Any:
+    """Display one figure inline (as PNG) and return the IPython display object."""
+    from IPython.display import Image, display
+
+    from tokenlens.report.plots import figure_png
+
+    image = Image(data=figure_png(figure), format="png")
+    display(image)
+    return image
+
+
+def show_all(result: Any, lens: Any = None, sections: Sequence[tuple[str, Any]] = ()) -> list[str]:
+    """Display every figure that applies to ``result``, the lens and causal sections; return their keys."""
+    from tokenlens.report.plots import attribution_figures
+
+    figures = attribution_figures(result, lens=lens, sections=sections)
+    for figure in figures.values():
+        show(figure)
+    return list(figures)
