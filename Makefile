@@ -13,12 +13,12 @@ demo: setup
 	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)"
 
 test: setup
-	$(VENV)/bin/ruff check tokenlens tests
+	$(VENV)/bin/ruff check tokenlens tests benchmarks notebooks
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check tokenlens tests
-	$(VENV)/bin/ruff format --check tokenlens tests
+	$(VENV)/bin/ruff check tokenlens tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check tokenlens tests benchmarks notebooks
 
 clean-cache:
 	rm -rf "$${XDG_CACHE_HOME:-$$HOME/.cache}/tokenlens"
