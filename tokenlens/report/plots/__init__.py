@@ -1,0 +1,77 @@
+"""matplotlib figures of tokenlens results (rendering only: no model runs here).
+
+One function per figure, each returning a :class:`~matplotlib.figure.Figure` on its own Agg canvas (never
+pyplot): :func:`waterfall`, :func:`layer_heatmap`, :func:`head_heatmap`, :func:`source_heat`,
+:func:`lens_grid`, :func:`effect_bars`. :func:`attribution_figures` builds every one that applies, keyed by
+a stable slug; :func:`figure_png`, :func:`figure_svg` and :func:`save_figure` turn them into files.
+
+Conventions: signed values use a red–white–blue map centred at zero (blue raises the explained quantity);
+token strings appear as their ``repr`` with whitespace visible and are never parsed as mathtext or TeX;
+titles name the explained quantity (target, contrast), the position and the units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from tokenlens.attribution.lens import LogitLens
+from tokenlens.attribution.result import LogitAttribution
+from tokenlens.report.plots.attribution import head_heatmap, layer_heatmap, source_heat, waterfall
+from tokenlens.report.plots.causal import effect_bars
+from tokenlens.report.plots.files import figure_png, figure_svg, save_figure
+from tokenlens.report.plots.lens import lens_grid
+
+SECTION_KEYS = ("lens", "ablation", "patching", "estimates", "rope", "norms")
+"""The section keys :func:`attribution_figures` accepts (those of ``tokenlens inspect``)."""
+
+__all__ = [
+    "SECTION_KEYS",
+    "attribution_figures",
+    "effect_bars",
+    "figure_png",
+    "figure_svg",
+    "head_heatmap",
+    "layer_heatmap",
+    "lens_grid",
+    "save_figure",
+    "source_heat",
+    "waterfall",
+]
+
+
+def attribution_figures(
+    result: LogitAttribution, lens: LogitLens | None = None, sections: Sequence[tuple[str, Any]] = ()
+) -> dict[str, Figure]:
+    """Every figure that applies, keyed by a stable slug, in display order.
+
+    ``waterfall`` and ``layers`` always; ``heads`` with a per-head split; ``sources-{name}`` per source
+    split (``sources-L1.H0``, ``sources-L2``); then one per section, keyed by the section's key: ``lens``
+    (a :class:`LogitLens`), ``ablation``, ``patching``, ``estimates``, ``rope``, ``norms``.
+
+    Args:
+        result: The attribution.
+        lens: A logit lens (same as a ``("lens", lens)`` section).
+        sections: ``(key, result)`` pairs as ``tokenlens inspect`` builds them.
+
+    Raises:
+        ValueError: An unknown section key, or a key given twice.
+    """
+    figures = {"waterfall": waterfall(result), "layers": layer_heatmap(result)}
+    if result.heads is not None:
+        figures["heads"] = head_heatmap(result)
+    for split in result.sources:
+        _add(figures, f"sources-{split.name}", source_heat(result, split))
+    for key, value in ([("lens", lens)] if lens is not None else []) + list(sections):
+        if key not in SECTION_KEYS:
+            raise ValueError(f"unknown section {key!r}: expected one of {', '.join(SECTION_KEYS)}")
+        _add(figures, key, lens_grid(value) if key == "lens" else effect_bars(value))
+    return figures
+
+
+def _add(figures: dict[str, Figure], key: str, figure: Figure) -> None:
+    if key in figures:
+        raise ValueError(f"two figures keyed {key!r}")
+    figures[key] = figure
