@@ -355,3 +355,53 @@ def test_unwritable_out_is_refused_before_loading(tmp_path, capsys):
     assert code == 2 and "cannot create the folder" in err  # refused before the (missing) model is looked at
     code, _, err = run_cli(capsys, "inspect", "--prompt", PROMPT, "--out", str(tmp_path))
     assert code == 2 and "is a folder" in err
+
+
+def test_html_and_markdown_reports(tiny_checkpoint, tmp_path, capsys):
+    html_path = tmp_path / "out" / "report.html"
+    code, _, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        "<script>alert(1)</script> is",
+        "--heads",
+        "--sources",
+        "L1.H0",
+        "--lens",
+        "all",
+        "--ablate",
+        "L1.H0",
+        "--format",
+        "html",
+        "--out",
+        str(html_path),
+    )
+    assert code == 0, err
+    page = html_path.read_text()
+    assert (
+        'id="components"' in page and 'id="heads"' in page and 'id="lens"' in page and 'id="ablation"' in page
+    )
+    assert "<script" not in page and page.count("data:image/png;base64,") >= 5
+    md_path = tmp_path / "report.md"
+    code, _, err = run_cli(
+        capsys,
+        "inspect",
+        "--model",
+        str(tiny_checkpoint),
+        "--prompt",
+        PROMPT,
+        "--heads",
+        "--format",
+        "markdown",
+        "--out",
+        str(md_path),
+    )
+    assert code == 0, err
+    text = md_path.read_text()
+    assert "report_files/waterfall.png" in text and (tmp_path / "report_files" / "heads.png").is_file()
+    code, _, err = run_cli(
+        capsys, "inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--format", "html"
+    )
+    assert code == 2 and "give --out PATH" in err

@@ -216,3 +216,9 @@ class LogitAttribution:
     neurons: NeuronSplit | None = None
     experts: ExpertSplit | None = None
     sources: tuple[SourceSplit, ...] = ()
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the result as the HTML report's tables (styles scoped to the output cell)."""
+        from tokenlens.report.html import render_html_fragment
+
+        return render_html_fragment(self)

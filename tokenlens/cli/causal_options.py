@@ -141,10 +141,8 @@ def to_dict(key: str, value: Any) -> dict[str, Any]:
 
 def table(key: str, value: Any) -> Any:
     from tokenlens.report import causal as render
-    from tokenlens.report.lens import lens_table
 
     tables = {
-        "lens": lens_table,
         "ablation": render.ablation_table,
         "patching": render.patching_table,
         "estimates": render.estimates_table,

@@ -58,7 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--experts", action="store_true", help="split MoE layers by routed expert (L{i}.E{e})")
     p.add_argument(
-        "--lens", action="store_true", help="logit lens: the top tokens and the target after every layer"
+        "--lens",
+        nargs="?",
+        const="last",
+        choices=("last", "all"),
+        help="logit lens: top tokens and the target after every layer, at the position (or all positions)",
     )
     p.add_argument(
         "--position", type=int, default=-1, help="prompt position to explain (default -1: the last)"
@@ -209,10 +213,17 @@ def render(args: argparse.Namespace, result, lens, sections: list) -> str | None
         for key, figure in attribution_figures(result, lens=lens, sections=sections).items():
             png, _ = save_figure(figure, folder / key)
             paths[key] = f"{folder.name}/{png.name}"
-        return render_markdown(result, lens=lens, sections=sections, image_paths=paths)
+        return render_markdown(
+            result, lens=lens, sections=sections, image_paths=paths, settings=_settings(args)
+        )
     from tokenlens.report.terminal import render_attribution, renderables_to_text
 
-    parts = [render_attribution(result)] + [causal_options.table(key, value) for key, value in everything]
+    parts = [render_attribution(result)]
+    if lens is not None:
+        from tokenlens.report.lens import lens_table
+
+        parts.append(lens_table(lens, position=result.position))
+    parts += [causal_options.table(key, value) for key, value in sections]
     if args.out:
         return renderables_to_text(parts)
     from rich.console import Console

@@ -41,9 +41,11 @@ def lens_to_dict(lens: LogitLens) -> dict[str, Any]:
     }
 
 
-def lens_table(lens: LogitLens, column: int = -1) -> RenderableType:
-    """One row per depth at one kept position: the top tokens and the target's probability and rank."""
-    position = lens.positions.tolist()[column]
+def lens_table(lens: LogitLens, position: int | None = None) -> RenderableType:
+    """One row per depth at one kept position (default: the last kept): top tokens, the target's p and rank."""
+    kept = lens.positions.tolist()
+    column = kept.index(position) if position in kept else len(kept) - 1
+    position = kept[column]
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("depth", "top tokens (prob)", f"p({show_token(lens.target)})", "rank"):
         table.add_column(name, justify="left" if name in ("depth", "top tokens (prob)") else "right")

