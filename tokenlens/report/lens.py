@@ -42,7 +42,7 @@ def lens_to_dict(lens: LogitLens) -> dict[str, Any]:
 
 
 def lens_table(lens: LogitLens, position: int | None = None) -> RenderableType:
-    """One row per depth at one kept position (default: the last kept): top tokens, the target's p and rank."""
+    """One row per depth at one kept position (default: the last kept): top tokens, target p and rank."""
     kept = lens.positions.tolist()
     column = kept.index(position) if position in kept else len(kept) - 1
     position = kept[column]
