@@ -36,9 +36,8 @@ def test_notebook_runs_headless(name, tmp_path, smollm2):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
     text = "".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
-    assert "' Paris'" in text or "Paris" in text
     if name == "inspect_prediction.ipynb":
-        assert "exact=True" in text
+        assert "token=' Paris'" in text and "exact=True" in text
         assert any("text/html" in o.get("data", {}) for o in outputs)  # the result renders itself
-    else:
-        assert "L23.H4" in text
+    else:  # the head that moves " Paris" over " London" reads " France"
+        assert "('L23.H4', 2.6" in text and "' France': 2.6" in text

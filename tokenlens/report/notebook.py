@@ -13,15 +13,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 
-def show(figure: Figure) -> Any:
-    """Display one figure inline (as PNG) and return the IPython display object."""
+def show(figure: Figure, dpi: int = 80) -> None:
+    """Display one figure inline (as a PNG at ``dpi``)."""
     from IPython.display import Image, display
 
     from tokenlens.report.plots import figure_png
 
-    image = Image(data=figure_png(figure), format="png")
-    display(image)
-    return image
+    display(Image(data=figure_png(figure, dpi=dpi), format="png"))
 
 
 def show_all(result: Any, lens: Any = None, sections: Sequence[tuple[str, Any]] = ()) -> list[str]:
