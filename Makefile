@@ -2,15 +2,28 @@
 VENV := .venv
 PROMPT ?= The capital of France is
 
-.PHONY: setup demo test lint clean-cache
+EXAMPLE := reports/example/paris-vs-london.html
+
+.PHONY: setup demo test lint example-report notebooks clean-cache
 
 setup:
 	@bash scripts/setup.sh
 
+# The main job: explain the default model's next token; writes reports/demo/ (the demo's own output folder).
 demo: setup
-	@mkdir -p reports/demo
-	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --out reports/demo/inspect.json --format json --force
+	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --heads --lens all --format html --out reports/demo/report.html --force
+	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --format json --out reports/demo/inspect.json --force
 	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)"
+
+# The committed example report (one self-contained HTML file).
+example-report: setup
+	$(VENV)/bin/tokenlens inspect --prompt "The capital of France is" --target " Paris" --vs " London" \
+	  --heads --sources L23.H4 --lens all --ablate L23.H4,L23.H3 --patch "The capital of Italy is" --estimate 5 \
+	  --format html --out $(EXAMPLE) --force
+
+# Regenerate (and execute) the example notebooks.
+notebooks: setup
+	$(VENV)/bin/python notebooks/build.py
 
 test: setup
 	$(VENV)/bin/ruff check tokenlens tests benchmarks notebooks

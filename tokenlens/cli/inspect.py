@@ -199,7 +199,7 @@ def render(args: argparse.Namespace, result, lens, sections: list) -> str | None
         from tokenlens.report.plots import attribution_figures, figure_png
 
         figures = attribution_figures(result, lens=lens, sections=sections)
-        images = {key: figure_png(figure) for key, figure in figures.items()}
+        images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
         return render_html(result, lens=lens, sections=sections, images=images, settings=_settings(args))
     if args.format == "markdown":
         from pathlib import Path
