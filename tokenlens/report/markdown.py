@@ -21,7 +21,7 @@ from tokenlens.attribution.lens import LogitLens
 from tokenlens.attribution.result import LogitAttribution, SourceSplit
 from tokenlens.causal.metrics import Metric
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
-from tokenlens.report.html import (
+from tokenlens.report.layout import (
     HOW_TO_READ,
     SECTION_KINDS,
     check_sections,
