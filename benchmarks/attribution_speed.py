@@ -37,6 +37,16 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 QWEN3_06B = {**QWEN3_TINY, **QWEN3_0_6B_SIZES}
 TINY = dict(QWEN3_TINY)
+SMALL = {
+    **QWEN3_TINY,
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
+SIZES = {"tiny (4×64)": TINY, "small (8×256)": SMALL, "0.6B (28×1024)": QWEN3_06B}
 JOBS = ("plain", "layers", "heads", "sources", "bridge", "estimate", "estimate-2runs")
 
 
@@ -168,6 +178,37 @@ def peak_memory(shape_name: str, job: str, length: int) -> tuple[float, float]:
     return peak, extra
 
 
+def model_size_table(out: str, length: int, repeats: int) -> int:
+    """Time plain / layers / heads at ``length`` tokens for model shapes from tiny to 0.6B."""
+    import torch
+
+    lines = [
+        "# Attribution cost against model size",
+        "",
+        f"Random Qwen3 models, fp32, CPU ({torch.get_num_threads()} threads), {length}-token prompt, "
+        f"median of {repeats} interleaved runs. Command: "
+        "`.venv/bin/python benchmarks/attribution_speed.py --sizes`.",
+        "",
+        "| model (layers × width) | parameters | plain s | layers s | × plain | heads s | × plain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, shape in SIZES.items():
+        loaded = build(shape)
+        n_params = sum(p.numel() for p in loaded.model.parameters())
+        ids = prompt_ids(loaded.tokenizer, length)
+        m = time_jobs(loaded, ids, ["plain", "layers", "heads"], repeats)
+        lines.append(
+            f"| {label} | {n_params / 1e6:.1f} M | {m['plain']:.3f} | {m['layers']:.3f} | "
+            f"{m['layers'] / m['plain']:.2f} | {m['heads']:.3f} | {m['heads'] / m['plain']:.2f} |"
+        )
+        print(lines[-1], flush=True)
+        del loaded
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,9 +222,20 @@ def main() -> int:
     parser.add_argument("--scaling-repeats", type=int, default=3, help="repeats per length up to 1024 tokens")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-job peak-memory subprocesses")
     parser.add_argument("--jobs", default=",".join(JOBS))
-    parser.add_argument("--out", default="reports/benchmarks.md")
+    parser.add_argument(
+        "--out", default=None, help="default reports/benchmarks.md (--sizes: …-model-size.md)"
+    )
+    parser.add_argument(
+        "--sizes", action="store_true", help="only the model-size scaling table (tiny → 0.6B)"
+    )
     args = parser.parse_args()
     import torch
+
+    if args.sizes:
+        return model_size_table(
+            args.out or "reports/benchmarks-model-size.md", args.length, args.scaling_repeats
+        )
+    args.out = args.out or "reports/benchmarks.md"
 
     shape_name = "TINY" if args.quick else "QWEN3_06B"
     jobs = [j for j in args.jobs.split(",") if j]
