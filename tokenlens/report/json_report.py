@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tokenlens import __version__
@@ -111,8 +110,3 @@ def _finer(result: LogitAttribution) -> dict[str, Any]:
     if residuals:
         out["split_residuals"] = residuals
     return out
-
-
-def attribution_to_json(result: LogitAttribution) -> str:
-    """:func:`attribution_to_dict` serialised with two-space indentation and a trailing newline."""
-    return json.dumps(attribution_to_dict(result), indent=2, ensure_ascii=False) + "\n"

@@ -170,19 +170,9 @@ def _sources_view(result: LogitAttribution, split: SourceSplit) -> RenderableTyp
     return Group(title, prompt, Text(top, overflow="fold"))
 
 
-def print_attribution(result: LogitAttribution, console: Console | None = None) -> None:
-    """Print :func:`render_attribution` to ``console`` (default: stdout)."""
-    (console or Console()).print(render_attribution(result))
-
-
 def renderables_to_text(parts: list[RenderableType], width: int = 100) -> str:
     """Rich renderables as plain text (no colours), for saving to a file."""
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     for part in parts:
         console.print(part)
     return console.export_text()
-
-
-def attribution_to_text(result: LogitAttribution, width: int = 100) -> str:
-    """The terminal view as plain text (no colours), for saving to a file."""
-    return renderables_to_text([render_attribution(result)], width)
