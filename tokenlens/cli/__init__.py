@@ -12,11 +12,13 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from tokenlens import __version__
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
+from tokenlens.cli import train as train_cmd
 from tokenlens.errors import TokenlensError, first_line
 
 EXIT_USAGE = 2
@@ -29,9 +31,10 @@ EPILOG = """examples:
   tokenlens inspect --model qwen3-tiny --prompt "Hello" --chat
   tokenlens inspect --model Qwen/Qwen3-0.6B --prompt "The capital of France is"   (needs hub access)
   tokenlens models
+  tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 20
 """
 
-COMMANDS = (inspect_cmd, models_cmd)
+COMMANDS = (inspect_cmd, models_cmd, train_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,9 +95,12 @@ def console_main() -> None:
 
 def _quiet_libraries() -> None:
     """Send tokenlens's progress notes to stderr; silence transformers' progress bars and chatter."""
-    logging.basicConfig(level=logging.INFO, format="tokenlens: %(message)s", stream=sys.stderr)
-    for name in ("transformers", "huggingface_hub", "peft", "accelerate"):
+    logging.basicConfig(level=logging.WARNING, format="tokenlens: %(message)s", stream=sys.stderr)
+    logging.getLogger("tokenlens").setLevel(logging.INFO)
+    for name in ("transformers", "huggingface_hub", "peft", "accelerate", "bitsandbytes"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")

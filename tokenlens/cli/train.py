@@ -1,0 +1,159 @@
+"""``tokenlens train``: post-train a model with one method from the menu (see ``--list-methods``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tokenlens.cli.inspect import add_model_options, load_from_args
+from tokenlens.errors import TokenlensError
+
+EPILOG = """examples:
+  tokenlens train --model qwen3-tiny --list-methods
+  tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 100
+  tokenlens train --model qwen3-tiny --method lora --option layers=0,1 --option r=4 --data d.jsonl --out o
+  tokenlens train --model qwen3-tiny --method embeddings --option token_ids=12095 --data d.jsonl --out o
+  tokenlens train --model path/to/ckpt --method qlora --quantize 4bit --data d.jsonl --out o
+  tokenlens train ... --resume          (continue an interrupted run in --out)
+
+Data: JSONL, one {"prompt","completion"}, {"messages":[...]} or {"text"} object per line. Lines longer
+than the model's context are refused. Option values are JSON (r=4, layers=[0,1]) or comma lists (0,1).
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="post-train a model (LoRA, QLoRA, head, embeddings, attention, prompt, prefix, full)",
+        description="Train one post-training method on a JSONL file; write an adapter or checkpoint folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(p)
+    p.add_argument("--method", help="the method (see --list-methods)")
+    p.add_argument("--data", help="JSONL training file")
+    p.add_argument("--out", help="output folder (refused if it exists, unless --force or --resume)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--epochs", type=int, help="passes over the data (default 3)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data order and init (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--force", action="store_true", help="replace an existing tokenlens output in --out")
+    p.add_argument("--list-methods", action="store_true", help="print the menu for --model and exit")
+    p.set_defaults(run=run)
+
+
+def parse_options(items: list[str]) -> dict:
+    """``key=value`` strings -> a dict; values are JSON when they parse, comma lists, or strings."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TokenlensError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    if "," in value:
+        return [_parse_value(v.strip()) for v in value.split(",") if v.strip()]
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_methods:
+        return _list_methods(args)
+    missing = [flag for flag in ("method", "data", "out") if not getattr(args, flag)]
+    if missing:
+        raise TokenlensError(f"train needs {', '.join('--' + m for m in missing)} (or --list-methods)")
+    from tokenlens.training.methods import get_method
+    from tokenlens.training.trainer import train
+
+    record = get_method(args.method)  # fail fast, before loading a model
+    options = parse_options(args.option)
+    record.resolve(options)
+    if record.needs_quantized and not args.quantize:
+        raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
+    loaded = load_from_args(args)
+    with _progress() as on_step:
+        result = train(
+            loaded,
+            record,
+            args.data,
+            args.out,
+            steps=args.steps,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            options=options,
+            resume=args.resume,
+            force=args.force,
+            checkpoint_every=args.checkpoint_every,
+            on_step=on_step,
+        )
+    print(
+        f"trained {result.method}: {result.steps} steps, loss {result.losses[0]:.4f} -> "
+        f"{result.final_loss:.4f}, {result.trainable:,} trainable parameters, {result.wall_s:.1f} s "
+        f"on {result.device}; wrote {result.out_dir}"
+    )
+    return 0
+
+
+def _list_methods(args: argparse.Namespace) -> int:
+    import copy
+
+    from tokenlens.training.methods import METHODS, trainable_count
+
+    loaded = load_from_args(args)
+    total = sum(p.numel() for p in loaded.model.parameters())
+    print(f"methods for {args.model} ({total:,} parameters):")
+    for record in METHODS.values():
+        options = {"token_ids": [0]} if "token_ids" in record.options else {}
+        try:
+            count = f"{trainable_count(record.apply(copy.deepcopy(loaded.model), record.resolve(options))):,}"
+            if options:
+                count += " per chosen token"
+        except TokenlensError as exc:
+            count = "not implemented yet" if "not implemented" in str(exc) else "n/a"
+        print(f"  {record.name:<11} {count:>22}  lr {record.lr:g}  {record.summary}")
+        for key, (default, help_text) in record.options.items():
+            print(f"      --option {key}=…  {help_text} (default {default!r})")
+    return 0
+
+
+class _progress:
+    """A rich progress bar (steps, loss, ETA, tokens are in the manifest) on stderr."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self.bar.start()
+        self.task = None
+        return self.update
+
+    def update(self, step: int, total: int, loss: float) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=total, completed=step - 1, loss="…")
+        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()

@@ -1,0 +1,1 @@
+"""Post-training: data loading, the method registry and the trainer (``tokenlens train``)."""
