@@ -14,13 +14,15 @@ The base fingerprint is a sha256 over every base parameter and buffer's name, dt
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tokenlens.io import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "tokenlens-manifest.json"
 LOSS_PNG = "loss.png"
@@ -92,18 +94,12 @@ def write(
         **run,  # wall_s (this invocation), tokens_per_s (unpadded tokens), device
         "versions": versions(),
     }
-    _atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2))
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     _plot(losses, out_dir / LOSS_PNG, record.name)
 
 
 def _head_tied(model) -> bool:
     return model.get_output_embeddings().weight is model.get_input_embeddings().weight
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plot(losses: list[float], path: Path, method: str) -> None:
@@ -118,4 +114,6 @@ def _plot(losses: list[float], path: Path, method: str) -> None:
     axes.set_ylabel("training loss")
     axes.set_title(f"tokenlens train --method {method}")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(path, buffer.getvalue())
