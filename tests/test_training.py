@@ -312,3 +312,38 @@ def test_cli_train_force_and_list_methods(tiny_checkpoint, data_file, tmp_path, 
     listing = capsys.readouterr().out
     assert all(name in listing for name in METHODS)
     assert "4,861,952" in listing  # head: 151936 x 32
+
+
+def test_qlora_without_bitsandbytes_is_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Where bitsandbytes is not installed, asking for the quantised base says how to get it."""
+    import importlib.util
+
+    from tokenlens.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a),
+    )
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello world"}\n')
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_checkpoint),
+            "--method",
+            "qlora",
+            "--quantize",
+            "4bit",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "1",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'tokenlens[quant]'" in err and len(err.strip().splitlines()) == 1
