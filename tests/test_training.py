@@ -347,3 +347,41 @@ def test_qlora_without_bitsandbytes_is_one_line(tiny_checkpoint, tmp_path, monke
     )
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'tokenlens[quant]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_real_ctrl_c_inside_a_step_is_deferred_to_its_end(small_checkpoint, small_data, tmp_path):
+    """SIGINT arriving after the optimizer moved the weights but before the step finished: the step completes,
+    the checkpoint matches the weights, and resuming is bitwise identical to an uninterrupted run."""
+    kwargs = dict(steps=4, batch_size=2, checkpoint_every=10, seed=7)
+    train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "a", **kwargs)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import tokenlens.training.trainer as trainer
+        from tokenlens.models.loading import load
+        real_step, calls = trainer._step, []
+        def step_then_sigint(*args):
+            loss = real_step(*args)  # the optimizer has updated the weights
+            calls.append(loss)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before this step is recorded
+            return loss
+        trainer._step = step_then_sigint
+        try:
+            model = load({str(small_checkpoint)!r})
+            trainer.train(model, "lora", {str(small_data)!r}, {str(tmp_path / "b")!r}, **{kwargs!r})
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 130, proc.stderr.decode()[-2000:]
+    assert (tmp_path / "b" / CHECKPOINT).is_dir()
+    resumed = train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "b", resume=True, **kwargs)
+    assert len(resumed.losses) == 4
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)

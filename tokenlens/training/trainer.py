@@ -7,7 +7,8 @@ the seed, a checkpoint needs only the step number, the trainable parameters, the
 states; resuming from it reaches bitwise the same weights as an uninterrupted run (on CPU).
 
 Checkpoints live in ``out_dir/tokenlens-checkpoint`` and are replaced atomically (written to a temporary
-folder, then renamed). Ctrl-C saves one and re-raises ``KeyboardInterrupt``. CPU runs in fp32; CUDA runs
+folder, then renamed). Ctrl-C is deferred to the end of the running step, then saves one and re-raises
+``KeyboardInterrupt``. CPU runs in fp32; CUDA runs
 under bf16 autocast. When training ends the result is written to ``out_dir`` (see
 :mod:`tokenlens.training.output`) and the checkpoint is removed.
 """
@@ -17,8 +18,11 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,18 +164,20 @@ def train(
     pad = loaded.tokenizer.pad_token_id
     pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
     model.train()
-    step = start
-    try:
-        for step in range(start, total):
-            loss = _step(model, optimizer, data, batches[step], pad, device)
-            losses.append(loss)
-            if on_step is not None:
-                on_step(step + 1, total, loss)
-            if (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, step + 1, losses)
-    except KeyboardInterrupt:
-        _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, len(losses), losses)
-        raise
+    with _interrupt_at_step_boundary() as interrupted:
+        try:
+            for step in range(start, total):
+                loss = _step(model, optimizer, data, batches[step], pad, device)
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(step + 1, total, loss)
+                if interrupted():
+                    raise KeyboardInterrupt
+                if (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                    _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, step + 1, losses)
+        except KeyboardInterrupt:
+            _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, len(losses), losses)
+            raise
     model.eval()
     wall = time.perf_counter() - started
     tokens = sum(len(data.examples[i].input_ids) for batch in batches[start:] for i in batch)
@@ -196,6 +202,24 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
             raise TokenlensError(f"{out_dir} is not a tokenlens training output; remove it yourself")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _interrupt_at_step_boundary() -> Iterator[Callable[[], bool]]:
+    """Defer Ctrl-C (SIGINT) to the end of the current step, so a checkpoint never holds a half-applied step.
+
+    Yields a function telling whether Ctrl-C was pressed; the loop checks it after each step. Outside the
+    main thread (where signal handlers cannot be set) Ctrl-C is not deferred.
+    """
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit.is_set
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: hit.set())
+    try:
+        yield hit.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _step(model, optimizer, data: TrainingData, indices: list[int], pad: int, device) -> float:
