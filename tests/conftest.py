@@ -123,6 +123,17 @@ def smollm2():
     return load("smollm2-135m")
 
 
+def add_head_bias(model: torch.nn.Module, seed: int = 3) -> torch.nn.Linear:
+    """Replace ``model.lm_head`` by a copy with a random bias (stock heads have none); return the new head."""
+    head = model.lm_head
+    new_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        new_head.weight.copy_(head.weight)
+        new_head.bias.copy_(torch.randn(head.out_features, generator=torch.Generator().manual_seed(seed)))
+    model.lm_head = new_head
+    return new_head
+
+
 def count_hooks(model: torch.nn.Module) -> int:
     """All forward hooks and pre-hooks registered on any module of ``model``."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, add_head_bias
 
 from tokenlens.attribution.direct import attribute, decompose_logit, run_with_capture
 from tokenlens.attribution.result import TOLERANCE
@@ -96,12 +96,7 @@ def test_output_biases_are_their_own_terms(tiny_loaded):
 def test_head_bias_is_the_logit_bias_term(tiny_loaded):
     loaded = tiny_loaded("llama")
     model = loaded.model
-    head = model.lm_head
-    new_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        new_head.weight.copy_(head.weight)
-        new_head.bias.copy_(torch.randn(head.out_features, generator=torch.Generator().manual_seed(3)))
-    model.lm_head = new_head
+    new_head = add_head_bias(model)
     ids = torch.tensor(loaded.tokenizer(PROMPT)["input_ids"])
     d = decompose_logit(model, ids, target_id=99)
     assert d.names[-1] == "logit_bias"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import count_hooks
+from conftest import add_head_bias, count_hooks
 
 from tokenlens.attribution.direct import run_with_capture
 from tokenlens.attribution.lens import _decode_depth, accumulated_stream, logit_lens
@@ -136,12 +136,7 @@ def test_padding_rows_never_appear(tiny_loaded):
 def test_head_bias_is_decoded_at_every_depth(tiny_loaded):
     loaded = tiny_loaded("llama")
     model = loaded.model
-    head = model.lm_head
-    new_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        new_head.weight.copy_(head.weight)
-        new_head.bias.copy_(torch.randn(head.out_features, generator=torch.Generator().manual_seed(3)))
-    model.lm_head = new_head
+    add_head_bias(model)
     lens = logit_lens(loaded, PROMPT, target_id=500)
     hidden, logits = plain_forward(model, list(lens.token_ids))
     decodable = len(loaded.tokenizer)
