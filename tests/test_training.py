@@ -256,8 +256,8 @@ def test_bad_inputs(tiny_checkpoint, data_file, tmp_path):
     loaded = load(str(tiny_checkpoint))
     with pytest.raises(TokenlensError, match="option 'r' does not apply to method 'head'"):
         train(loaded, "head", data_file, tmp_path / "o", steps=1, options={"r": 4})
-    with pytest.raises(TokenlensError, match="not implemented yet"):
-        train(loaded, "bias", data_file, tmp_path / "o2", steps=1)
+    with pytest.raises(TokenlensError, match="choose from o_proj"):
+        train(loaded, "bias", data_file, tmp_path / "o2", steps=1, options={"targets": ["q_proj"]})
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")

@@ -25,7 +25,7 @@ than the model's context are refused. Option values are JSON (r=4, layers=[0,1])
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="post-train a model (LoRA, QLoRA, head, embeddings, attention, prompt, prefix, full)",
+        help="post-train a model: lora, qlora, bias, head, embeddings, attention, adapter, prompt, rope…",
         description="Train one post-training method on a JSONL file; write an adapter or checkpoint folder.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -123,8 +123,8 @@ def _list_methods(args: argparse.Namespace) -> int:
             count = f"{trainable_count(record.apply(copy.deepcopy(loaded.model), record.resolve(options))):,}"
             if options:
                 count += " per chosen token"
-        except TokenlensError as exc:
-            count = "not implemented yet" if "not implemented" in str(exc) else "n/a"
+        except TokenlensError:
+            count = "n/a"
         print(f"  {record.name:<11} {count:>22}  lr {record.lr:g}  {record.summary}")
         for key, (default, help_text) in record.options.items():
             print(f"      --option {key}=…  {help_text} (default {default!r})")

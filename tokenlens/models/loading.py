@@ -1,11 +1,12 @@
 """One entry point, :func:`load`, for every way a user names a model.
 
 A reference is tried, in order, as: a zoo name (``smollm2-135m``, ``qwen3-tiny``); an existing path — a
-``.gguf`` file, a PEFT adapter folder (``adapter_config.json``; its base comes from that file or is given),
-or a HF checkpoint folder (``config.json``); otherwise a hub id (``org/name``), loaded with the standard
-``from_pretrained`` from the hub or its local cache. Weights are read from safetensors only and no code from
-a checkpoint runs (``trust_remote_code=False``) unless the caller asks otherwise. The architecture is checked
-from the config before any weights are read.
+``.gguf`` file, a ``tokenlens train`` custom-method folder (``tokenlens-method.json``; its base comes from
+its manifest or is given), a PEFT adapter folder (``adapter_config.json``; its base comes from that file
+or is given), or a HF checkpoint folder (``config.json``); otherwise a hub id (``org/name``), loaded with
+the standard ``from_pretrained`` from the hub or its local cache. Weights are read from safetensors only
+and no code from a checkpoint runs (``trust_remote_code=False``) unless the caller asks otherwise. The
+architecture is checked from the config before any weights are read.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class LoadedModel:
         tokenizer: Its tokenizer.
         spec: Where its parts live (:mod:`tokenlens.models.specs`).
         ref: The reference the user gave.
-        source: How it was found: ``zoo``, ``directory``, ``gguf``, ``peft`` or ``hub``.
+        source: How it was found: ``zoo``, ``directory``, ``gguf``, ``peft``, ``custom``
+            (a ``tokenlens train`` bias/adapter/rope folder) or ``hub``.
         path: The local folder the weights came from (``None`` for a hub id).
         base_ref: For a PEFT adapter, the reference of its base model.
     """
@@ -101,6 +103,8 @@ def load(
 
         return _load_checkpoint(converted_gguf(path), ref, "gguf", options, path=path)
     if path.is_dir():
+        if (path / "tokenlens-method.json").is_file():
+            return _load_custom(path, ref, base, options)
         if (path / "adapter_config.json").is_file():
             return _load_adapter(path, ref, base, options)
         if (path / "config.json").is_file():
@@ -272,3 +276,16 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
                 f"the adapter {folder} ships a tokenizer that differs from its base {base!r}"
             )
     return LoadedModel(model, tokenizer, loaded_base.spec, ref, "peft", path=folder, base_ref=base)
+
+
+def _load_custom(folder: Path, ref: str, base: str | None, options: _Options) -> LoadedModel:
+    """Load a ``tokenlens train`` custom-method folder (bias, adapter, rope) onto a fresh copy of its base."""
+    from tokenlens.training import custom
+
+    base = base or custom.base_of(folder)
+    if not base:
+        raise TokenlensError(f"{folder} does not name its base model (no {custom.MANIFEST}): pass --base REF")
+    loaded_base = load(base, **asdict(options))
+    model = custom.restore(loaded_base.model, folder)
+    tokenizer, spec = loaded_base.tokenizer, loaded_base.spec
+    return LoadedModel(model, tokenizer, spec, ref, "custom", path=folder, base_ref=base)

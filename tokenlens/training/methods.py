@@ -4,9 +4,11 @@ A :class:`Method` says what it changes (``summary``), its default learning rate,
 (with defaults), how to apply it (``apply(model, options) -> model``: every base weight frozen, only the
 method's own parameters trainable) and how to save the result (``save(model, out_dir)``). PEFT-backed
 methods return a ``peft.PeftModel`` and save an adapter folder that ``peft.PeftModel.from_pretrained`` and
-``tokenlens.load`` read; ``head`` and ``full`` save a plain HF checkpoint folder.
+``tokenlens.load`` read; ``head`` and ``full`` save a plain HF checkpoint folder; the custom methods
+(``bias``, ``adapter``, ``rope``, :mod:`tokenlens.training.custom`) save their own parameters with a
+``tokenlens-method.json`` that ``tokenlens.load`` reads back onto the base.
 
-Default learning rates are sensible starting points for the tiny memorisation task, not a measured search.
+Default learning rates: see the README's table and ``benchmarks/lr_search.py`` for the measured search.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from tokenlens.errors import TokenlensError
+from tokenlens.training import custom
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -35,7 +38,7 @@ class Method:
         options: Accepted option name -> (default, one-line help).
         apply: ``apply(model, options) -> model`` with only the method's parameters trainable.
         save: ``save(model, out_dir)`` writes the trained result.
-        output: ``adapter`` (PEFT folder) or ``checkpoint`` (HF folder).
+        output: ``adapter`` (PEFT folder), ``checkpoint`` (HF folder) or ``custom`` (method folder).
         needs_quantized: The base must be loaded quantised (``qlora``).
     """
 
@@ -168,13 +171,6 @@ def _apply_full(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     return model
 
 
-def _not_implemented(name: str) -> Callable[[torch.nn.Module, dict], torch.nn.Module]:
-    def apply(model: torch.nn.Module, options: dict) -> torch.nn.Module:
-        raise TokenlensError(f"method {name!r} is not implemented yet; see `tokenlens train --list-methods`")
-
-    return apply
-
-
 def _save_adapter(model: torch.nn.Module, out_dir: Path) -> None:
     model.save_pretrained(str(out_dir))
 
@@ -254,27 +250,36 @@ METHODS: dict[str, Method] = {
         Method("full", "all weights", 1e-3, {}, _apply_full, _save_checkpoint, output="checkpoint"),
         Method(
             "bias",
-            "added zero-initialised biases (not implemented yet)",
+            "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
             1e-2,
-            {},
-            _not_implemented("bias"),
-            None,
+            {
+                "targets": (["o_proj", "down_proj"], "linears that get a bias: o_proj, down_proj, lm_head"),
+                "layers": (None, "layer indices for o_proj/down_proj (default: all), e.g. 0,1"),
+            },
+            custom.apply_bias,
+            custom.save,
+            output="custom",
         ),
         Method(
             "adapter",
-            "bottleneck adapters between layers (not implemented yet)",
+            "bottleneck adapters (down, SiLU, zero-initialised up, residual) on MLP outputs",
             1e-3,
-            {},
-            _not_implemented("adapter"),
-            None,
+            {
+                "layers": (None, "layer indices to adapt (default: all), e.g. 0,1"),
+                "size": (16, "bottleneck width"),
+            },
+            custom.apply_adapter,
+            custom.save,
+            output="custom",
         ),
         Method(
             "rope",
-            "learnable rotary frequencies (not implemented yet)",
+            "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
             1e-3,
-            {},
-            _not_implemented("rope"),
-            None,
+            {"kind": ("freqs", "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)")},
+            custom.apply_rope,
+            custom.save,
+            output="custom",
         ),
     )
 }
