@@ -42,6 +42,20 @@ def _attn_direction(
     return r.view(-1, attn.head_dim)  # (heads, head_dim)
 
 
+def head_terms(layer: nn.Module, spec: ArchitectureSpec, z: torch.Tensor, readout: Readout) -> torch.Tensor:
+    """``(heads,)`` float32: each head's term ``z_h · r_h · s``; ``z`` is ``(heads * head_dim,)``."""
+    r = _attn_direction(layer, spec, z, readout)
+    return (z.to(r.device, torch.float32).view_as(r) * r).sum(-1) * readout.scale
+
+
+def neuron_terms(
+    layer: nn.Module, spec: ArchitectureSpec, act: torch.Tensor, readout: Readout
+) -> torch.Tensor:
+    """``(intermediate,)`` float32: each neuron's term ``act_n · (W_downᵀ (u ⊙ g))_n · s`` for one layer."""
+    r = input_direction(layer.get_submodule(spec.mlp_out), readout.direction, act.shape[-1], act.dtype)
+    return act.to(r.device, torch.float32) * r * readout.scale
+
+
 def head_split(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -54,9 +68,7 @@ def head_split(
     """Every head of every layer; ``parents`` maps ``L{i}.attn`` to the layer's term (bias excluded)."""
     rows, residuals = [], []
     for i, layer in enumerate(_layers(model, spec)):
-        z = internals[i].z[batch_index, k]  # (heads * head_dim,)
-        r = _attn_direction(layer, spec, z, readout)
-        heads = (z.to(r.device, torch.float32).view_as(r) * r).sum(-1) * readout.scale  # (heads,)
+        heads = head_terms(layer, spec, internals[i].z[batch_index, k], readout)  # (heads,)
         rows.append(heads.cpu())
         residuals.append(parents[f"L{i}.attn"] - float(heads.double().sum()))
     return HeadSplit(contributions=torch.stack(rows), residual=torch.tensor(residuals, dtype=torch.float32))
@@ -182,8 +194,7 @@ def neuron_split(
         if internals[i].act is None:
             continue  # a MoE layer: see expert_split
         act = internals[i].act[batch_index, k]  # (intermediate,)
-        r = input_direction(layer.get_submodule(spec.mlp_out), readout.direction, act.shape[-1], act.dtype)
-        contributions = act.to(r.device, torch.float32) * r * readout.scale  # (intermediate,)
+        contributions = neuron_terms(layer, spec, act, readout)  # (intermediate,)
         top = contributions.abs().topk(min(top_k, contributions.shape[0])).indices
         layers.append(i)
         ids.append(top.cpu())

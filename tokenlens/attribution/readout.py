@@ -66,30 +66,64 @@ def make_readout(
         target_id: The explained token.
         contrast_id: Explain ``logit[target] − logit[contrast]`` instead of ``logit[target]``.
     """
-    head = spec.module(model, spec.head)
-    g = spec.module(model, spec.final_norm).weight
-    weight = head.weight if type(head) is nn.Linear else None
+    u, bias = head_row(model, spec, target_id, contrast_id)
+    g = norm_weight(model, spec)
     device = g.device
-    if weight is not None:  # a plain linear head: read its rows
+    h = final_input.to(device, torch.float32)
+    scale = torch.rsqrt(h.pow(2).mean() + final_norm_eps(model, spec))
+    return Readout(direction=(u * g).detach(), scale=float(scale), bias=bias)
+
+
+def head_row(
+    model: nn.Module, spec: ArchitectureSpec, target_id: int, contrast_id: int | None = None
+) -> tuple[torch.Tensor, float | None]:
+    """The head's row for ``target_id`` (minus ``contrast_id``'s) and its bias, as the model applies them.
+
+    A plain linear head is read directly; a wrapped one (LoRA, ``modules_to_save``, quantised) through the
+    module itself, so its update is included.
+
+    Returns:
+        ``(d_model,)`` float32 row on the final norm's device, and the bias (``None`` when the head has none).
+    """
+    head = spec.module(model, spec.head)
+    norm_param = next(spec.module(model, spec.final_norm).parameters())
+    device, dtype = norm_param.device, norm_param.dtype
+    if type(head) is nn.Linear:  # a plain linear head: read its rows
+        weight = head.weight
         u = weight[target_id].to(device, torch.float32)
         if contrast_id is not None:
             u = u - weight[contrast_id].to(device, torch.float32)
         bias = (
-            None if head.bias is None else _pick(head.bias.to(device, torch.float32), target_id, contrast_id)
+            None
+            if head.bias is None
+            else _pick(head.bias.detach().to(device, torch.float32), target_id, contrast_id)
         )
-    else:  # a wrapped head (LoRA, modules_to_save, quantised): ask the module itself
-        out_features, in_features = _shape(head)
-        pick = torch.zeros(out_features, device=device)
-        pick[target_id] += 1.0
-        if contrast_id is not None:
-            pick[contrast_id] -= 1.0
-        u = input_direction(head, pick, in_features, g.dtype)
-        with torch.no_grad():
-            offset = head(torch.zeros(1, in_features, device=next(head.parameters()).device, dtype=g.dtype))
-        bias = float(offset[0].to(device, torch.float32) @ pick) if _has_bias(head) else None
-    h = final_input.to(device, torch.float32)
-    scale = torch.rsqrt(h.pow(2).mean() + final_norm_eps(model, spec))
-    return Readout(direction=(u * g.to(torch.float32)).detach(), scale=float(scale), bias=bias)
+        return u.detach(), bias
+    out_features, in_features = _shape(head)
+    pick = torch.zeros(out_features, device=device)
+    pick[target_id] += 1.0
+    if contrast_id is not None:
+        pick[contrast_id] -= 1.0
+    u = input_direction(head, pick, in_features, dtype)
+    with torch.no_grad():
+        offset = head(torch.zeros(1, in_features, device=next(head.parameters()).device, dtype=dtype))
+    bias = float(offset[0].to(device, torch.float32) @ pick) if _has_bias(head) else None
+    return u.detach(), bias
+
+
+def norm_weight(model: nn.Module, spec: ArchitectureSpec) -> torch.Tensor:
+    """The final norm's weight ``g`` as the model applies it, ``(d_model,)`` float32.
+
+    A plain norm's ``weight`` is read; a PEFT-wrapped one (LN tuning) is evaluated on a constant vector,
+    whose normalised value is 1 everywhere, so the output is ``g`` up to the factor ``1/sqrt(1 + ε)``.
+    """
+    norm = spec.module(model, spec.final_norm)
+    if not callable(getattr(norm, "get_base_layer", None)):
+        return norm.weight.detach().to(torch.float32)
+    weight = _unwrapped(norm).weight
+    with torch.no_grad():
+        out = norm(torch.ones(1, weight.shape[0], device=weight.device, dtype=torch.float32))
+    return out[0].to(torch.float32) * (1.0 + final_norm_eps(model, spec)) ** 0.5
 
 
 def _pick(values: torch.Tensor, target_id: int, contrast_id: int | None) -> float:

@@ -30,7 +30,7 @@ from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import ArchitectureSpec
 
 
-def _gradients(
+def activation_gradients(
     model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, metric: Metric, sites: Sequence[Site]
 ) -> tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """The metric, and per site its activation and the metric's gradient there, both ``(1, seq, width)``."""
@@ -93,7 +93,7 @@ def attribution_patch(
         same_length(clean_ids, input_ids, "attribution patching")
         source, source_spec = clean_source(model, spec, clean_model)
         clean_values = record_values(source, source_spec, clean_ids, sites)
-    value, pairs = _gradients(model, spec, input_ids, metric, sites)
+    value, pairs = activation_gradients(model, spec, input_ids, metric, sites)
     estimates = []
     for site in sites:
         activation, grad = pairs[site.name]

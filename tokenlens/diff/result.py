@@ -1,0 +1,322 @@
+"""Result objects of a base-vs-tuned diff. They carry their own labels, so renderers never need a model.
+
+One :class:`ProbeDiff` per probe: how the next-token distribution moved (KL, JS, top-k before/after, flip),
+the exact split of the tracked token's logit change (:class:`Telescope`), and per component its measured
+causal effect (:class:`ComponentEffect`). A :class:`DiffReport` holds all probes, the weight-level summary
+and the pass/fail verdicts of the check.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from tokenlens.attribution.result import TOLERANCE, TokenScore
+
+READOUT_TERMS = ("readout.scale", "readout.norm", "readout.head", "readout.logit_bias")
+"""The readout's own change, in the fixed telescoping order of design.md §2."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One prompt whose next-token choice is compared.
+
+    Attributes:
+        prompt: Plain text, used as is (``None`` when ``messages`` is given).
+        messages: Chat turns rendered with the model's chat template (generation prompt added).
+        target: The token the fine-tune should (or should not) move, as decoded text (``" Lyon"``).
+        expect: ``"changed"`` (an intended probe), ``"unchanged"`` (a control) or ``None`` (not judged).
+        group: A free label to aggregate by (``"edit"``, ``"capitals"``, …).
+        position: Which prompt position's prediction; negative counts from the end.
+        line: The probe file's line number (``None`` for command-line prompts).
+    """
+
+    prompt: str | None
+    messages: tuple[dict, ...] | None = None
+    target: str | None = None
+    expect: str | None = None
+    group: str | None = None
+    position: int = -1
+    line: int | None = None
+
+    @property
+    def label(self) -> str:
+        """A one-line label: the prompt, or the last message's content."""
+        text = (
+            self.prompt if self.prompt is not None else str((self.messages or ({},))[-1].get("content", ""))
+        )
+        return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Telescope:
+    """The exact split of one readout value's change from base to tuned (design.md §2).
+
+    With ``u`` the head row (minus the contrast's), ``g`` the final-norm weight, ``s`` the norm's scale and
+    ``b`` the head bias, in this fixed order (base readout frozen first)::
+
+        Δ = Σ_c u_B·(g_B ⊙ (c_T − c_B))·s_B          direct, per component
+          + u_B·(g_B ⊙ h_T)·(s_T − s_B)              readout.scale
+          + u_B·((g_T − g_B) ⊙ h_T)·s_T              readout.norm
+          + (u_T − u_B)·(g_T ⊙ h_T)·s_T              readout.head
+          + (b_T − b_B)                              readout.logit_bias
+
+    Attributes:
+        target_id: The tracked token.
+        contrast_id: Explain ``logit[target] − logit[contrast]`` instead (``None``: the plain logit).
+        names: Component names in model order (``embed``, ``L0.attn``, ``L0.mlp``, …).
+        direct: ``(component,)`` float32 the component terms.
+        readout: ``(4,)`` float32 the readout terms, in :data:`READOUT_TERMS` order.
+        base_value: The value the base model computed.
+        tuned_value: The value the tuned model computed.
+    """
+
+    target_id: int
+    contrast_id: int | None
+    names: tuple[str, ...]
+    direct: torch.Tensor
+    readout: torch.Tensor
+    base_value: float
+    tuned_value: float
+
+    def __post_init__(self) -> None:
+        if self.direct.shape != (len(self.names),) or self.readout.shape != (len(READOUT_TERMS),):
+            raise ValueError(f"{len(self.names)} names for {tuple(self.direct.shape)} direct terms")
+
+    @property
+    def observed(self) -> float:
+        """The change the two models actually computed, ``tuned − base``."""
+        return self.tuned_value - self.base_value
+
+    @property
+    def total(self) -> float:
+        """Σ direct + Σ readout terms (float64)."""
+        return float(self.direct.double().sum() + self.readout.double().sum())
+
+    @property
+    def error(self) -> float:
+        """``total − observed``: rounding only; not absorbed anywhere."""
+        return self.total - self.observed
+
+    @property
+    def exact(self) -> bool:
+        """The terms add up to the observed change within :data:`TOLERANCE`."""
+        scale = max(1.0, float(self.direct.abs().max()) if len(self.names) else 0.0, abs(self.observed))
+        return abs(self.error) <= TOLERANCE * scale * 10
+
+    def as_dict(self) -> dict[str, float]:
+        """Every term by name: the components, then the readout terms."""
+        terms = dict(zip(self.names, self.direct.tolist(), strict=True))
+        terms.update(zip(READOUT_TERMS, self.readout.tolist(), strict=True))
+        return terms
+
+
+@dataclass(frozen=True)
+class ComponentEffect:
+    """How one component (a layer's attention or MLP, the embedding, a head, a neuron) moved the token.
+
+    Attributes:
+        name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5`` or ``L3.N120``.
+        direct: Its term in the exact split (:class:`Telescope`), base readout frozen.
+        causal: Exact: the tracked value's change when this component's tuned output is patched into the
+            base run (everything downstream recomputed). ``None`` when not measured (see ``estimate``).
+        causal_kl: KL(base ‖ base with this component patched), nats; ``None`` when not measured.
+        causal_reverse: Exact: the change when the base output is patched into the tuned run (usually about
+            ``−causal``); ``None`` when not measured.
+        estimate: The attribution-patching (first-order) ESTIMATE of ``causal``; ``None`` when not computed.
+    """
+
+    name: str
+    direct: float | None
+    causal: float | None = None
+    causal_kl: float | None = None
+    causal_reverse: float | None = None
+    estimate: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The check's judgement of one probe.
+
+    Attributes:
+        expect: ``"changed"``, ``"unchanged"`` or ``None`` (reported, not judged).
+        passed: ``True``/``False``, ``None`` when not judged.
+        reason: One line: which threshold held or failed, with the numbers.
+    """
+
+    expect: str | None
+    passed: bool | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProbeDiff:
+    """Base vs tuned on one probe, at one position.
+
+    Attributes:
+        probe: The probe.
+        token_ids: The prompt's token ids (chat template applied).
+        tokens: Their decoded texts.
+        position: The explained position (non-negative).
+        base_top: The base model's top-k tokens there.
+        tuned_top: The tuned model's top-k tokens there.
+        kl: KL(base ‖ tuned) in nats, over the full vocabulary.
+        js: Jensen-Shannon divergence in nats.
+        tracked: The tracked token: the probe's target, else the tuned model's top-1 — with its base logit and
+            probability.
+        tracked_tuned: The same token scored by the tuned model.
+        tracked_is_target: Whether the tracked token is the probe's ``target``.
+        base_rank: The tracked token's rank under the base model (1 = top).
+        tuned_rank: Its rank under the tuned model.
+        split: The exact split of the tracked token's logit change.
+        flip_split: When base and tuned disagree on top-1: the split of the change of
+            ``logit[tuned top-1] − logit[base top-1]``; else ``None``.
+        components: Embedding and layer components, sorted by |causal| (then |estimate|, then |direct|).
+        heads: Drill-down into the attention layers with the largest effect (per head).
+        neurons: Drill-down into the MLP layers with the largest effect (top neurons by |direct|).
+        verdict: The check's judgement.
+        notes: Caveats for this probe (virtual tokens, components without exact values, …).
+    """
+
+    probe: Probe
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    position: int
+    base_top: tuple[TokenScore, ...]
+    tuned_top: tuple[TokenScore, ...]
+    kl: float
+    js: float
+    tracked: TokenScore
+    tracked_tuned: TokenScore
+    tracked_is_target: bool
+    base_rank: int
+    tuned_rank: int
+    split: Telescope
+    flip_split: Telescope | None
+    components: tuple[ComponentEffect, ...]
+    heads: tuple[ComponentEffect, ...]
+    neurons: tuple[ComponentEffect, ...]
+    verdict: Verdict
+    notes: tuple[str, ...] = ()
+
+    @property
+    def flipped(self) -> bool:
+        """Base and tuned choose different top-1 tokens."""
+        return self.base_top[0].id != self.tuned_top[0].id
+
+    @property
+    def prob_gain(self) -> float:
+        """The tracked token's probability change, tuned − base."""
+        return self.tracked_tuned.prob - self.tracked.prob
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """One parameter tensor that differs between base and tuned.
+
+    Attributes:
+        name: The parameter's path in the base model (``model.layers.2.mlp.down_proj.weight``); PEFT
+            wrappers' ``base_layer`` segments are dropped. For tensors only the tuned model has (an added
+            bias, an adapter's matrices, virtual tokens) the tuned path.
+        kind: ``changed`` (both have it), ``added`` (tuned only), ``lora`` (the LoRA update ``ΔW = s·B·A``)
+            or ``effective`` (a PEFT wrapper's effective weight change, measured through the module).
+        layer: The decoder layer it belongs to (``None`` outside layers).
+        norm: ``‖ΔW‖_F`` (for ``added``: ``‖W‖_F``).
+        relative: ``‖ΔW‖_F / ‖W_base‖_F`` (``None`` for ``added``).
+        numel: Elements in the tensor.
+    """
+
+    name: str
+    kind: str
+    layer: int | None
+    norm: float
+    relative: float | None
+    numel: int
+
+
+@dataclass(frozen=True)
+class WeightSummary:
+    """Which parameters differ, largest relative change first.
+
+    Attributes:
+        changes: The differing tensors.
+        unchanged: How many base tensors are bit-identical in the tuned model.
+        note: How the changes were measured (two models compared; an adapter read without merging; …).
+    """
+
+    changes: tuple[WeightChange, ...]
+    unchanged: int
+    note: str
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The decoder layers with any change, ascending."""
+        return tuple(sorted({c.layer for c in self.changes if c.layer is not None}))
+
+
+@dataclass(frozen=True)
+class AggregateRow:
+    """One component's effect averaged over probes.
+
+    Attributes:
+        name: The component.
+        mean_abs_causal: Mean |causal| over probes where it was measured (``nan`` when never).
+        mean_abs_direct: Mean |direct| over all probes.
+        measured: On how many probes ``causal`` was measured exactly.
+        probes: How many probes were averaged.
+    """
+
+    name: str
+    mean_abs_causal: float
+    mean_abs_direct: float
+    measured: int
+    probes: int
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """A whole diff: every probe, the weight summary, aggregates and the check's verdicts.
+
+    Attributes:
+        base: The base model's reference.
+        tuned: The tuned model's reference.
+        pairing: How the two were held: ``"adapter toggled (one model in memory)"`` or ``"two models"``.
+        probes: One :class:`ProbeDiff` per probe, in input order.
+        weights: The weight-level summary.
+        aggregate: Over all probes, sorted by mean |causal| (then mean |direct|).
+        groups: The same per probe group (probes without a group are under ``""``).
+        min_gain: The check's threshold for intended probes (absolute probability gain).
+        max_kl: The check's threshold for controls (KL(base‖tuned), nats).
+    """
+
+    base: str
+    tuned: str
+    pairing: str
+    probes: tuple[ProbeDiff, ...]
+    weights: WeightSummary
+    aggregate: tuple[AggregateRow, ...]
+    groups: dict[str, tuple[AggregateRow, ...]]
+    min_gain: float
+    max_kl: float
+
+    @property
+    def failures(self) -> tuple[ProbeDiff, ...]:
+        """Probes whose verdict failed."""
+        return tuple(p for p in self.probes if p.verdict.passed is False)
+
+    @property
+    def passed(self) -> bool:
+        """No judged probe failed."""
+        return not self.failures
+
+    @property
+    def judged(self) -> int:
+        """How many probes had an expectation."""
+        return sum(p.verdict.passed is not None for p in self.probes)
+
+
+def mean_or_nan(values: list[float]) -> float:
+    """The mean, or ``nan`` for no values."""
+    return sum(values) / len(values) if values else math.nan
