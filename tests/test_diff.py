@@ -219,6 +219,10 @@ def test_lora_on_layer_1_leaves_layer_0_at_zero_and_toggling_equals_two_models(l
         for name in ("embed", "L0.attn", "L0.mlp"):
             assert terms(pa)[name].direct == 0.0 and terms(pa)[name].causal == 0.0
         assert pa.split.exact
+        # the LoRA on o_proj changes every head's write through W_O, not what the heads attend to
+        layer1 = [h for h in pa.heads if h.name.startswith("L1.H")]
+        assert len(layer1) == 4 and all(h.causal != 0.0 for h in layer1)
+        assert sum(h.direct for h in layer1) == pytest.approx(terms(pa)["L1.attn"].direct, abs=1e-5)
     assert a.weights.layers == (1,) and b.weights.layers == (1,)
     assert {c.kind for c in a.weights.changes} == {"lora"}
     assert {c.name for c in a.weights.changes} == {c.name for c in b.weights.changes}

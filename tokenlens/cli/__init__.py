@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 from tokenlens import __version__
+from tokenlens.cli import diff as diff_cmd
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import train as train_cmd
@@ -32,9 +33,11 @@ EPILOG = """examples:
   tokenlens inspect --model Qwen/Qwen3-0.6B --prompt "The capital of France is"   (needs hub access)
   tokenlens models
   tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 20
+  tokenlens diff --tuned runs/lora --probes probes.jsonl
+  tokenlens check --tuned runs/lora --probes probes.jsonl      (exit 0 pass, 1 fail, 2 bad input)
 """
 
-COMMANDS = (inspect_cmd, models_cmd, train_cmd)
+COMMANDS = (inspect_cmd, models_cmd, train_cmd, diff_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

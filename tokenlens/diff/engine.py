@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from tokenlens.attribution import inputs
-from tokenlens.attribution.finer import head_terms, neuron_terms
 from tokenlens.attribution.readout import Readout, final_norm_eps, head_row, norm_weight
 from tokenlens.attribution.result import TokenScore
-from tokenlens.capture.internals import LayerInternals, capture_internals
-from tokenlens.capture.residual import capture_residual, component_names
+from tokenlens.capture.residual import component_names
 from tokenlens.causal.estimates import activation_gradients
-from tokenlens.causal.interventions import record, replace
 from tokenlens.causal.metrics import Metric
 from tokenlens.causal.sites import Site, head_sites, layer_sites
+from tokenlens.diff import drill
 from tokenlens.diff import probes as probe_io
 from tokenlens.diff.check import judge
 from tokenlens.diff.pairing import ModelPair
@@ -50,9 +46,10 @@ from tokenlens.diff.result import (
     Telescope,
     mean_or_nan,
 )
+from tokenlens.diff.runs import Plan, Run, capture_run, divergences, patch_effects, tail
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
-from tokenlens.models.specs import ArchitectureSpec, bare_model
+from tokenlens.models.specs import bare_model
 
 EXACT_ALL_UP_TO = 32
 """Models with at most this many components get exact patching for every component."""
@@ -82,17 +79,6 @@ class DiffOptions:
     neurons: int = 5
     min_gain: float = 0.1
     max_kl: float = 0.05
-
-
-@dataclass
-class _Run:
-    """One model's forward pass on one probe (float64 copies at the probe position)."""
-
-    writes: torch.Tensor  # (component, d_model)
-    final_input: torch.Tensor  # (d_model,)
-    logits: torch.Tensor  # (vocab,)
-    values: dict[str, torch.Tensor]  # site -> (1, seq, width) activation at the real positions
-    internals: list[LayerInternals] | None
 
 
 def diff(
@@ -157,11 +143,14 @@ def _diff_probe(
     spec, tokenizer = pair.spec, pair.tokenizer
     input_ids = torch.tensor([ids])
     virtual = pair.virtual_tokens
-    sites = _sites(pair)
+    model = bare_model(pair.tuned.model)
+    sites = layer_sites(model, spec) + head_sites(model, spec)
     with pair.side("base") as model:
-        base = _run(model, spec, input_ids, position, sites, internals=not virtual)
+        base = capture_run(model, spec, input_ids, position, sites, internals=not virtual)
     with pair.side("tuned") as model:
-        tuned = _run(model, spec, input_ids, position, sites, internals=not virtual, virtual=virtual)
+        tuned = capture_run(
+            model, spec, input_ids, position, sites, internals=not virtual, virtual=virtual > 0
+        )
     limit = inputs.decodable_vocab(tokenizer, base.logits.shape[0])
     base_top = _top(tokenizer, base.logits, limit, options.top_k)
     tuned_top = _top(tokenizer, tuned.logits, limit, options.top_k)
@@ -171,7 +160,7 @@ def _diff_probe(
     flip = None
     if base_top[0].id != tuned_top[0].id:
         flip = _telescope(pair, base, tuned, names, tuned_top[0].id, base_top[0].id)
-    kl, js = _divergences(base.logits, tuned.logits)
+    kl, js = divergences(base.logits, tuned.logits)
     readout_b = _base_readout(pair, base, tracked)
     components, heads, neurons, notes = _effects(
         pair, input_ids, position, base, tuned, split, tracked, readout_b, options
@@ -215,56 +204,6 @@ def _diff_probe(
     )
 
 
-def _sites(pair: ModelPair) -> tuple[Site, ...]:
-    model = bare_model(pair.tuned.model)
-    return layer_sites(model, pair.spec) + head_sites(model, pair.spec)
-
-
-def _run(
-    model: nn.Module,
-    spec: ArchitectureSpec,
-    input_ids: torch.Tensor,
-    position: int,
-    sites: Sequence[Site],
-    *,
-    internals: bool,
-    virtual: int = 0,
-) -> _Run:
-    """One forward pass capturing the stream at ``position``, the layer internals and every site's value.
-
-    With ``virtual`` prepended positions (prompt tuning) the position is addressed from the end.
-    """
-    seq = input_ids.shape[1]
-    device = spec.module(model, spec.embed).weight.device
-    kept = torch.tensor([position - seq if virtual else position])
-    with ExitStack() as stack, torch.no_grad():
-        residual = stack.enter_context(capture_residual(model, spec, kept))
-        inner = None
-        if internals:
-            splits = frozenset({"heads", "neurons"})
-            inner = stack.enter_context(capture_internals(model, spec, tuple(input_ids.shape), kept, splits))
-        values = stack.enter_context(record(model, spec, sites))
-        ids = input_ids.to(device)
-        keep = seq - position
-        output = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=keep
-        )
-    capture = residual.result(component_names(spec, bare_model(model)))
-    logits = output.logits[0, 0].double()
-    writes = capture.writes[:, 0, 0].double()
-    if not (torch.isfinite(writes).all() and torch.isfinite(logits).all()):
-        raise TokenlensError(
-            "a model produced NaN or infinite values (overflow in a low-precision dtype? try --dtype float32)"
-        )
-    return _Run(
-        writes=writes,
-        final_input=capture.final_input[0, 0].double(),
-        logits=logits,
-        values={name: v[:, v.shape[1] - seq :] for name, v in values.items()},
-        internals=None if inner is None else inner.layers,
-    )
-
-
 def _top(tokenizer, logits: torch.Tensor, limit: int, k: int) -> tuple[TokenScore, ...]:
     return tuple(_score(tokenizer, logits, int(i)) for i in inputs.top_tokens(logits, limit, k))
 
@@ -278,16 +217,6 @@ def _rank(logits: torch.Tensor, token: int) -> int:
     return int((logits > logits[token]).sum()) + 1
 
 
-def _divergences(base: torch.Tensor, tuned: torch.Tensor) -> tuple[float, float]:
-    """KL(base‖tuned) and Jensen-Shannon, in nats, over the full vocabulary (float64)."""
-    log_p, log_q = base.log_softmax(-1), tuned.log_softmax(-1)
-    p, q = log_p.exp(), log_q.exp()
-    kl = float((p * (log_p - log_q)).sum())
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    js = 0.5 * float((p * (log_p - log_m)).sum()) + 0.5 * float((q * (log_q - log_m)).sum())
-    return max(kl, 0.0), max(js, 0.0)
-
-
 def _readout_parts(pair: ModelPair, which: str, target: int, contrast: int | None):
     """``(u, g, b)`` of one side, float64: the head row (minus the contrast's), norm weight, head bias."""
     with pair.side(which) as model:
@@ -297,12 +226,12 @@ def _readout_parts(pair: ModelPair, which: str, target: int, contrast: int | Non
     return u.double().cpu(), g.double().cpu(), (bias or 0.0), eps
 
 
-def _scale(run: _Run, eps: float) -> float:
+def _scale(run: Run, eps: float) -> float:
     return float(torch.rsqrt(run.final_input.pow(2).mean() + eps))
 
 
 def _telescope(
-    pair: ModelPair, base: _Run, tuned: _Run, names: tuple[str, ...], target: int, contrast: int | None
+    pair: ModelPair, base: Run, tuned: Run, names: tuple[str, ...], target: int, contrast: int | None
 ) -> Telescope:
     """The exact split of ``logit[target] (− logit[contrast])``'s change, in design.md §2's fixed order."""
     u_b, g_b, b_b, eps_b = _readout_parts(pair, "base", target, contrast)
@@ -326,77 +255,63 @@ def _telescope(
     return Telescope(target, contrast, names, direct, readout, value(base.logits), value(tuned.logits))
 
 
-def _base_readout(pair: ModelPair, base: _Run, target: int) -> Readout:
+def _base_readout(pair: ModelPair, base: Run, target: int) -> Readout:
     u, g, bias, eps = _readout_parts(pair, "base", target, None)
     return Readout(direction=(u * g).float(), scale=_scale(base, eps), bias=bias)
-
-
-def _row(
-    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, position: int, edits
-) -> torch.Tensor:
-    """The logits ``(vocab,)`` float64 at ``position`` with ``edits`` applied.
-
-    Only the positions from ``position`` on get logits (counted from the end, so virtual positions that
-    prompt tuning prepends do not shift it).
-    """
-    seq = input_ids.shape[1]
-    device = spec.module(model, spec.embed).weight.device
-    ids = input_ids.to(device)
-    with torch.no_grad(), replace(model, spec, edits):
-        output = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=seq - position
-        )
-    return output.logits[0, 0].double()
-
-
-def _tail(value: torch.Tensor):
-    """An edit replacing the activation's last ``value.shape[1]`` positions (the real ones) by ``value``."""
-
-    def edit(a: torch.Tensor) -> torch.Tensor:
-        keep = a.shape[1] - value.shape[1]
-        return torch.cat([a[:, :keep], value.to(a)], dim=1) if keep else value.to(a).expand_as(a)
-
-    return edit
 
 
 def _effects(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    base: _Run,
-    tuned: _Run,
+    base: Run,
+    tuned: Run,
     split: Telescope,
     tracked: int,
     readout_b: Readout,
     options: DiffOptions,
 ) -> tuple[tuple[ComponentEffect, ...], tuple[ComponentEffect, ...], tuple[ComponentEffect, ...], tuple]:
     """Components (sorted), heads and neurons of the drilled layers, and notes."""
-    sites = {s.name: s for s in _sites(pair)}
     direct = dict(zip(split.names, split.direct.tolist(), strict=True))
-    notes: tuple[str, ...] = ()
     if not options.causal:
         rows = [ComponentEffect(n, direct[n]) for n in split.names]
         return _sorted(rows), (), (), ("causal effects not measured (--no-causal)",)
-    estimates = _estimates(pair, input_ids, position, tracked, base, tuned, list(sites.values()))
+    sites = {s.name: s for s in layer_sites(bare_model(pair.tuned.model), pair.spec)}
+    estimates, grads = _estimates(pair, input_ids, position, tracked, base, tuned, list(sites.values()))
     chosen = list(split.names)
+    notes: tuple[str, ...] = ()
     if len(chosen) > EXACT_ALL_UP_TO:
         chosen = sorted(chosen, key=lambda n: -abs(estimates[n]))[: options.exact]
         notes += (f"exact patching for the top {len(chosen)} of {len(split.names)} components by estimate",)
-    exact = _patch(pair, input_ids, position, tracked, base, tuned, [sites[n] for n in chosen], options)
+    plans: list[Plan] = [
+        (
+            name,
+            {sites[name]: tail(tuned.values[name])},
+            {sites[name]: tail(base.values[name])} if options.reverse else None,
+        )
+        for name in chosen
+    ]
+    exact = patch_effects(pair, input_ids, position, tracked, base, tuned, plans)
     rows = []
     for name in split.names:
         causal, kl, reverse = exact.get(name, (None, None, None))
         rows.append(ComponentEffect(name, direct[name], causal, kl, reverse, estimates[name]))
     components = _sorted(rows)
-    heads, neurons = (), ()
-    if base.internals is not None and tuned.internals is not None and options.drill > 0:
-        heads = _drill_heads(
-            pair, input_ids, position, tracked, base, tuned, components, estimates, readout_b, options
-        )
-        neurons = _drill_neurons(
-            pair, input_ids, position, tracked, base, tuned, components, readout_b, options
-        )
-    return components, heads, neurons, notes
+    if options.drill < 1:
+        return components, (), (), notes
+    args = (pair, input_ids, position, tracked, base, tuned)
+    heads = drill.drill_heads(
+        *args, drill.top_layers(components, "attn", options.drill), grads, readout_b, options.reverse
+    )
+    neurons = drill.drill_neurons(
+        *args,
+        drill.top_layers(components, "mlp", options.drill),
+        grads,
+        readout_b,
+        options.neurons,
+        options.reverse,
+    )
+    return components, _sorted(heads), _sorted(neurons), notes
 
 
 def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:
@@ -413,106 +328,21 @@ def _estimates(
     input_ids: torch.Tensor,
     position: int,
     tracked: int,
-    base: _Run,
-    tuned: _Run,
+    base: Run,
+    tuned: Run,
     sites: Sequence[Site],
-) -> dict[str, float]:
-    """Attribution patching on the base run: ``Σ (a_T − a_B) · ∂logit/∂a_B`` per site (ESTIMATES)."""
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Attribution patching on the base run: ``Σ (a_T − a_B) · ∂logit/∂a_B`` per site (ESTIMATES), and
+    each site's gradient ``(1, seq, width)``."""
     metric = Metric("logit", tracked, position)
     with pair.side("base") as model:
         _, pairs = activation_gradients(model, pair.spec, input_ids, metric, sites)
-    out = {}
+    estimates, grads = {}, {}
     for site in sites:
         activation, grad = pairs[site.name]
-        out[site.name] = float(((tuned.values[site.name].float() - activation) * grad).sum())
-    return out
-
-
-def _patch(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: int,
-    base: _Run,
-    tuned: _Run,
-    sites: Sequence[Site],
-    options: DiffOptions,
-) -> dict[str, tuple[float, float, float | None]]:
-    """Exact patching: ``(causal, causal_kl, causal_reverse)`` per site."""
-    out: dict[str, list] = {}
-    with pair.side("base") as model:
-        for site in sites:
-            row = _row(model, pair.spec, input_ids, position, {site: _tail(tuned.values[site.name])})
-            kl, _ = _divergences(base.logits, row)
-            out[site.name] = [float(row[tracked] - base.logits[tracked]), kl, None]
-    if options.reverse:
-        with pair.side("tuned") as model:
-            for site in sites:
-                row = _row(model, pair.spec, input_ids, position, {site: _tail(base.values[site.name])})
-                out[site.name][2] = float(row[tracked] - tuned.logits[tracked])
-    return {name: tuple(v) for name, v in out.items()}  # type: ignore[misc]
-
-
-def _top_layers(components: Sequence[ComponentEffect], part: str, count: int) -> list[int]:
-    """The ``count`` layers whose ``part`` (attn/mlp) has the largest |causal| (else |estimate|, |direct|)."""
-    rows = [c for c in components if c.name.endswith(f".{part}")]
-    rows.sort(key=lambda c: -abs(c.causal if c.causal is not None else (c.estimate or c.direct or 0.0)))
-    return [int(c.name[1:].split(".")[0]) for c in rows[:count]]
-
-
-def _drill_heads(pair, input_ids, position, tracked, base, tuned, components, estimates, readout_b, options):
-    spec = pair.spec
-    layers = _top_layers(components, "attn", options.drill)
-    terms = {}
-    for which, run in (("base", base), ("tuned", tuned)):
-        with pair.side(which) as model:
-            modules = spec.layer_list(model)
-            terms[which] = {
-                i: head_terms(modules[i], spec, run.internals[i].z[0, 0], readout_b) for i in layers
-            }
-    head_names = [(i, h) for i in layers for h in range(terms["base"][i].shape[0])]
-    sites = [Site(f"L{i}.H{h}", "head", i, h) for i, h in head_names]
-    exact = _patch(pair, input_ids, position, tracked, base, tuned, sites, options)
-    rows = []
-    for (i, h), site in zip(head_names, sites, strict=True):
-        delta = float(terms["tuned"][i][h] - terms["base"][i][h])
-        causal, kl, reverse = exact[site.name]
-        rows.append(ComponentEffect(site.name, delta, causal, kl, reverse, estimates.get(site.name)))
-    return _sorted(rows)
-
-
-def _drill_neurons(pair, input_ids, position, tracked, base, tuned, components, readout_b, options):
-    spec = pair.spec
-    layers = [i for i in _top_layers(components, "mlp", options.drill) if base.internals[i].act is not None]
-    terms = {}
-    for which, run in (("base", base), ("tuned", tuned)):
-        with pair.side(which) as model:
-            modules = spec.layer_list(model)
-            terms[which] = {
-                i: neuron_terms(modules[i], spec, run.internals[i].act[0, 0], readout_b) for i in layers
-            }
-    sites, deltas = [], {}
-    for i in layers:
-        delta = terms["tuned"][i] - terms["base"][i]
-        for n in delta.abs().topk(min(options.neurons, delta.shape[0])).indices.tolist():
-            site = Site(f"L{i}.N{n}", "neuron", i, n)
-            sites.append(site)
-            deltas[site.name] = float(delta[n])
-    if not sites:
-        return ()
-    with pair.side("tuned") as model, torch.no_grad(), record(model, spec, sites) as values:
-        ids = input_ids.to(spec.module(model, spec.embed).weight.device)
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
-    seq = input_ids.shape[1]
-    tuned_values = {name: v[:, v.shape[1] - seq :] for name, v in values.items()}
-    with pair.side("base") as model, torch.no_grad(), record(model, spec, sites) as base_values:
-        ids = input_ids.to(spec.module(model, spec.embed).weight.device)
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
-    base_run = _Run(base.writes, base.final_input, base.logits, dict(base_values), None)
-    tuned_run = _Run(tuned.writes, tuned.final_input, tuned.logits, tuned_values, None)
-    exact = _patch(pair, input_ids, position, tracked, base_run, tuned_run, sites, options)
-    rows = [ComponentEffect(s.name, deltas[s.name], *exact[s.name]) for s in sites]
-    return _sorted(rows)
+        estimates[site.name] = float(((tuned.values[site.name].float() - activation) * grad).sum())
+        grads[site.name] = grad
+    return estimates, grads
 
 
 def _aggregate(

@@ -1,0 +1,122 @@
+"""``tokenlens diff`` / ``tokenlens check`` end to end on folders: formats, exit codes, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import build_tiny
+
+from tokenlens.cli import main
+from tokenlens.training import custom
+
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, qwen_tokenizer):
+    """A base checkpoint and a ``bias``-method folder whose logit bias makes " Lyon" top-1 after every prompt.
+
+    (A head bias saved into a plain Qwen3 checkpoint would be dropped on load: the class has none.)
+    """
+    root = tmp_path_factory.mktemp("diffcli")
+    base = build_tiny("qwen3-untied-mha")
+    base.save_pretrained(root / "base")
+    qwen_tokenizer.save_pretrained(root / "base")
+    tuned = custom.apply_bias(copy.deepcopy(base), {"targets": ["lm_head"], "layers": None})
+    with torch.no_grad():
+        tuned.lm_head.bias[qwen_tokenizer(" Lyon")["input_ids"][0]] = 20.0
+    custom.save(tuned, root / "tuned")
+    (root / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(root / "base")}))
+    probes = root / "probes.jsonl"
+    probes.write_text(
+        json.dumps({"prompt": PROMPT, "target": " Lyon", "expect": "changed"})
+        + "\n"
+        + json.dumps({"prompt": "Hello, my name is", "expect": "unchanged", "group": "control"})
+        + "\n"
+    )
+    intended = root / "intended.jsonl"
+    intended.write_text(probes.read_text().splitlines()[0] + "\n")
+    return root, probes, intended
+
+
+def pair_args(root) -> list[str]:
+    return ["--tuned", str(root / "tuned")]  # the base comes from the folder's manifest
+
+
+def test_diff_json_html_markdown(folders, tmp_path):
+    root, probes, _ = folders
+    out = tmp_path / "d.json"
+    args = ["diff", *pair_args(root), "--probes", str(probes)]
+    assert main([*args, "--format", "json", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    first = data["probes"][0]
+    assert first["tracked"]["token"] == " Lyon" and first["verdict"]["passed"] is True
+    components = first["components"]
+    assert {"name", "direct", "causal"} <= set(components[0])
+    measured = [abs(c["causal"]) for c in components if c["causal"] is not None]
+    assert measured == sorted(measured, reverse=True)
+    assert data["passed"] is False and data["failures"] == [1]
+    readout = first["readout"]["readout.logit_bias"]
+    assert readout == pytest.approx(20.0, abs=1e-4)  # the planted bias, and nothing else moved
+    html = tmp_path / "d.html"
+    assert main([*args, "--format", "html", "--out", str(html)]) == 0
+    assert 'id="probes"' in html.read_text()
+    md = tmp_path / "d.md"
+    assert main(["diff", *pair_args(root), "--prompt", PROMPT, "--format", "md", "--out", str(md)]) == 0
+    assert md.read_text().startswith("#") and (tmp_path / "d_files").is_dir()
+
+
+def test_check_exit_codes(folders, capsys):
+    root, probes, intended = folders
+    assert main(["check", *pair_args(root), "--probes", str(probes), "--no-causal"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL line 2 [unchanged] 'Hello, my name is': top-1 changed" in out
+    assert "PASS line 1 [changed]" in out and "check FAILED: 1 of 2" in out
+    assert main(["check", *pair_args(root), "--probes", str(intended), "--no-causal"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    # the same gate on identical models: the intended probe did not move
+    same = ["--base", str(root / "base"), "--tuned", str(root / "base")]
+    assert main(["check", *same, "--probes", str(intended), "--no-causal"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt", PROMPT], "nothing to check"),
+        (["--probes", "missing.jsonl"], "missing.jsonl does not exist"),
+        (["--probes", "P", "--prompt", "x"], "not both"),
+        (["--prompt", PROMPT, "--min-gain", "2"], "--min-gain"),
+        (["--prompt", PROMPT, "--max-kl", "-1"], "--max-kl"),
+        (["--prompt", " "], "is empty"),
+        (["--prompt", PROMPT, "--format", "html"], "give --out"),
+    ],
+)
+def test_check_bad_input_is_one_line_exit_2(folders, capsys, extra, message):
+    root, probes, _ = folders
+    extra = [str(probes) if item == "P" else item for item in extra]
+    assert main(["check", *pair_args(root), "--no-causal", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_existing_out_is_kept_without_force(folders, tmp_path, capsys):
+    root, probes, _ = folders
+    out = tmp_path / "keep.json"
+    out.write_text("precious")
+    args = [
+        "diff",
+        *pair_args(root),
+        "--prompt",
+        PROMPT,
+        "--no-causal",
+        "--format",
+        "json",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 2
+    assert out.read_text() == "precious"
+    assert main([*args, "--force"]) == 0 and json.loads(out.read_text())["kind"] == "diff"

@@ -1,0 +1,534 @@
+"""Renderers of a base-vs-tuned diff (JSON, terminal, Markdown, HTML, figures), on DiffReports built by hand.
+
+These test the rendering, not the engine: every expected number below is written out by hand, so a renderer
+that drops, reorders, rounds away or invents a number fails. Three probes: an intended probe whose top-1
+flipped and that passes, a control with hostile token text that fails, and an unjudged chat probe without
+measured causal effects (one of them NaN) but with a flip split.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from markdown_it import MarkdownIt
+from rich.console import Console
+
+from tokenlens.attribution.result import TokenScore as TS
+from tokenlens.diff.result import (
+    READOUT_TERMS,
+    AggregateRow,
+    ComponentEffect,
+    DiffReport,
+    Probe,
+    ProbeDiff,
+    Telescope,
+    Verdict,
+    WeightChange,
+    WeightSummary,
+)
+from tokenlens.report.diff import diff_to_dict, layer_ranges, render_diff, sorted_effects, verdict_summary
+from tokenlens.report.diff_html import render_diff_html
+from tokenlens.report.diff_markdown import render_diff_markdown
+from tokenlens.report.plots import figure_png
+from tokenlens.report.plots.diff import delta_heatmap, diff_figures, diff_waterfall, topk_bars
+
+NAMES = ("embed", "L0.attn", "L0.mlp", "L1.attn", "L1.mlp")
+HOSTILE = "x <script>alert(1)</script> a|b `c` d\nnew"
+PNG = b"\x89PNG\r\n\x1a\n"
+CE = ComponentEffect
+
+
+def telescope(target, contrast, direct, readout, base, tuned):
+    return Telescope(target, contrast, NAMES, torch.tensor(direct), torch.tensor(readout), base, tuned)
+
+
+def intended() -> ProbeDiff:
+    """Top-1 flips from ' Paris' to the target ' Lyon'; every component measured; passes."""
+    return ProbeDiff(
+        probe=Probe("The capital of France is", target=" Lyon", expect="changed", group="edit", line=3),
+        token_ids=(1, 2, 3, 4, 5),
+        tokens=("The", " capital", " of", " France", " is"),
+        position=4,
+        base_top=(TS(10, " Paris", 5.0, 0.6), TS(11, " Lyon", 3.2, 0.1), TS(12, "|", 2.0, 0.05)),
+        tuned_top=(TS(11, " Lyon", 6.0, 0.7), TS(10, " Paris", 4.5, 0.2), TS(13, "`", 1.0, 0.01)),
+        kl=0.9,
+        js=0.2,
+        tracked=TS(11, " Lyon", 3.2, 0.1),
+        tracked_tuned=TS(11, " Lyon", 6.0, 0.7),
+        tracked_is_target=True,
+        base_rank=2,
+        tuned_rank=1,
+        split=telescope(11, None, [0.1, 0.5, 1.5, -0.2, 0.6], [0.2, 0.0, 0.1, 0.0], 3.2, 6.0),
+        flip_split=telescope(11, 10, [0.0, 0.8, 2.0, -0.3, 0.5], [0.1, 0.0, 0.2, 0.0], -1.8, 1.5),
+        components=(  # not sorted: the renderers must sort by |causal|
+            CE("embed", 0.1, causal=0.05, causal_kl=0.001, causal_reverse=-0.04, estimate=0.06),
+            CE("L0.attn", 0.5, causal=0.4, causal_kl=0.01, causal_reverse=-0.38, estimate=0.45),
+            CE("L0.mlp", 1.5, causal=1.9, causal_kl=0.2, causal_reverse=-1.7, estimate=1.6),
+            CE("L1.attn", -0.2, causal=-2.5, causal_kl=0.3, causal_reverse=2.4, estimate=-2.2),
+            CE("L1.mlp", 0.6, causal=0.7, causal_kl=0.05, causal_reverse=-0.65, estimate=0.75),
+        ),
+        heads=(CE("L1.H1", 0.2, estimate=0.25), CE("L1.H0", -0.1, causal=-0.3)),
+        neurons=(CE("L0.N7", 0.9),),
+        verdict=Verdict("changed", True, "p(' Lyon') gained +0.6000 ≥ 0.1"),
+    )
+
+
+def control() -> ProbeDiff:
+    """A control whose distribution moved too much; hostile token text everywhere."""
+    return ProbeDiff(
+        probe=Probe(HOSTILE, expect="unchanged", group="control", line=7),
+        token_ids=(20, 21, 22, 23, 24, 25, 26),
+        tokens=("x", " <script>", "alert", "|", "`", "\n", "</script>"),
+        position=6,
+        base_top=(TS(30, "<script>", 4.0, 0.5), TS(31, "|", 3.0, 0.2)),
+        tuned_top=(TS(30, "<script>", 3.9, 0.4), TS(32, "`", 3.5, 0.3)),
+        kl=0.3,
+        js=0.07,
+        tracked=TS(30, "<script>", 4.0, 0.5),
+        tracked_tuned=TS(30, "<script>", 3.9, 0.4),
+        tracked_is_target=False,
+        base_rank=1,
+        tuned_rank=1,
+        split=telescope(30, None, [0.0, -0.05, 0.02, -0.1, 0.03], [0.0, 0.0, 0.0, 0.0], 4.0, 3.9),
+        flip_split=None,
+        components=(
+            CE("embed", 0.0),
+            CE("L0.attn", -0.05, estimate=-0.06),
+            CE("L0.mlp", 0.02, causal=0.01, causal_kl=0.002, causal_reverse=-0.01, estimate=0.015),
+            CE("L1.attn", -0.1, causal=-0.08, causal_kl=0.03, causal_reverse=0.09, estimate=-0.07),
+            CE("L1.mlp", 0.03, estimate=0.04),
+        ),
+        heads=(),
+        neurons=(),
+        verdict=Verdict("unchanged", False, "KL 0.3000 > 0.05 | `bad` <b>x</b>"),
+        notes=("a note with <b>html</b> | pipe",),
+    )
+
+
+def unjudged() -> ProbeDiff:
+    """A chat probe, not judged, top-1 flipped, no causal value measured (one is NaN)."""
+    messages = ({"role": "system", "content": "be brief"}, {"role": "user", "content": "Say `hi` | now"})
+    return ProbeDiff(
+        probe=Probe(None, messages=messages),
+        token_ids=tuple(range(40, 50)),
+        tokens=("<|im_start|>", "user", "\n", "Say", " `", "hi", "`", " |", " now", "<|im_end|>"),
+        position=9,
+        base_top=(TS(50, " yes", 2.0, 0.4), TS(51, " no", 1.5, 0.3)),
+        tuned_top=(TS(51, " no", 2.5, 0.5), TS(50, " yes", 1.9, 0.35)),
+        kl=0.12,
+        js=0.03,
+        tracked=TS(51, " no", 1.5, 0.3),
+        tracked_tuned=TS(51, " no", 2.5, 0.5),
+        tracked_is_target=False,
+        base_rank=2,
+        tuned_rank=1,
+        split=telescope(51, None, [0.1, 0.2, 0.3, 0.2, 0.1], [0.05, 0.05, 0.0, 0.0], 1.5, 2.5),
+        flip_split=telescope(51, 50, [0.2, 0.2, 0.3, 0.2, 0.1], [0.1, 0.0, 0.0, 0.0], -0.5, 0.6),
+        components=(
+            CE("embed", 0.1),
+            CE("L0.attn", 0.2),
+            CE("L0.mlp", 0.3),
+            CE("L1.attn", 0.2),
+            CE("L1.mlp", 0.1, causal=math.nan),
+        ),
+        heads=(),
+        neurons=(),
+        verdict=Verdict(None, None, "not judged"),
+        notes=("virtual tokens: none",),
+    )
+
+
+def build(*probes: ProbeDiff) -> DiffReport:
+    weights = WeightSummary(
+        changes=(
+            WeightChange("model.layers.0.self_attn.o_proj.weight", "changed", 0, 0.5, 0.01, 1024),
+            WeightChange("model.layers.1.mlp.down_proj.bias", "added", 1, 0.2, None, 32),
+            WeightChange("model.layers.3.mlp.up_proj.lora|x", "lora", 3, 0.1, 0.001, 2048),
+            WeightChange("lm_head.weight", "changed", None, 1.5, 0.002, 4864),
+        ),
+        unchanged=20,
+        note="two models compared",
+    )
+    rows = (AggregateRow("L1.attn", 1.29, 0.15, 2, 3), AggregateRow("embed", math.nan, 0.0667, 0, 3))
+    groups = {"edit": rows[:1], "control": rows[1:], "": rows}
+    return DiffReport(
+        "base-model", "tuned <b>model</b>", "two models", probes, weights, rows, groups, 0.1, 0.05
+    )
+
+
+@pytest.fixture(scope="module")
+def report() -> DiffReport:
+    return build(intended(), control(), unjudged())
+
+
+# --- shared helpers -----------------------------------------------------------------------------------------
+
+
+def test_helpers():
+    assert layer_ranges((3, 0, 1, 7, 8, 1)) == "0–1, 3, 7–8" and layer_ranges(()) == "none"
+    assert [e.name for e in sorted_effects(intended().components)] == [
+        "L1.attn",
+        "L0.mlp",
+        "L1.mlp",
+        "L0.attn",
+        "embed",
+    ]
+    assert verdict_summary(build(intended(), unjudged())) == "PASS 1/1 judged (1 not judged)"
+    assert verdict_summary(build(intended(), control(), unjudged())) == "FAIL: 1 of 2 judged (1 not judged)"
+    assert verdict_summary(build(unjudged())).startswith("not judged")
+
+
+def test_an_empty_report_renders_everywhere():
+    empty = build()
+    assert diff_to_dict(empty)["probes"] == [] and diff_figures(empty) == {}
+    assert "not judged" in terminal(empty) and "## Probes" in render_diff_markdown(empty)
+    assert 'id="probes"' in render_diff_html(empty)
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------
+
+
+def test_json_round_trips_and_carries_every_number(report):
+    data = diff_to_dict(report)
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+    assert data["tool"] == "tokenlens" and data["kind"] == "diff"
+    assert data["thresholds"] == {"min_gain": 0.1, "max_kl": 0.05}
+    assert (data["passed"], data["judged"], data["failures"]) == (False, 2, [1])
+    assert data["weights"]["layers"] == [0, 1, 3] and data["weights"]["changes"][1]["relative"] is None
+    assert data["aggregate"][1] == {
+        "name": "embed",
+        "mean_abs_causal": None,
+        "mean_abs_direct": 0.0667,
+        "measured": 0,
+        "probes": 3,
+    }
+    assert list(data["groups"]) == ["edit", "control", ""]
+
+    p0, p1, p2 = data["probes"]
+    assert p0["tracked"] == {
+        "id": 11,
+        "token": " Lyon",
+        "base_logit": 3.2,
+        "tuned_logit": 6.0,
+        "base_prob": 0.1,
+        "tuned_prob": 0.7,
+        "prob_gain": pytest.approx(0.6),
+        "base_rank": 2,
+        "tuned_rank": 1,
+        "is_target": True,
+    }
+    assert p0["base_top"][2] == {"id": 12, "token": "|", "logit": 2.0, "prob": 0.05}
+    assert (p0["kl"], p0["js"], p0["flipped"], p0["position"]) == (0.9, 0.2, True, 4)
+    assert p0["delta_logit"] == pytest.approx(2.8) and abs(p0["split_error"]) < 1e-6
+    assert p0["readout"] == pytest.approx(dict(zip(READOUT_TERMS, [0.2, 0.0, 0.1, 0.0])))
+    assert p0["split"]["terms"]["L0.mlp"] == pytest.approx(1.5)
+    flip = p0["flip_split"]
+    assert (flip["target_id"], flip["contrast_id"]) == (11, 10) and flip["observed"] == pytest.approx(3.3)
+    assert flip["terms"]["L0.mlp"] == pytest.approx(2.0) and abs(flip["error"]) < 1e-6
+    assert [c["name"] for c in p0["components"]] == ["L1.attn", "L0.mlp", "L1.mlp", "L0.attn", "embed"]
+    assert p0["components"][0] == {
+        "name": "L1.attn",
+        "direct": -0.2,
+        "causal": -2.5,
+        "causal_kl": 0.3,
+        "causal_reverse": 2.4,
+        "estimate": -2.2,
+    }
+    assert [h["name"] for h in p0["heads"]] == ["L1.H0", "L1.H1"]  # measured before estimated
+    assert p0["neurons"] == [
+        {"name": "L0.N7", "direct": 0.9, "causal": None, "causal_kl": None, "causal_reverse": None,
+         "estimate": None}
+    ]  # fmt: skip
+    assert p0["verdict"] == {"expect": "changed", "passed": True, "reason": "p(' Lyon') gained +0.6000 ≥ 0.1"}
+
+    # measured by |causal| first, then estimated by |estimate|, then by |direct|
+    assert [c["name"] for c in p1["components"]] == ["L1.attn", "L0.mlp", "L0.attn", "L1.mlp", "embed"]
+    assert p1["flip_split"] is None and p1["tokens"][5] == {"id": 25, "token": "\n"}
+    assert p1["prompt"] == HOSTILE and p1["notes"] == ["a note with <b>html</b> | pipe"]
+
+    assert p2["prompt"] is None and p2["messages"][1]["content"] == "Say `hi` | now"
+    assert p2["verdict"]["passed"] is None and p2["expect"] is None
+    assert all(c["causal"] is None and c["estimate"] is None for c in p2["components"])  # NaN -> null
+    assert [c["name"] for c in p2["components"]] == ["L0.mlp", "L0.attn", "L1.attn", "embed", "L1.mlp"]
+    assert p2["flip_split"]["observed"] == pytest.approx(1.1)
+
+
+# --- terminal -----------------------------------------------------------------------------------------------
+
+
+def terminal(report: DiffReport, styles: bool = False) -> str:
+    console = Console(
+        record=True, width=140, file=io.StringIO(), force_terminal=styles, color_system="standard"
+    )
+    console.print(render_diff(report))
+    return console.export_text(styles=styles)
+
+
+def test_terminal_shows_probes_verdicts_and_tokens(report):
+    text = terminal(report)
+    assert "base-model → tuned <b>model</b>" in text and "FAIL: 1 of 2 judged (1 not judged)" in text
+    for i, p in enumerate(report.probes):
+        assert f"Probe {i}: {p.probe.label}" in text
+    assert "The capital of France is" in text.split("Probe 0:")[0]  # in the probe table
+    for token in (" Paris", " Lyon", "<script>", "|", "`", " no", " yes"):
+        assert repr(token) in text
+    assert "⇄" in text and "layers touched: 0–1, 3" in text and "ESTIMATE" in text
+    table = text.split("Probe 0:")[0]
+    assert re.search(r"\bpass\b", table) and "FAIL" in table and "—" in table
+    assert "0.100→0.700" in table and "0.900" in table
+    # probe 0's components in |causal| order, all five shown
+    details = text.split("Probe 0:")[1].split("Probe 1:")[0]
+    order = [details.index(f"\n  {name} ") for name in ("L1.attn", "L0.mlp", "L1.mlp", "L0.attn", "embed")]
+    assert order == sorted(order)
+    assert "Group 'edit'" in text and "1/3" not in text and "2/3" in text
+
+
+def test_terminal_colours_and_which_probes_get_details(report):
+    coloured = terminal(report, styles=True)
+    assert re.search(r"\x1b\[31m *-2\.5000", coloured) and re.search(r"\x1b\[32m *\+1\.9000", coloured)
+    quiet = dataclasses.replace(intended(), tuned_top=intended().base_top, flip_split=None)
+    many = build(control(), unjudged(), *[quiet] * 5)
+    text = terminal(many)
+    assert re.findall(r"Probe (\d+):", text) == ["0", "1"]  # failing and flipped only
+    assert "Details for the 2 failing or flipped probes" in text
+
+
+# --- Markdown -----------------------------------------------------------------------------------------------
+
+
+class Cells(HTMLParser):
+    """Rendered Markdown: tables as rows of (text outside code, [code texts]), tags, image sources."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tables, self.tags, self.images, self.cell, self.code = [], [], [], None, None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = ["", []]
+        elif tag == "code":
+            self.code = ""
+        elif tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append((self.cell[0].strip(), self.cell[1]))
+            self.cell = None
+        elif tag == "code":
+            if self.cell is not None:
+                self.cell[1].append(self.code)
+            self.code = None
+
+    def handle_data(self, data):
+        if self.code is not None:
+            self.code += data
+        elif self.cell is not None:
+            self.cell[0] += data
+
+
+def render(markdown: str) -> Cells:
+    return Cells(MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown))
+
+
+def json_numbers(data) -> list[float]:
+    if isinstance(data, dict):
+        return [x for v in data.values() for x in json_numbers(v)]
+    if isinstance(data, list):
+        return [x for v in data for x in json_numbers(v)]
+    return [float(data)] if isinstance(data, int | float) and not isinstance(data, bool) else []
+
+
+def test_markdown_tables_keep_their_columns_and_escape_tokens(report):
+    text = render_diff_markdown(report)
+    for block in re.findall(r"(?:^\|.*\|$\n?)+", text, flags=re.M):
+        lines = block.strip().split("\n")
+        pipes = [len(re.findall(r"(?<!\\)(?:\\\\)*\|", line)) for line in lines]
+        assert len(set(pipes)) == 1, lines  # every row splits into the header's columns
+    page = render(text)
+    assert "script" not in page.tags and "b" not in page.tags  # hostile text never becomes HTML
+    probes = next(t for t in page.tables if t[0][0][0] == "#")
+    assert len(probes) == 4 and all(len(row) == 12 for row in probes)
+    assert probes[2][3][1] == [repr("<script>")] and probes[2][11][0] == "❌ FAIL"
+    assert probes[1][4][1] == [repr(" Lyon")] and probes[3][2][0] == "—"
+    assert [cell[0] for cell in probes[1][6:11]] == [
+        "0.9000",
+        "0.2000",
+        "(target)",
+        "0.1000 → 0.7000",
+        "+0.6000",
+    ]
+    tops = [t for t in page.tables if t[0][0][0] == "rank"]
+    assert [row[1][1] for row in tops[0][1:]] == [[repr(" Paris")], [repr(" Lyon")], [repr("|")]]
+    assert tops[1][2][3][1] == [repr("`")]
+    components = [t for t in page.tables if t[0][0][0] == "component" and "direct" in t[0][1][0]]
+    assert [row[0][0] for row in components[0][1:]] == ["L1.attn", "L0.mlp", "L1.mlp", "L0.attn", "embed"]
+    assert components[-1][-1][2][0] == "—"  # probe 2's NaN causal
+    assert any("ESTIMATE" in cell[0] for cell in components[0][0])
+
+
+def test_every_number_in_a_markdown_table_is_in_the_json(report):
+    numbers = json_numbers(diff_to_dict(report))
+    page = render(render_diff_markdown(report))
+    checked = 0
+    for table in page.tables:
+        for row in table[1:]:
+            for text, _ in row[1:]:
+                for found in re.findall(r"[+-]?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", text):
+                    value = float(found.replace(",", ""))
+                    places = len(found.split(".")[1].split("e")[0]) if "." in found else 0
+                    assert any(abs(value - n) <= 0.51 * 10**-places for n in numbers), (found, row)
+                    checked += 1
+    assert checked > 100
+
+
+def test_markdown_places_figures_and_anchors(report):
+    figures = {"heatmap": "figs/heat map.png", "waterfall-2": "figs/w2.png", "other": "o.png"}
+    text = render_diff_markdown(report, figures=figures)
+    sections = {m[1]: m[2] for m in re.finditer(r'<a id="([\w-]+)"></a>\n(.*?)(?=<a id=|\Z)', text, re.S)}
+    assert list(sections) == [
+        "summary", "probes", "probe-0", "probe-1", "probe-2", "weights", "aggregate", "figures", "how-to-read"
+    ]  # fmt: skip
+    assert "figs/heat%20map.png" in sections["probes"] and "figs/w2.png" in sections["probe-2"]
+    assert "o.png" in sections["figures"] and "[1](#probe-1)" in sections["summary"]
+    assert "Layers touched: **0–1, 3**" in sections["weights"]
+    assert f"``{HOSTILE!r}``" in sections["probe-1"]  # the raw prompt, newline visible
+
+
+# --- HTML ---------------------------------------------------------------------------------------------------
+
+
+class Dom(HTMLParser):
+    """Ids, tags, ``(data-name, data-value)`` cells per section id, and image sources."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.ids, self.tags, self.images, self.values, self.section = [], [], [], {}, None
+        self.text: dict[str, str] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "section":
+            self.section = attrs["id"]
+        if tag == "img":
+            self.images.append((self.section, attrs["src"]))
+        if "data-value" in attrs:
+            self.values.setdefault(self.section, []).append(attrs["data-value"])
+
+    def handle_data(self, data):
+        if self.section is not None:
+            self.text[self.section] = self.text.get(self.section, "") + data
+
+
+def test_html_is_escaped_and_structured(report):
+    images = {slug: figure_png(topk_bars(intended()), dpi=20) for slug in ("heatmap", "topk-1", "extra")}
+    text = render_diff_html(report, images=images)
+    assert text.startswith("<!DOCTYPE html>") and "<script" not in text.lower() and "<b>model" not in text
+    assert "&lt;script&gt;" in text and "&lt;b&gt;model" in text and "Content-Security-Policy" in text
+    dom = Dom(text)
+    assert "script" not in dom.tags and "b" in dom.tags  # only the renderer's own <b>
+    sections = [i for i in dom.ids if i in {"summary", "probes", "weights", "aggregate", "figures"}]
+    assert sections == ["summary", "probes", "weights", "aggregate", "figures"]
+    assert {"probe-0", "probe-1", "probe-2", "probe-0-flip", "how-to-read", "verdict"} <= set(dom.ids)
+    assert [s for s, _ in dom.images] == ["probes", "probe-1", "figures"]
+    assert all(base64.b64decode(src.split(",", 1)[1]).startswith(PNG) for _, src in dom.images)
+    assert "FAIL: 1 of 2 judged" in dom.text["summary"] and repr(HOSTILE) in dom.text["probe-1"]
+    assert "system: 'be brief'" in dom.text["probe-2"]
+    assert re.search(r'<tr data-name="probe-1" class="failed">.*?kind fail', text)
+    # not measured: probe 2's 5 components × (causal, reverse, KL, estimate); probe 0's heads and neuron
+    assert dom.values["probe-2"].count("null") == 20 and dom.values["probe-0"].count("null") == 3 + 3 + 4
+    assert "2.4" in dom.values["probe-0"]  # causal_reverse of L1.attn
+    with pytest.raises(ValueError, match="not PNG"):
+        render_diff_html(report, images={"heatmap": b"GIF89a"})
+
+
+def test_html_draws_its_own_figures(report):
+    dom = Dom(render_diff_html(report))
+    slugs = [src for _, src in dom.images]
+    assert len(slugs) == 1 + 3 + 2 + 3  # heatmap, waterfalls, flip waterfalls, top-k
+    assert all(base64.b64decode(src.split(",", 1)[1]).startswith(PNG) for src in slugs)
+    assert not Dom(render_diff_html(report, figures=False)).images
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_chromium_renders_the_diff_page(report, tmp_path):
+    page = tmp_path / "diff.html"
+    page.write_text(render_diff_html(report, figures=False), encoding="utf-8")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path}/p"]
+    done = subprocess.run(
+        ["chromium", *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = Dom(done.stdout)
+    assert "script" not in dom.tags and {"summary", "probes", "probe-2", "weights", "aggregate"} <= set(
+        dom.ids
+    )
+    assert (
+        repr(HOSTILE) in dom.text["probe-1"]
+        and "'x <script>alert(1)</script> a|b `c` d new'" in dom.text["probes"]
+    )
+
+
+# --- figures ------------------------------------------------------------------------------------------------
+
+
+def test_waterfall_chains_from_base_to_tuned():
+    p = intended()
+    ax = diff_waterfall(p, index=0).axes[0]
+    bars = ax.patches
+    assert len(bars) == len(NAMES) + 4 + 2
+    assert bars[0].get_height() == pytest.approx(3.2) and bars[-1].get_height() == pytest.approx(6.0)
+    terms = [0.1, 0.5, 1.5, -0.2, 0.6, 0.2, 0.0, 0.1, 0.0]
+    assert [b.get_height() for b in bars[1:-1]] == pytest.approx(terms)
+    assert bars[-2].get_y() + bars[-2].get_height() == pytest.approx(6.0, abs=1e-6)  # chains to tuned
+    assert [b.get_y() for b in bars[1:-1]] == pytest.approx([3.2 + sum(terms[:k]) for k in range(9)])
+    flip = diff_waterfall(p, index=0, flip=True).axes[0].patches
+    assert flip[0].get_height() == pytest.approx(-1.8) and flip[-1].get_height() == pytest.approx(1.5)
+    assert "' Lyon'" in diff_waterfall(p).axes[0].get_title(loc="left")
+    with pytest.raises(ValueError, match="did not change"):
+        diff_waterfall(control(), flip=True)
+
+
+def test_heatmap_shows_causal_where_measured_else_direct(report):
+    heat = delta_heatmap(report)
+    ax = heat.axes[0]
+    grid = torch.tensor(ax.images[0].get_array().filled(math.nan), dtype=torch.float64)
+    assert grid.shape == (3, len(NAMES)) and "MEASURED" in heat.get_suptitle()
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(NAMES)
+    assert grid[0].tolist() == pytest.approx([0.05, 0.4, 1.9, -2.5, 0.7])
+    assert grid[1, 2] == pytest.approx(0.01) and math.isnan(grid[1, 0]) and torch.isnan(grid[2]).all()
+    heat = delta_heatmap(report, kind="direct")
+    direct = torch.tensor(heat.axes[0].images[0].get_array(), dtype=torch.float64)
+    assert direct[2].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.2, 0.1]) and "direct" in heat.get_suptitle()
+    assert "direct terms" in delta_heatmap(build(unjudged())).get_suptitle()  # nothing measured
+    with pytest.raises(ValueError):
+        delta_heatmap(report, kind="causl")
+
+
+def test_topk_bars_and_figure_set(report):
+    base, tuned = topk_bars(intended()).axes[:2]
+    assert [b.get_width() for b in base.patches] == pytest.approx([0.6, 0.1, 0.05])
+    assert [b.get_width() for b in tuned.patches] == pytest.approx([0.7, 0.2, 0.01])
+    assert [t.get_text() for t in tuned.get_yticklabels()] == ["◆ ' Lyon'", "' Paris'", "'`'"]
+    figures = diff_figures(report, max_probes=2)  # the failing probe first, then a flipped one
+    assert list(figures) == ["heatmap", "waterfall-0", "flip-0", "topk-0", "waterfall-1", "topk-1"]

@@ -1,0 +1,204 @@
+"""``tokenlens diff`` and ``tokenlens check``: base vs fine-tune, per probe and per component.
+
+``diff`` reports everything (distribution shift, the exact split of each tracked token's logit change,
+causal effects, weight summary). ``check`` runs the same computation as a gate: exit 0 when every intended
+probe moved and every control stayed put, 1 (violating probes listed) when any failed, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tokenlens.cli.inspect import progress
+from tokenlens.errors import TokenlensError
+
+FORMATS = ("table", "json", "md", "markdown", "html")
+
+EPILOG = """examples:
+  tokenlens diff --tuned runs/lora --probes probes.jsonl                    (base from the adapter)
+  tokenlens diff --base smollm2-135m --tuned runs/full --prompt "The capital of France is"
+  tokenlens diff --tuned runs/lora --probes probes.jsonl --format html --out diff.html
+  tokenlens check --tuned runs/lora --probes probes.jsonl --max-kl 0.05 --min-gain 0.1
+
+Probe file: JSONL, one {"prompt" | "messages", "target"?, "expect"?: "changed"|"unchanged", "group"?}
+object per line. Intended probes ("changed") pass when the target becomes top-1 or its probability rises by
+--min-gain; controls ("unchanged") pass when top-1 is kept and KL(base||tuned) <= --max-kl.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tuned", required=True, help="fine-tune: adapter folder, trainer output, or any model")
+    p.add_argument("--base", help="base model (default: named by the adapter or the trainer manifest)")
+    p.add_argument("--probes", help="JSONL probe file")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt to compare (repeatable)")
+    p.add_argument("--target", help="with --prompt: the token to track (default: the tuned top-1)")
+    p.add_argument("--min-gain", type=float, default=0.1, help="intended probes: p gain needed (default 0.1)")
+    p.add_argument("--max-kl", type=float, default=0.05, help="controls: max KL(base||tuned), nats (0.05)")
+    p.add_argument("--top-k", type=int, default=5, help="tokens shown before/after (default 5)")
+    p.add_argument("--no-causal", action="store_true", help="skip patching (distribution + direct split)")
+    p.add_argument("--exact", type=int, default=10, help="components patched exactly (default 10)")
+    p.add_argument("--no-reverse", action="store_true", help="skip patching base outputs into the tuned run")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickle weight files (they can run code)"
+    )
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    for name, help_text, run_fn in (
+        ("diff", "which token choices a fine-tune moved, and which components moved them", run_diff),
+        ("check", "CI gate: intended probes moved, controls did not (exit 0 pass, 1 fail)", run_check),
+    ):
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common(p)
+        p.set_defaults(run=run_fn)
+
+
+def compute(args: argparse.Namespace):
+    """Validate the arguments, load the pair and probes, and run the diff."""
+    from tokenlens.diff import DiffOptions, diff, load_probes, pair_models, prompt_probes
+    from tokenlens.diff.check import check_thresholds
+
+    if args.probes and args.prompt:
+        raise TokenlensError("give --probes FILE or --prompt TEXT, not both")
+    if args.target and not args.prompt:
+        raise TokenlensError("--target applies to --prompt probes (a probe file names its own targets)")
+    check_thresholds(args.min_gain, args.max_kl)
+    if args.top_k < 1 or args.exact < 0:
+        raise TokenlensError("--top-k must be at least 1 and --exact at least 0")
+    if args.format in ("html", "md", "markdown") and not args.out:
+        raise TokenlensError(f"--format {args.format} writes a file: give --out PATH")
+    if args.out:
+        from tokenlens.io import check_output_path
+
+        check_output_path(args.out, force=args.force)
+    probes = load_probes(args.probes) if args.probes else prompt_probes(args.prompt, args.target)
+    _quiet_transformers()
+    with progress(f"loading {args.tuned}"):
+        pair = pair_models(
+            args.tuned,
+            args.base,
+            dtype=args.dtype,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            allow_pickle=args.allow_pickle,
+        )
+    options = DiffOptions(
+        top_k=args.top_k,
+        causal=not args.no_causal,
+        exact=args.exact,
+        reverse=not args.no_reverse,
+        min_gain=args.min_gain,
+        max_kl=args.max_kl,
+    )
+    with progress(f"comparing {len(probes)} probe(s)"):
+        return diff(pair, probes, options)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def render(args: argparse.Namespace, report) -> str | None:
+    """The output text in ``args.format`` (``None`` when a table was printed to the terminal)."""
+    if args.format == "json":
+        from tokenlens.report.diff import diff_to_dict
+
+        return json.dumps(diff_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    if args.format == "html":
+        from tokenlens.report.diff_html import render_diff_html
+
+        return render_diff_html(report)
+    if args.format in ("md", "markdown"):
+        from pathlib import Path
+
+        from tokenlens.report.diff_markdown import render_diff_markdown
+        from tokenlens.report.plots import save_figure
+        from tokenlens.report.plots.diff import diff_figures
+
+        out = Path(args.out)
+        folder = out.with_name(out.stem + "_files")
+        paths = {}
+        for key, figure in diff_figures(report).items():
+            png, _ = save_figure(figure, folder / key)
+            paths[key] = f"{folder.name}/{png.name}"
+        return render_diff_markdown(report, figures=paths)
+    from tokenlens.report.diff import render_diff
+
+    if args.out:
+        from tokenlens.report.terminal import renderables_to_text
+
+        return renderables_to_text([render_diff(report)])
+    from rich.console import Console
+
+    Console().print(render_diff(report))
+    return None
+
+
+def _write(args: argparse.Namespace, text: str | None) -> None:
+    if text is None:
+        return
+    if args.out:
+        from tokenlens.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"tokenlens: wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    report = compute(args)
+    _write(args, render(args, report))
+    return 0
+
+
+def verdict_lines(report) -> list[str]:
+    """One line per judged probe for ``check``: PASS/FAIL, the probe, and why."""
+    lines = []
+    for index, probe in enumerate(report.probes):
+        verdict = probe.verdict
+        if verdict.passed is None:
+            continue
+        where = f"line {probe.probe.line}" if probe.probe.line is not None else f"#{index + 1}"
+        mark = "PASS" if verdict.passed else "FAIL"
+        lines.append(f"{mark} {where} [{verdict.expect}] {probe.probe.label!r}: {verdict.reason}")
+    return lines
+
+
+def run_check(args: argparse.Namespace) -> int:
+    report = compute(args)
+    if report.judged == 0:
+        raise TokenlensError('no probe has an "expect": nothing to check (see tokenlens check --help)')
+    if args.format == "table":
+        lines = verdict_lines(report)
+        failed = len(report.failures)
+        summary = (
+            f"check passed: {report.judged} of {report.judged} probes as expected"
+            if report.passed
+            else f"check FAILED: {failed} of {report.judged} probes violated"
+        )
+        text = "\n".join([*lines, summary]) + "\n"
+        if args.out:
+            _write(args, text)
+        else:
+            sys.stdout.write(text)
+    else:
+        _write(args, render(args, report))
+    return 0 if report.passed else 1

@@ -1,0 +1,197 @@
+"""Drill-down of a diff into the heads and MLP neurons of the layers that moved the token most.
+
+A head's (or neuron's) *write* is what it adds to the stream through its layer's output linear:
+``o_proj(z with only head h kept) − o_proj(0)`` (``down_proj`` and one neuron's activation for neurons),
+evaluated with each side's own module — so a fine-tune that changes ``o_proj`` (a LoRA on it, a head-only
+edit of ``W_O``) moves the head as much as one that changes what the head attends to. Per unit:
+
+* ``direct`` — the base readout applied to ``write_T − write_B`` at the probe position;
+* ``causal`` — the base run with the layer's output shifted by ``write_T − write_B`` (everything downstream
+  recomputed); ``causal_reverse`` — the tuned run shifted by ``write_B − write_T``;
+* ``estimate`` — ``Σ (write_T − write_B) · ∂logit/∂(layer output)`` from the base run's backward pass.
+
+The writes are exact for linear output modules (plain, LoRA); a bottleneck adapter on ``down_proj`` is not
+linear, so its neuron writes are the first-order part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from tokenlens.attribution.finer import neuron_terms
+from tokenlens.attribution.readout import Readout
+from tokenlens.causal.sites import Site
+from tokenlens.diff.pairing import ModelPair
+from tokenlens.diff.result import ComponentEffect
+from tokenlens.diff.runs import Plan, Run, patch_effects, plus, record_sites
+
+
+def top_layers(components: Sequence[ComponentEffect], part: str, count: int) -> list[int]:
+    """The ``count`` layers whose ``part`` (attn/mlp) has the largest |causal| (else |estimate|, |direct|)."""
+
+    def size(c: ComponentEffect) -> float:
+        value = c.causal if c.causal is not None else c.estimate if c.estimate is not None else c.direct
+        return abs(value or 0.0)
+
+    rows = sorted((c for c in components if c.name.endswith(f".{part}")), key=size, reverse=True)
+    return [int(c.name[1:].split(".")[0]) for c in rows[:count] if size(c) > 0.0]
+
+
+@torch.no_grad()
+def unit_writes(
+    pair: ModelPair, which: str, layer: int, part: str, units: Mapping[str, tuple[slice, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Each unit's write ``(1, seq, d_model)`` through one side's output module of ``layer``.
+
+    Args:
+        part: ``attn`` (through ``o_proj``) or ``mlp`` (through ``down_proj``).
+        units: Name -> (its slice of the module input, its input values ``(1, seq, slice width)``).
+    """
+    spec = pair.spec
+    with pair.side(which) as model:
+        layer_module = spec.layer_list(model)[layer]
+        module = layer_module.get_submodule(spec.attn_out if part == "attn" else spec.mlp_out)
+        param = next(module.parameters())
+        width = _in_features(module)
+        out = {}
+        for name, (part_slice, values) in units.items():
+            x = torch.zeros(*values.shape[:2], width, dtype=values.dtype, device=param.device)
+            zero = module(x)
+            x[..., part_slice] = values.to(param.device)
+            out[name] = (module(x) - zero).float()
+        return out
+
+
+def _in_features(module: torch.nn.Module) -> int:
+    base = module.get_base_layer() if callable(getattr(module, "get_base_layer", None)) else module
+    return int(base.in_features)
+
+
+def _effects(
+    pair: ModelPair,
+    input_ids: torch.Tensor,
+    position: int,
+    tracked: int,
+    base: Run,
+    tuned: Run,
+    site: Site,
+    deltas: Mapping[str, torch.Tensor],
+    grad: torch.Tensor | None,
+    readout: Readout,
+    reverse: bool,
+) -> list[ComponentEffect]:
+    """One row per unit of one layer from its write changes ``deltas`` (name -> ``(1, seq, d_model)``)."""
+    plans: list[Plan] = [
+        (name, {site: plus(delta)}, {site: plus(-delta)} if reverse else None)
+        for name, delta in deltas.items()
+    ]
+    exact = patch_effects(pair, input_ids, position, tracked, base, tuned, plans)
+    rows = []
+    for name, delta in deltas.items():
+        direct = float(readout(delta[0, position]))
+        estimate = None if grad is None else float((delta.to(grad) * grad).sum())
+        rows.append(ComponentEffect(name, direct, *exact[name], estimate))
+    return rows
+
+
+def drill_heads(
+    pair: ModelPair,
+    input_ids: torch.Tensor,
+    position: int,
+    tracked: int,
+    base: Run,
+    tuned: Run,
+    layers: Sequence[int],
+    grads: Mapping[str, torch.Tensor],
+    readout: Readout,
+    reverse: bool,
+) -> list[ComponentEffect]:
+    """Every head of ``layers`` (``base``/``tuned`` must have recorded the ``L{i}.H{h}`` sites)."""
+    rows = []
+    for i in layers:
+        names = sorted(
+            (n for n in base.values if n.startswith(f"L{i}.H")), key=lambda n: int(n.split("H")[1])
+        )
+        dim = base.values[names[0]].shape[-1]
+        slices = {n: slice(int(n.split("H")[1]) * dim, (int(n.split("H")[1]) + 1) * dim) for n in names}
+        writes = {
+            which: unit_writes(pair, which, i, "attn", {n: (slices[n], run.values[n]) for n in names})
+            for which, run in (("base", base), ("tuned", tuned))
+        }
+        deltas = {n: writes["tuned"][n] - writes["base"][n] for n in names}
+        site = Site(f"L{i}.attn", "attn", i)
+        rows += _effects(
+            pair,
+            input_ids,
+            position,
+            tracked,
+            base,
+            tuned,
+            site,
+            deltas,
+            grads.get(site.name),
+            readout,
+            reverse,
+        )
+    return rows
+
+
+def drill_neurons(
+    pair: ModelPair,
+    input_ids: torch.Tensor,
+    position: int,
+    tracked: int,
+    base: Run,
+    tuned: Run,
+    layers: Sequence[int],
+    grads: Mapping[str, torch.Tensor],
+    readout: Readout,
+    count: int,
+    reverse: bool,
+) -> list[ComponentEffect]:
+    """The ``count`` neurons of each of ``layers`` whose direct term changed most (needs ``internals``)."""
+    spec = pair.spec
+    rows = []
+    for i in layers:
+        if base.internals is None or tuned.internals is None or base.internals[i].act is None:
+            continue  # no per-neuron inputs (a MoE layer, or virtual positions)
+        terms = {}
+        for which, run in (("base", base), ("tuned", tuned)):
+            with pair.side(which) as model:
+                layer = spec.layer_list(model)[i]
+                terms[which] = neuron_terms(layer, spec, run.internals[i].act[0, 0], readout)
+        change = terms["tuned"] - terms["base"]
+        chosen = change.abs().topk(min(count, change.shape[0])).indices.tolist()
+        sites = [Site(f"L{i}.N{n}", "neuron", i, n) for n in chosen]
+        values = {}
+        for which in ("base", "tuned"):
+            with pair.side(which) as model:
+                values[which] = record_sites(model, spec, input_ids, sites)
+        writes = {
+            which: unit_writes(
+                pair,
+                which,
+                i,
+                "mlp",
+                {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites},
+            )
+            for which in ("base", "tuned")
+        }
+        deltas = {s.name: writes["tuned"][s.name] - writes["base"][s.name] for s in sites}
+        site = Site(f"L{i}.mlp", "mlp", i)
+        rows += _effects(
+            pair,
+            input_ids,
+            position,
+            tracked,
+            base,
+            tuned,
+            site,
+            deltas,
+            grads.get(site.name),
+            readout,
+            reverse,
+        )
+    return rows

@@ -1,0 +1,263 @@
+"""Figures of a base-vs-tuned diff: the exact split of a probe's change, a probes × components heatmap, and
+each probe's top-k probabilities before and after (rendering only: reads a
+:class:`~tokenlens.diff.result.DiffReport`).
+
+Conventions as in the other plots: figures on their own Agg canvas (never pyplot), signed values blue up
+and red down, token text drawn literally (its ``repr``, no mathtext). A causal value is only drawn where
+it was measured; a heatmap of causal effects leaves unmeasured cells blank and says so in its title.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from tokenlens.diff.result import READOUT_TERMS, DiffReport, ProbeDiff, Telescope
+from tokenlens.report.diff import cut, number, prob
+from tokenlens.report.plots.attribution import ANNOTATE_CELLS
+from tokenlens.report.plots.common import (
+    LITERAL,
+    SIGNED_CMAP,
+    chars_across,
+    flow,
+    ink_for,
+    literal_legend,
+    new_figure,
+    set_ticks,
+    signed_colour,
+    signed_norm,
+    token_label,
+)
+from tokenlens.report.plots.common import number as short
+
+MAX_PROBES = 8
+""":func:`diff_figures` draws per-probe figures for at most this many probes."""
+
+_UNITS = "logit units"
+
+
+def _title(ax: Axes, fig: Figure, fragments: list[str], fontsize: float = 9.5) -> None:
+    text = flow(fragments, chars_across(fig.get_figwidth() - 1.4, fontsize))
+    ax.set_title(text, loc="left", fontsize=fontsize, **LITERAL)
+
+
+def _explained(probe: ProbeDiff, split: Telescope) -> str:
+    """``logit[' Lyon']`` or ``logit[' Lyon'] − logit[' Paris']`` for a split of ``probe``."""
+    names = {s.id: s.token for s in (*probe.base_top, *probe.tuned_top, probe.tracked)}
+
+    def label(token_id: int) -> str:
+        return token_label(names[token_id]) if token_id in names else f"id {token_id}"
+
+    what = f"logit[{label(split.target_id)}]"
+    return what if split.contrast_id is None else f"{what} − logit[{label(split.contrast_id)}]"
+
+
+def _probe_name(index: int | None, probe: ProbeDiff) -> str:
+    prefix = "" if index is None else f"probe {index}: "
+    return prefix + repr(cut(probe.probe.label, 48))
+
+
+def diff_waterfall(probe: ProbeDiff, *, index: int | None = None, flip: bool = False) -> Figure:
+    """The exact split of the tracked token's logit change, as a waterfall from base to tuned.
+
+    A grey bar from zero to the base model's value, one floating bar per component's direct term (base
+    readout frozen) in model order, one hatched bar per readout term (:data:`READOUT_TERMS`), and a grey
+    bar from zero to the tuned model's value. The bars chain exactly when the split is exact (its error is
+    printed in the title). Bars: ``components + 6``.
+
+    Args:
+        probe: The probe.
+        index: Its index in the report, for the title.
+        flip: Draw ``probe.flip_split`` (the change of ``logit[tuned top-1] − logit[base top-1]``) instead.
+
+    Raises:
+        ValueError: ``flip`` for a probe whose top-1 did not change.
+    """
+    split = probe.flip_split if flip else probe.split
+    if split is None:
+        raise ValueError("this probe's top-1 token did not change: it has no flip split")
+    terms = [*split.direct.double().tolist(), *split.readout.double().tolist()]
+    names = [*split.names, *READOUT_TERMS]
+    ends = torch.tensor([split.base_value, *terms], dtype=torch.float64).cumsum(0)[1:]
+    starts = ends - torch.tensor(terms, dtype=torch.float64)
+    n = len(terms)
+    fig = new_figure(max(6.5, 1.8 + 0.26 * (n + 2)), 5.0)
+    ax = fig.add_subplot()
+    ax.bar([0], [split.base_value], width=0.75, color="0.55")
+    bars = ax.bar(
+        range(1, n + 1), terms, bottom=starts.tolist(), width=0.75, color=[signed_colour(v) for v in terms]
+    )
+    for bar in bars.patches[len(split.names) :]:
+        bar.set(hatch="//", edgecolor="0.25")
+    ax.bar([n + 1], [split.tuned_value], width=0.75, color="0.35")
+    for bar in ax.patches:  # a bar's bottom is "sticky" and would stop the margin above the highest bottom
+        bar.sticky_edges.y.clear()
+    ax.margins(y=0.08)
+    ax.axhline(0.0, color="black", lw=0.5)
+    set_ticks(ax.xaxis, ["base", *names, "tuned"], rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, n + 1.6)
+    what = _explained(probe, split)
+    ax.set_ylabel(f"{what} ({_UNITS})", **LITERAL)
+    handles = [
+        Patch(color=signed_colour(1.0), label="raises"),
+        Patch(color=signed_colour(-1.0), label="lowers"),
+        Patch(facecolor="white", hatch="//", edgecolor="0.25", label="readout term"),
+    ]
+    literal_legend(ax.legend(handles=handles, fontsize=7, loc="best"))
+    _title(
+        ax,
+        fig,
+        [
+            f"Change of {what}, base → tuned: exact split",
+            _probe_name(index, probe),
+            f"base {split.base_value:+.4f} → tuned {split.tuned_value:+.4f} (Δ {split.observed:+.4f})",
+            "direct terms with the base readout frozen, then the readout's own change",
+            f"split error {split.error:.1e}",
+        ],
+    )
+    return fig
+
+
+def _grid(report: DiffReport, kind: str) -> tuple[torch.Tensor, list[str]]:
+    """``(probe, component)`` values and the component names (model order, first seen first)."""
+    names: list[str] = []
+    rows: list[dict[str, float]] = []
+    for p in report.probes:
+        if kind == "direct":
+            row = dict(zip(p.split.names, p.split.direct.tolist()))
+        else:
+            row = {e.name: v for e in p.components if (v := number(e.causal)) is not None}
+        order = p.split.names if kind == "direct" else [e.name for e in p.components]
+        names += [n for n in order if n not in names]
+        rows.append(row)
+    if kind == "causal":  # model order where the split knows it
+        model = [n for p in report.probes for n in p.split.names]
+        names.sort(key=lambda n: model.index(n) if n in model else len(model))
+    grid = torch.full((len(rows), len(names)), math.nan, dtype=torch.float64)  # (probe, component)
+    for i, row in enumerate(rows):
+        for j, name in enumerate(names):
+            grid[i, j] = row.get(name, math.nan)
+    return grid, names
+
+
+def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
+    """Probes × components: each component's effect on each probe's tracked-token logit.
+
+    Args:
+        report: The diff.
+        kind: ``"direct"`` (the exact split's component terms), ``"causal"`` (MEASURED by patching; cells
+            not measured stay blank) or ``"auto"``: causal when any component was measured, else direct.
+            The title names the kind.
+
+    Raises:
+        ValueError: An unknown ``kind``.
+    """
+    if kind not in ("auto", "direct", "causal"):
+        raise ValueError(f"unknown heatmap kind {kind!r}: use auto, direct or causal")
+    if kind == "auto":
+        measured = any(number(e.causal) is not None for p in report.probes for e in p.components)
+        kind = "causal" if measured else "direct"
+    grid, names = _grid(report, kind)
+    labels = [f"{i} {cut(p.probe.label, 28)!r}" for i, p in enumerate(report.probes)]
+    fig = new_figure(max(6.0, 3.6 + 0.42 * len(names)), max(3.2, 2.2 + 0.3 * len(labels)))
+    ax = fig.add_subplot()
+    ax.set_facecolor("0.9")  # blank (unmeasured) cells
+    norm, cmap = signed_norm(grid), colormaps[SIGNED_CMAP]
+    image = ax.imshow(grid.numpy(), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    set_ticks(ax.yaxis, labels, fontsize=7)
+    set_ticks(ax.xaxis, names, rotation=90, fontsize=7)
+    if grid.numel() <= ANNOTATE_CELLS:
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                value = float(grid[i, j])
+                if math.isfinite(value):
+                    ink = ink_for(cmap(norm(value)))
+                    ax.text(j, i, short(value), ha="center", va="center", fontsize=6, color=ink)
+    bar = fig.colorbar(image, ax=ax, shrink=0.9)
+    bar.set_label(f"Δ tracked-token logit ({_UNITS})", **LITERAL)
+    what = (
+        ["causal effects, MEASURED by patching", "each tuned output into the base run", "grey: not measured"]
+        if kind == "causal"
+        else ["direct terms of the exact split", "base readout frozen"]
+    )
+    fragments = ["Base → tuned: each component's effect", "on each probe's tracked-token logit", *what]
+    text = flow(fragments, chars_across(fig.get_figwidth() - 0.4, 9.5))
+    fig.suptitle(text, x=0.01, ha="left", fontsize=9.5, **LITERAL)
+    return fig
+
+
+def topk_bars(probe: ProbeDiff, *, index: int | None = None) -> Figure:
+    """The base and the tuned model's top-k next tokens side by side (probabilities).
+
+    Left panel: the base model's top-k; right: the tuned model's. A token in both lists is drawn dark, one
+    in only one list light; the tracked token's label is marked ``◆``. Bars: ``len(base_top) +
+    len(tuned_top)``.
+    """
+    fig = new_figure(9.0, max(3.0, 1.8 + 0.3 * max(len(probe.base_top), len(probe.tuned_top))))
+    left, right = fig.subplots(1, 2, sharex=True)
+    peak = max((s.prob for s in (*probe.base_top, *probe.tuned_top)), default=0.0) or 1.0
+    base_ids = {s.id for s in probe.base_top}
+    tuned_ids = {s.id for s in probe.tuned_top}
+    for ax, scores, other, title in (
+        (left, probe.base_top, tuned_ids, "base"),
+        (right, probe.tuned_top, base_ids, "tuned"),
+    ):
+        probs = [s.prob for s in scores]
+        colours = [signed_colour(1.0, light=s.id not in other) for s in scores]
+        bars = ax.barh(range(len(scores)), probs, height=0.7, color=colours)
+        ax.bar_label(bars, [prob(p) for p in probs], padding=3, fontsize=7)
+        marks = [("◆ " if s.id == probe.tracked.id else "") + token_label(s.token, 24) for s in scores]
+        set_ticks(ax.yaxis, marks, fontsize=7)
+        ax.set_ylim(len(scores) - 0.5, -0.5)
+        ax.set_xlim(0, 1.3 * peak)
+        ax.set_xlabel("probability")
+        ax.set_title(f"{title} top-{len(scores)}", fontsize=9)
+    handles = [
+        Patch(color=signed_colour(1.0), label="in both top-k lists"),
+        Patch(color=signed_colour(1.0, light=True), label="in one list only"),
+    ]
+    literal_legend(fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=2))
+    flip = "; top-1 flipped" if probe.flipped else ""
+    text = flow(
+        [
+            f"Next-token probabilities before and after: {_probe_name(index, probe)}",
+            f"KL(base‖tuned) {probe.kl:.4g} nats, JS {probe.js:.4g}{flip}",
+            f"◆ tracked {token_label(probe.tracked.token)}: p {prob(probe.tracked.prob)} → "
+            f"{prob(probe.tracked_tuned.prob)}",
+        ],
+        chars_across(fig.get_figwidth() - 0.6, 9.5),
+    )
+    fig.suptitle(text, x=0.02, ha="left", fontsize=9.5, **LITERAL)
+    return fig
+
+
+def chosen_probes(report: DiffReport, max_probes: int = MAX_PROBES) -> list[int]:
+    """Up to ``max_probes`` probe indices in report order, chosen failing first, then flipped, intended."""
+
+    def priority(i: int) -> int:
+        p = report.probes[i]
+        return 0 if p.verdict.passed is False else 1 if p.flipped else 2 if p.probe.expect == "changed" else 3
+
+    ranked = sorted(range(len(report.probes)), key=priority)[:max_probes]
+    return sorted(ranked)
+
+
+def diff_figures(report: DiffReport, max_probes: int = MAX_PROBES) -> dict[str, Figure]:
+    """Every diff figure, keyed by a stable slug, in display order.
+
+    ``heatmap`` (:func:`delta_heatmap`), then per chosen probe ``i`` (:func:`chosen_probes`):
+    ``waterfall-{i}``, ``flip-{i}`` when its top-1 flipped, and ``topk-{i}``.
+    """
+    figures = {"heatmap": delta_heatmap(report)} if report.probes else {}
+    for i in chosen_probes(report, max_probes):
+        p = report.probes[i]
+        figures[f"waterfall-{i}"] = diff_waterfall(p, index=i)
+        if p.flip_split is not None:
+            figures[f"flip-{i}"] = diff_waterfall(p, index=i, flip=True)
+        figures[f"topk-{i}"] = topk_bars(p, index=i)
+    return figures
