@@ -38,6 +38,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-kl", type=float, default=0.05, help="controls: max KL(base||tuned), nats (0.05)")
     p.add_argument("--top-k", type=int, default=5, help="tokens shown before/after (default 5)")
     p.add_argument("--no-causal", action="store_true", help="skip patching (distribution + direct split)")
+    p.add_argument("--causal", action="store_true", help="check: also measure causal effects (slower)")
     p.add_argument("--exact", type=int, default=10, help="components patched exactly (default 10)")
     p.add_argument("--no-reverse", action="store_true", help="skip patching base outputs into the tuned run")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
@@ -98,7 +99,7 @@ def compute(args: argparse.Namespace):
         )
     options = DiffOptions(
         top_k=args.top_k,
-        causal=not args.no_causal,
+        causal=not args.no_causal and (args.command == "diff" or args.causal),
         exact=args.exact,
         reverse=not args.no_reverse,
         min_gain=args.min_gain,

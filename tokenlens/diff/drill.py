@@ -25,7 +25,7 @@ from tokenlens.attribution.readout import Readout
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
-from tokenlens.diff.runs import Plan, Run, patch_effects, plus, record_sites
+from tokenlens.diff.runs import Run, patch_changes, record_sites
 
 
 def top_layers(components: Sequence[ComponentEffect], part: str, count: int) -> list[int]:
@@ -74,8 +74,6 @@ def _effects(
     input_ids: torch.Tensor,
     position: int,
     tracked: int,
-    base: Run,
-    tuned: Run,
     site: Site,
     deltas: Mapping[str, torch.Tensor],
     grad: torch.Tensor | None,
@@ -83,11 +81,9 @@ def _effects(
     reverse: bool,
 ) -> list[ComponentEffect]:
     """One row per unit of one layer from its write changes ``deltas`` (name -> ``(1, seq, d_model)``)."""
-    plans: list[Plan] = [
-        (name, {site: plus(delta)}, {site: plus(-delta)} if reverse else None)
-        for name, delta in deltas.items()
-    ]
-    exact = patch_effects(pair, input_ids, position, tracked, base, tuned, plans)
+    exact = patch_changes(
+        pair, input_ids, position, tracked, {n: (site, d) for n, d in deltas.items()}, reverse=reverse
+    )
     rows = []
     for name, delta in deltas.items():
         direct = float(readout(delta[0, position]))
@@ -127,8 +123,6 @@ def drill_heads(
             input_ids,
             position,
             tracked,
-            base,
-            tuned,
             site,
             deltas,
             grads.get(site.name),
@@ -186,8 +180,6 @@ def drill_neurons(
             input_ids,
             position,
             tracked,
-            base,
-            tuned,
             site,
             deltas,
             grads.get(site.name),

@@ -46,7 +46,7 @@ from tokenlens.diff.result import (
     Telescope,
     mean_or_nan,
 )
-from tokenlens.diff.runs import Plan, Run, capture_run, divergences, patch_effects, tail
+from tokenlens.diff.runs import Run, capture_run, divergences, patch_changes
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
@@ -283,15 +283,8 @@ def _effects(
     if len(chosen) > EXACT_ALL_UP_TO:
         chosen = sorted(chosen, key=lambda n: -abs(estimates[n]))[: options.exact]
         notes += (f"exact patching for the top {len(chosen)} of {len(split.names)} components by estimate",)
-    plans: list[Plan] = [
-        (
-            name,
-            {sites[name]: tail(tuned.values[name])},
-            {sites[name]: tail(base.values[name])} if options.reverse else None,
-        )
-        for name in chosen
-    ]
-    exact = patch_effects(pair, input_ids, position, tracked, base, tuned, plans)
+    changes = {n: (sites[n], tuned.values[n].float() - base.values[n].float()) for n in chosen}
+    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=options.reverse)
     rows = []
     for name in split.names:
         causal, kl, reverse = exact.get(name, (None, None, None))

@@ -110,21 +110,29 @@ def patched_logits(
     spec: ArchitectureSpec,
     input_ids: torch.Tensor,
     position: int,
-    edits: Mapping[Site, Edit],
+    plans: Sequence[Mapping[Site, Edit]],
 ) -> torch.Tensor:
-    """The logits ``(vocab,)`` float64 at ``position`` with ``edits`` applied."""
-    with torch.no_grad(), replace(model, spec, edits):
-        return _forward(model, spec, input_ids, position).logits[0, 0].double()
+    """The logits ``(len(plans), vocab)`` float64 at ``position``, one row per set of edits.
 
+    All plans run as one batch: row ``r`` is the prompt with ``plans[r]``'s edits applied (each edit sees
+    and returns that row alone, ``(1, seq, width)``).
+    """
+    sites = {site for plan in plans for site in plan}
 
-def tail(value: torch.Tensor) -> Edit:
-    """An edit replacing the activation's last ``value.shape[1]`` positions (the real ones) by ``value``."""
+    def merged(site: Site) -> Edit:
+        rows = [(r, plan[site]) for r, plan in enumerate(plans) if site in plan]
 
-    def edit(a: torch.Tensor) -> torch.Tensor:
-        keep = a.shape[1] - value.shape[1]
-        return torch.cat([a[:, :keep], value.to(a)], dim=1) if keep else value.to(a).expand_as(a)
+        def edit(a: torch.Tensor) -> torch.Tensor:
+            new = a.clone()
+            for r, one in rows:
+                new[r : r + 1] = one(a[r : r + 1])
+            return new
 
-    return edit
+        return edit
+
+    batch = input_ids.expand(len(plans), -1)
+    with torch.no_grad(), replace(model, spec, {site: merged(site) for site in sites}):
+        return _forward(model, spec, batch, position).logits[:, 0].double()
 
 
 def plus(delta: torch.Tensor) -> Edit:
@@ -147,29 +155,40 @@ def divergences(base: torch.Tensor, tuned: torch.Tensor) -> tuple[float, float]:
     return max(kl, 0.0), max(js, 0.0)
 
 
-Plan = tuple[str, Mapping[Site, Edit], Mapping[Site, Edit] | None]
-"""One exact patching experiment: its name, the base run's edits, the tuned run's edits (reverse)."""
+PATCH_BATCH = 16
+"""Patched runs per forward pass (rows of one batch)."""
 
 
-def patch_effects(
+def patch_changes(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
     tracked: int,
-    base: Run,
-    tuned: Run,
-    plans: Sequence[Plan],
+    changes: Mapping[str, tuple[Site, torch.Tensor]],
+    *,
+    reverse: bool,
+    batch: int = PATCH_BATCH,
 ) -> dict[str, tuple[float, float, float | None]]:
-    """``(causal, causal_kl, causal_reverse)`` per plan: the tracked logit's change (and KL from the base
-    distribution) when the base run is edited, and the change when the tuned run gets the reverse edits."""
-    out: dict[str, list] = {}
-    with pair.side("base") as model:
-        for name, forward, _ in plans:
-            row = patched_logits(model, pair.spec, input_ids, position, forward)
-            out[name] = [float(row[tracked] - base.logits[tracked]), divergences(base.logits, row)[0], None]
-    with pair.side("tuned") as model:
-        for name, _, reverse in plans:
-            if reverse is not None:
-                row = patched_logits(model, pair.spec, input_ids, position, reverse)
-                out[name][2] = float(row[tracked] - tuned.logits[tracked])
+    """Exact patching of activation changes: ``(causal, causal_kl, causal_reverse)`` per name.
+
+    ``changes[name] = (site, delta)`` with ``delta`` ``(1, seq, width)`` = tuned − base activation. The base
+    run gets ``+delta`` at the site (the tuned value): ``causal`` is the tracked logit's change and
+    ``causal_kl`` the KL from the unpatched distribution; with ``reverse`` the tuned run gets ``−delta``.
+    A change that is zero everywhere has no effect by definition and is not run. The others run ``batch``
+    at a time, as rows of one forward pass whose first row is the unpatched run: each change is measured
+    against that row, so batched arithmetic cannot show up as an effect.
+    """
+    out: dict[str, list] = {name: [0.0, 0.0, 0.0 if reverse else None] for name in changes}
+    moved = [(name, site, delta) for name, (site, delta) in changes.items() if torch.count_nonzero(delta)]
+    for which, sign in (("base", 1.0), ("tuned", -1.0)) if reverse else (("base", 1.0),):
+        with pair.side(which) as model:
+            for start in range(0, len(moved), batch):
+                chunk = moved[start : start + batch]
+                plans = [{}] + [{site: plus(sign * delta)} for _, site, delta in chunk]
+                clean, *rows = patched_logits(model, pair.spec, input_ids, position, plans)
+                for (name, _, _), row in zip(chunk, rows, strict=True):
+                    if which == "base":
+                        out[name][:2] = [float(row[tracked] - clean[tracked]), divergences(clean, row)[0]]
+                    else:
+                        out[name][2] = float(row[tracked] - clean[tracked])
     return {name: (v[0], v[1], v[2]) for name, v in out.items()}
