@@ -9,11 +9,10 @@ EXAMPLE := reports/example/paris-vs-london.html
 setup:
 	@bash scripts/setup.sh
 
-# The main job: explain the default model's next token; writes reports/demo/ (the demo's own output folder).
+# The main job, the whole loop on the default model: inspect, train two LoRA edits (careless and careful),
+# diff each against the base over intended and control probes, check. Writes reports/demo/.
 demo: setup
-	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --heads --lens all --format html --out reports/demo/report.html --force
-	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)" --format json --out reports/demo/inspect.json --force
-	$(VENV)/bin/tokenlens inspect --prompt "$(PROMPT)"
+	@bash scripts/demo.sh
 
 # The committed example report (one self-contained HTML file).
 example-report: setup

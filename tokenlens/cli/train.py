@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tokenlens.cli.inspect import add_model_options, load_from_args
@@ -16,6 +17,8 @@ EPILOG = """examples:
   tokenlens train --model qwen3-tiny --method embeddings --option token_ids=12095 --data d.jsonl --out o
   tokenlens train --model path/to/ckpt --method qlora --quantize 4bit --data d.jsonl --out o
   tokenlens train ... --resume          (continue an interrupted run in --out)
+  accelerate launch --num_processes 2 "$(which tokenlens)" train ...   (data parallel, same global batch;
+      on CPU: python -m torch.distributed.run --nproc_per_node 2 "$(which tokenlens)" train ...)
 
 Data: JSONL, one {"prompt","completion"}, {"messages":[...]} or {"text"} object per line. Lines longer
 than the model's context are refused. Option values are JSON (r=4, layers=[0,1]) or comma lists (0,1).
@@ -41,6 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="examples per step (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed for data order and init (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, ~1 extra forward of time",
+    )
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--force", action="store_true", help="replace an existing tokenlens output in --out")
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if record.needs_quantized and not args.quantize:
         raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
     loaded = load_from_args(args)
-    with _progress() as on_step:
+    with _progress() as on_progress:
         result = train(
             loaded,
             record,
@@ -99,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             force=args.force,
             checkpoint_every=args.checkpoint_every,
-            on_step=on_step,
+            gradient_checkpointing=args.gradient_checkpointing,
+            on_progress=on_progress,
         )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # data-parallel run: the main process reports
     print(
         f"trained {result.method}: {result.steps} steps, loss {result.losses[0]:.4f} -> "
         f"{result.final_loss:.4f}, {result.trainable:,} trainable parameters, {result.wall_s:.1f} s "
@@ -132,7 +143,7 @@ def _list_methods(args: argparse.Namespace) -> int:
 
 
 class _progress:
-    """A rich progress bar (steps, loss, ETA, tokens are in the manifest) on stderr."""
+    """A rich progress bar on stderr: step, loss, tokens/s, ETA (fed by ``train(on_progress=...)``)."""
 
     def __enter__(self):
         from rich.console import Console
@@ -142,6 +153,8 @@ class _progress:
             TextColumn("step {task.completed}/{task.total}"),
             BarColumn(),
             TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(file=sys.stderr),
             transient=True,
@@ -150,10 +163,15 @@ class _progress:
         self.task = None
         return self.update
 
-    def update(self, step: int, total: int, loss: float) -> None:
+    def update(self, info) -> None:
+        """Show one finished step (a :class:`tokenlens.training.trainer.StepInfo`)."""
         if self.task is None:
-            self.task = self.bar.add_task("train", total=total, completed=step - 1, loss="…")
-        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+            self.task = self.bar.add_task(
+                "train", total=info.total, completed=info.step - 1, loss="…", rate="…"
+            )
+        self.bar.update(
+            self.task, completed=info.step, loss=f"{info.loss:.4f}", rate=f"{info.tokens_per_s:,.0f}"
+        )
 
     def __exit__(self, *exc) -> None:
         self.bar.stop()

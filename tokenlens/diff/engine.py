@@ -152,8 +152,9 @@ def _diff_probe(
             model, spec, input_ids, position, sites, internals=not virtual, virtual=virtual > 0
         )
     limit = inputs.decodable_vocab(tokenizer, base.logits.shape[0])
-    base_top = _top(tokenizer, base.logits, limit, options.top_k)
-    tuned_top = _top(tokenizer, tuned.logits, limit, options.top_k)
+    base_probs, tuned_probs = base.logits.softmax(-1), tuned.logits.softmax(-1)
+    base_top = _top(tokenizer, base.logits, base_probs, limit, options.top_k)
+    tuned_top = _top(tokenizer, tuned.logits, tuned_probs, limit, options.top_k)
     tracked = target if target is not None else tuned_top[0].id
     names = component_names(spec, bare_model(pair.tuned.model))
     split = _telescope(pair, base, tuned, names, tracked, None)
@@ -168,8 +169,8 @@ def _diff_probe(
     if virtual:
         notes += (f"the tuned model prepends {virtual} virtual tokens: compared at the real positions",)
     tracked_base, tracked_tuned = (
-        _score(tokenizer, base.logits, tracked),
-        _score(tokenizer, tuned.logits, tracked),
+        _score(tokenizer, base.logits, base_probs, tracked),
+        _score(tokenizer, tuned.logits, tuned_probs, tracked),
     )
     verdict = judge(
         probe.expect,
@@ -204,13 +205,12 @@ def _diff_probe(
     )
 
 
-def _top(tokenizer, logits: torch.Tensor, limit: int, k: int) -> tuple[TokenScore, ...]:
-    return tuple(_score(tokenizer, logits, int(i)) for i in inputs.top_tokens(logits, limit, k))
+def _top(tokenizer, logits: torch.Tensor, probs: torch.Tensor, limit: int, k: int) -> tuple[TokenScore, ...]:
+    return tuple(_score(tokenizer, logits, probs, int(i)) for i in inputs.top_tokens(logits, limit, k))
 
 
-def _score(tokenizer, logits: torch.Tensor, token: int) -> TokenScore:
-    prob = float(logits.softmax(-1)[token])
-    return TokenScore(token, inputs.decode_token(tokenizer, token), float(logits[token]), prob)
+def _score(tokenizer, logits: torch.Tensor, probs: torch.Tensor, token: int) -> TokenScore:
+    return TokenScore(token, inputs.decode_token(tokenizer, token), float(logits[token]), float(probs[token]))
 
 
 def _rank(logits: torch.Tensor, token: int) -> int:

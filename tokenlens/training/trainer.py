@@ -8,9 +8,17 @@ states; resuming from it reaches bitwise the same weights as an uninterrupted ru
 
 Checkpoints live in ``out_dir/tokenlens-checkpoint`` and are replaced atomically (written to a temporary
 folder, then renamed). Ctrl-C is deferred to the end of the running step, then saves one and re-raises
-``KeyboardInterrupt``. CPU runs in fp32; CUDA runs
-under bf16 autocast. When training ends the result is written to ``out_dir`` (see
+``KeyboardInterrupt``. CPU runs in fp32; on CUDA an fp32 model runs under bf16 autocast (a model loaded in
+bf16/fp16 runs in its own dtype). When training ends the result is written to ``out_dir`` (see
 :mod:`tokenlens.training.output`) and the checkpoint is removed.
+
+Data parallel: under ``accelerate launch`` or ``torchrun`` with more than one process (``WORLD_SIZE > 1``)
+the same ``train`` runs data-parallel through ``accelerate.Accelerator``. The schedule is unchanged (the
+*global* batch is ``batch_size`` examples); process ``r`` of ``P`` takes examples ``r, r+P, ...`` of each
+step's batch. Each process's loss is its share of the global token sum divided by the global count of loss
+tokens, so the all-reduced gradient is the single-process gradient (up to float summation order). Only the
+main process calls the progress callbacks and writes checkpoints and outputs; every process reads the
+checkpoint on ``resume``. A single process never touches ``torch.distributed`` (bitwise as before).
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tokenlens.errors import TokenlensError
+from tokenlens.models.specs import bare_model
 from tokenlens.training import output
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
 from tokenlens.training.methods import Method, get_method, trainable_count
@@ -49,7 +59,8 @@ class TrainResult:
         losses: (steps,) training loss per step.
         trainable: Trainable parameter count.
         wall_s: Wall time of this invocation, seconds.
-        device: Where it ran.
+        device: Where it ran (this process's device).
+        processes: Data-parallel processes (1 unless launched with ``accelerate launch``/``torchrun``).
     """
 
     out_dir: Path
@@ -60,10 +71,77 @@ class TrainResult:
     trainable: int
     wall_s: float
     device: str
+    processes: int = 1
 
     @property
     def final_loss(self) -> float:
         return self.losses[-1]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One finished optimizer step, for progress displays (``train(..., on_progress=...)``).
+
+    Attributes:
+        step: Steps done so far (1-based, counting those before a resume).
+        total: Steps in the whole run.
+        loss: This step's training loss (mean over the global batch's loss tokens).
+        tokens: Unpadded tokens in this step's global batch.
+        tokens_per_s: Unpadded tokens per second since this invocation's first step started.
+        elapsed_s: Seconds since this invocation's first step started.
+    """
+
+    step: int
+    total: int
+    loss: float
+    tokens: int
+    tokens_per_s: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class _Parallel:
+    """This process's place in a data-parallel run; ``accelerator`` is None in a single process."""
+
+    accelerator: Any
+    rank: int
+    processes: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def total(self, value: float) -> float:
+        """``value`` summed over all processes."""
+        if self.accelerator is None:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, reduction="sum").item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (so all stop after the same step)."""
+        return self.total(float(flag)) > 0 if self.accelerator is not None else flag
+
+
+def _parallel() -> _Parallel:
+    """The data-parallel context: an ``accelerate.Accelerator`` when launched with more than one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Parallel(None, 0, 1)
+    from accelerate import Accelerator
+
+    # precision is the trainer's own (bf16 autocast on CUDA); without CUDA, accelerate needs cpu=True to see
+    # torchrun's processes (gloo)
+    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise TokenlensError(
+            f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees "
+            f"{accelerator.num_processes} process(es); check the launcher's settings"
+        )
+    return _Parallel(accelerator, accelerator.process_index, accelerator.num_processes)
 
 
 def schedule(n_examples: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
@@ -92,9 +170,14 @@ def train(
     resume: bool = False,
     force: bool = False,
     checkpoint_every: int = 50,
+    gradient_checkpointing: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_progress: Callable[[StepInfo], None] | None = None,
 ) -> TrainResult:
     """Post-train ``loaded.model`` (modified in place) with ``method`` on a JSONL file.
+
+    Run it under ``accelerate launch --num_processes N`` (or ``torchrun``) for data parallel training: the
+    same global ``batch_size``, each process taking its share of every batch (see the module docstring).
 
     Args:
         loaded: A :class:`tokenlens.models.loading.LoadedModel` (its ``ref`` is recorded as the base).
@@ -103,13 +186,16 @@ def train(
         out_dir: Output folder; must not exist (or be empty) unless ``force`` or ``resume``.
         steps: Optimizer steps; or ``epochs`` (default: 3 epochs).
         lr: Learning rate (default: the method's).
-        batch_size: Examples per step.
+        batch_size: Examples per step (over all processes together).
         seed: Seeds the data order and torch's RNG.
         options: The method's options.
         resume: Continue from ``out_dir``'s last checkpoint.
         force: Replace an existing tokenlens output folder.
         checkpoint_every: Steps between checkpoints.
-        on_step: Called after each step with (step, total_steps, loss).
+        gradient_checkpointing: Recompute activations in the backward pass (HF activation checkpointing,
+            non-reentrant): less memory, about one more forward pass of time, the same gradients.
+        on_step: Called after each step with (step, total_steps, loss) (main process only).
+        on_progress: Called after each step with a :class:`StepInfo` (main process only).
 
     Returns:
         A :class:`TrainResult`.
@@ -125,6 +211,8 @@ def train(
         raise TokenlensError("give --steps or --epochs, not both")
     if batch_size < 1 or checkpoint_every < 1:
         raise TokenlensError("batch size and checkpoint interval must be at least 1")
+    if gradient_checkpointing and record.name == "prefix":
+        raise TokenlensError("gradient checkpointing cannot replay prefix tuning's key/value cache; drop it")
     model = loaded.model
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if record.needs_quantized and not quantized:
@@ -135,7 +223,8 @@ def train(
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, resume=resume, force=force)
+    parallel = _parallel()
+    _prepare_out_dir(out_dir, resume=resume, force=force, parallel=parallel)
 
     total = steps if steps is not None else (epochs or 3) * math.ceil(len(data.examples) / batch_size)
     if total < 1:
@@ -153,55 +242,179 @@ def train(
         "total_steps": total,
     }
     torch.manual_seed(seed)
-    model = record.apply(model, resolved)
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
+    core = record.apply(model, resolved)  # the trained model; ``model`` runs it (DDP-wrapped in parallel)
+    model = core if parallel.accelerator is None else parallel.accelerator.prepare(core)
+    device = next(core.parameters()).device
+    autocast = device.type == "cuda" and _float_dtype(core) == torch.float32
+    params = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     start, losses = 0, []
     if resume:
-        start, losses = _load_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity)
+        start, losses = _load_checkpoint(out_dir / CHECKPOINT, core, optimizer, identity)
     batches = schedule(len(data.examples), batch_size, total, seed)
     pad = loaded.tokenizer.pad_token_id
     pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
     model.train()
-    with _interrupt_at_step_boundary() as interrupted:
-        try:
-            for step in range(start, total):
-                loss = _step(model, optimizer, data, batches[step], pad, device)
-                losses.append(loss)
-                if on_step is not None:
-                    on_step(step + 1, total, loss)
-                if interrupted():
-                    raise KeyboardInterrupt
-                if (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                    _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, step + 1, losses)
-        except KeyboardInterrupt:
-            _save_checkpoint(out_dir / CHECKPOINT, model, optimizer, identity, len(losses), losses)
-            raise
-    model.eval()
+    with _checkpointing(core, gradient_checkpointing):
+        tokens = _loop(
+            model,
+            optimizer,
+            data,
+            batches,
+            losses,
+            start,
+            step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None),
+            parallel=parallel,
+            every=checkpoint_every,
+            save=partial(_save_checkpoint, out_dir / CHECKPOINT, core, optimizer, identity),
+            report=partial(_report, on_step, on_progress),
+        )
+    core.eval()
     wall = time.perf_counter() - started
-    tokens = sum(len(data.examples[i].input_ids) for batch in batches[start:] for i in batch)
-    run = {"wall_s": wall, "tokens_per_s": tokens / wall if wall > 0 else 0.0, "device": str(device)}
-    output.write(model, record, loaded, out_dir, identity, data, losses, trainable_count(model), run)
-    shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    run = {
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+        "device": str(device),
+        "processes": parallel.processes,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
+    if parallel.main:
+        output.write(core, record, loaded, out_dir, identity, data, losses, trainable_count(core), run)
+        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+    parallel.barrier()  # every process returns once the output is complete
     return TrainResult(
-        out_dir, record.name, resolved, total, tuple(losses), trainable_count(model), wall, str(device)
+        out_dir,
+        record.name,
+        resolved,
+        total,
+        tuple(losses),
+        trainable_count(core),
+        wall,
+        str(device),
+        parallel.processes,
     )
 
 
-def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
+def _loop(
+    model,
+    optimizer,
+    data,
+    batches,
+    losses: list[float],
+    start: int,
+    *,
+    step_args,
+    parallel,
+    every,
+    save,
+    report,
+) -> int:
+    """Run steps ``start..len(batches)`` (appending to ``losses``); return the tokens they trained on.
+
+    ``_step(..., *step_args)`` runs one step; ``report(step, total, loss, tokens, tokens_so_far, since)``
+    calls the callbacks; ``save(step, losses)`` writes a checkpoint every ``every`` steps and on Ctrl-C
+    (deferred to the end of the step; data parallel, every process stops after the same step and only the
+    main process saves).
+    """
+    total, tokens, started = len(batches), 0, time.perf_counter()
+    with _interrupt_at_step_boundary() as interrupted:
+        try:
+            for step in range(start, total):
+                loss = _step(model, optimizer, data, batches[step], *step_args)
+                losses.append(loss)
+                step_tokens = _tokens(data, batches[step])
+                tokens += step_tokens
+                stop = interrupted()
+                if parallel.main:
+                    try:
+                        report(step + 1, total, loss, step_tokens, tokens, started)
+                    except KeyboardInterrupt:  # a callback stops the run: every process stops here
+                        stop = True
+                if parallel.any(stop):
+                    raise KeyboardInterrupt
+                if parallel.main and (step + 1) % every == 0 and step + 1 < total:
+                    save(step + 1, losses)
+        except KeyboardInterrupt:
+            if parallel.main:
+                save(len(losses), losses)
+            parallel.barrier()  # nobody leaves (and maybe resumes) before the checkpoint is complete
+            raise
+    return tokens
+
+
+def _report(on_step, on_progress, step: int, total: int, loss: float, tokens: int, done: int, since: float):
+    """Call the progress callbacks; ``done`` is the tokens of this invocation's steps so far."""
+    if on_step is not None:
+        on_step(step, total, loss)
+    if on_progress is not None:
+        elapsed = time.perf_counter() - since
+        rate = done / elapsed if elapsed > 0 else 0.0
+        on_progress(StepInfo(step, total, loss, tokens, rate, elapsed))
+
+
+def _tokens(data: TrainingData, indices: list[int]) -> int:
+    return sum(len(data.examples[i].input_ids) for i in indices)
+
+
+def _float_dtype(model) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (quantised weights are not floating)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+@contextmanager
+def _checkpointing(model, enabled: bool) -> Iterator[None]:
+    """HF activation (gradient) checkpointing on the bare model while training; switched off afterwards.
+
+    Non-reentrant, so frozen inputs need no ``requires_grad`` trick; HF still registers its input-grad hook
+    (PEFT), which is removed again here with the rest.
+    """
+    if not enabled:
+        yield
+        return
+    hf = bare_model(model)
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise TokenlensError(f"{type(hf).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    try:
+        yield
+    finally:
+        if hasattr(hf, "activation_checkpointing_disable"):
+            hf.activation_checkpointing_disable()
+        else:
+            hf.gradient_checkpointing_disable()
+        if getattr(hf, "_require_grads_hook", None) is not None:
+            hf.disable_input_require_grads()
+
+
+def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool, parallel: _Parallel) -> None:
+    """Check ``out_dir`` on every process, then (main process) replace or create it."""
+    replace = _check_out_dir(out_dir, resume=resume, force=force)
+    parallel.barrier()  # nobody checks a folder the main process is already replacing
+    if parallel.main and not resume:
+        if replace:
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    parallel.barrier()
+
+
+def _check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> bool:
+    """Whether ``out_dir`` must be removed first; raises when it may not be used."""
     if resume:
         if not (out_dir / CHECKPOINT).is_dir():
             raise TokenlensError(f"nothing to resume: {out_dir} has no {CHECKPOINT} folder")
-        return
+        return False
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         ours = (out_dir / output.MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
         if not force:
             raise TokenlensError(f"{out_dir} already exists; pass --force to replace it or --resume")
         if not ours:
             raise TokenlensError(f"{out_dir} is not a tokenlens training output; remove it yourself")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        return True
+    return False
 
 
 @contextmanager
@@ -222,10 +435,49 @@ def _interrupt_at_step_boundary() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _step(model, optimizer, data: TrainingData, indices: list[int], pad: int, device) -> float:
+def _step(
+    model, optimizer, data: TrainingData, indices: list[int], pad: int, device, autocast=False, parallel=None
+) -> float:
+    """One AdamW step on the batch ``indices``; returns its loss (mean over the batch's loss tokens).
+
+    In a single process (``parallel`` None) the loss is HF's own mean. Data parallel, this process runs its
+    share ``indices[rank::P]`` with HF's ``num_items_in_batch`` set to the whole batch's loss-token count
+    (so its loss is its part of the global mean), scaled by ``P`` because DDP averages gradients; a process
+    with an empty share runs one example with weight 0 so the gradient all-reduce still meets.
+    """
     examples = [data.examples[i] for i in indices]
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+        if parallel is None:
+            loss = model(**_pad(examples, pad, device)).loss
+            scaled = loss
+        else:
+            first = 0 if _prepends_tokens(model) else 1  # labels shift by one: the first is no target
+            items = sum(sum(1 for label in e.labels[first:] if label != IGNORE) for e in examples)
+            share = examples[parallel.rank :: parallel.processes]
+            loss = model(**_pad(share or examples[:1], pad, device), num_items_in_batch=items).loss
+            loss = loss if share else loss * 0
+            scaled = loss * parallel.processes
+    optimizer.zero_grad(set_to_none=True)
+    scaled.backward()
+    optimizer.step()
+    value = float(loss.detach())
+    return value if parallel is None else parallel.total(value)
+
+
+def _prepends_tokens(model) -> bool:
+    """Whether PEFT puts virtual tokens before the input (prompt tuning, P-tuning), so that the first label
+    becomes a target too (predicted from the last virtual token); prefix tuning adds keys/values only."""
+    config = getattr(getattr(model, "module", model), "active_peft_config", None)
+    kind = getattr(getattr(config, "peft_type", None), "value", None)
+    return bool(
+        config is not None and config.is_prompt_learning and kind not in ("PREFIX_TUNING", "CARTRIDGE")
+    )
+
+
+def _pad(examples: list, pad: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``/``labels``/``attention_mask``, each (batch, seq), on ``device``."""
     width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad, dtype=torch.long)  # (batch, seq) right-padded
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, example in enumerate(examples):
@@ -233,13 +485,7 @@ def _step(model, optimizer, data: TrainingData, indices: list[int], pad: int, de
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
