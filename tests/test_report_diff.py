@@ -242,12 +242,12 @@ def test_json_round_trips_and_carries_every_number(report):
         "causal": -2.5,
         "causal_kl": 0.3,
         "causal_reverse": 2.4,
-        "estimate": -2.2,
+        "causal_estimate": -2.2,
     }
     assert [h["name"] for h in p0["heads"]] == ["L1.H0", "L1.H1"]  # measured before estimated
     assert p0["neurons"] == [
         {"name": "L0.N7", "direct": 0.9, "causal": None, "causal_kl": None, "causal_reverse": None,
-         "estimate": None}
+         "causal_estimate": None}
     ]  # fmt: skip
     assert p0["verdict"] == {"expect": "changed", "passed": True, "reason": "p(' Lyon') gained +0.6000 ≥ 0.1"}
 
@@ -258,7 +258,7 @@ def test_json_round_trips_and_carries_every_number(report):
 
     assert p2["prompt"] is None and p2["messages"][1]["content"] == "Say `hi` | now"
     assert p2["verdict"]["passed"] is None and p2["expect"] is None
-    assert all(c["causal"] is None and c["estimate"] is None for c in p2["components"])  # NaN -> null
+    assert all(c["causal"] is None and c["causal_estimate"] is None for c in p2["components"])  # NaN -> null
     assert [c["name"] for c in p2["components"]] == ["L0.mlp", "L0.attn", "L1.attn", "embed", "L1.mlp"]
     assert p2["flip_split"]["observed"] == pytest.approx(1.1)
 

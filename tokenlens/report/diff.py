@@ -155,7 +155,7 @@ def _effect(effect: ComponentEffect) -> dict[str, Any]:
         "causal": number(effect.causal),
         "causal_kl": number(effect.causal_kl),
         "causal_reverse": number(effect.causal_reverse),
-        "estimate": number(effect.estimate),
+        "causal_estimate": number(effect.estimate),  # an ESTIMATE (attribution patching)
     }
 
 
