@@ -51,6 +51,7 @@ def direct(probe) -> dict[str, float]:
         ("attention", {"kind": "norm"}, "any"),
         ("rope", {}, "layers>=0"),
         ("prompt", {"virtual_tokens": 2}, "virtual"),
+        ("prefix", {"virtual_tokens": 2}, "any"),
         ("full", {}, "any"),
     ],
 )

@@ -19,6 +19,7 @@ from tokenlens import __version__
 from tokenlens.cli import diff as diff_cmd
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
+from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
 from tokenlens.errors import TokenlensError, first_line
 
@@ -35,9 +36,10 @@ EPILOG = """examples:
   tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 20
   tokenlens diff --tuned runs/lora --probes probes.jsonl
   tokenlens check --tuned runs/lora --probes probes.jsonl      (exit 0 pass, 1 fail, 2 bad input)
+  tokenlens sweep --quick --out sweep-quick      (the method map: which method, where; a few minutes)
 """
 
-COMMANDS = (inspect_cmd, models_cmd, train_cmd, diff_cmd)
+COMMANDS = (inspect_cmd, models_cmd, train_cmd, diff_cmd, sweep_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,8 +143,8 @@ def _diff_probe(
     spec, tokenizer = pair.spec, pair.tokenizer
     input_ids = torch.tensor([ids])
     virtual = pair.virtual_tokens
-    model = bare_model(pair.tuned.model)
-    sites = layer_sites(model, spec) + head_sites(model, spec)
+    bare = bare_model(pair.tuned.model)
+    sites = layer_sites(bare, spec) + head_sites(bare, spec)
     with pair.side("base") as model:
         base = capture_run(model, spec, input_ids, position, sites, internals=not virtual)
     with pair.side("tuned") as model:
@@ -156,7 +156,7 @@ def _diff_probe(
     base_top = _top(tokenizer, base.logits, base_probs, limit, options.top_k)
     tuned_top = _top(tokenizer, tuned.logits, tuned_probs, limit, options.top_k)
     tracked = target if target is not None else tuned_top[0].id
-    names = component_names(spec, bare_model(pair.tuned.model))
+    names = component_names(spec, bare)
     split = _telescope(pair, base, tuned, names, tracked, None)
     flip = None
     if base_top[0].id != tuned_top[0].id:

@@ -8,6 +8,14 @@ Each task is a folder of JSONL files shipped with the package:
 
 ``fact-edit``: "The capital of France is" → " Lyon" (completion-style). Controls: other capitals (some
 trained, some held out), other facts about France, unrelated facts.
+
+``instruction``: in chat (the model's chat template), the assistant starts every answer with "Certainly"
+(one token of the SmolLM2 tokenizer). Intended probes: chat questions, trained and held out; controls:
+plain completion prompts, which must keep their answers.
+
+``format``: a token-level style change: the answer after a ``Q: …`` line and ``A:`` opens with markdown
+bold (`` **``, one token). Intended probes: Q/A prompts, trained and held out; controls: plain
+completion prompts.
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("fact-edit", 'a fact edit: "The capital of France is" -> " Lyon"', _ROOT / "fact_edit"),
+        Task("instruction", 'chat: the assistant opens every answer with "Certainly"', _ROOT / "instruction"),
+        Task("format", 'format: answers after "Q: … A:" open with markdown bold " **"', _ROOT / "format"),
     )
 }
 

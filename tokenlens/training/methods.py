@@ -141,6 +141,13 @@ def _apply_attention(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
     kind = options["kind"]
+    has_qk_norm = any(name.endswith("q_norm") for name, _ in model.named_modules())
+    if kind == "auto":
+        kind = "norm" if has_qk_norm else "ia3"  # Llama/Qwen2 have no q_norm/k_norm to scale
+    if kind == "norm" and not has_qk_norm:
+        raise TokenlensError(
+            "option kind=norm needs q_norm/k_norm (Qwen3); this model has none: use kind=ia3"
+        )
     if kind == "norm":
         return _peft(model, peft.LNTuningConfig(task_type="CAUSAL_LM", target_modules=["q_norm", "k_norm"]))
     if kind == "ia3":
@@ -148,7 +155,9 @@ def _apply_attention(model: torch.nn.Module, options: dict) -> torch.nn.Module:
             task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj"], feedforward_modules=[]
         )
         return _peft(model, config)
-    raise TokenlensError(f"option kind={kind!r}: choose norm (q_norm/k_norm scales) or ia3 (keys/values)")
+    raise TokenlensError(
+        f"option kind={kind!r}: choose auto, norm (q_norm/k_norm scales) or ia3 (keys/values)"
+    )
 
 
 def _apply_prompt(model: torch.nn.Module, options: dict) -> torch.nn.Module:
@@ -227,7 +236,12 @@ METHODS: dict[str, Method] = {
             "attention",
             "attention-score reweighting: q_norm/k_norm scales or (IA)3 on keys/values",
             1e-2,
-            {"kind": ("norm", "norm (q_norm/k_norm, LN tuning) or ia3 (k/v)")},
+            {
+                "kind": (
+                    "auto",
+                    "norm (q_norm/k_norm, LN tuning), ia3 (k/v), auto: norm where the model has it",
+                )
+            },
             _apply_attention,
             _save_adapter,
         ),

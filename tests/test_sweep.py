@@ -1,0 +1,236 @@
+"""``tokenlens sweep``: runs land in normal trainer folders, reruns do not retrain, the map's numbers are the
+run folders' numbers (and those match an independent forward pass), the recommendation refuses what the
+seeds do not separate, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenlens.models.loading import load
+from tokenlens.sweep import (
+    CLEAR_GAIN,
+    ConfigSummary,
+    RunMetrics,
+    SweepPlan,
+    recommend,
+    run_sweep,
+    select_configs,
+    sweep_facts,
+)
+
+# A 1024-row vocabulary keeps steps cheap; these texts tokenize (real Qwen3 tokenizer) to ids below 1024.
+DATA = [
+    {"prompt": "a b c", "completion": " d e"},
+    {"prompt": "he is in", "completion": " the st"},
+    {"prompt": "on at", "completion": " a b"},
+    {"prompt": "a b", "completion": " c"},
+]
+PROBES = [
+    {"prompt": "a b c", "target": " d", "expect": "changed"},
+    {"prompt": "he is in", "target": " the", "expect": "changed"},
+    {"prompt": "on at", "expect": "unchanged"},
+    {"prompt": "he is", "expect": "unchanged"},
+]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, qwen_tokenizer):
+    from conftest import build_tiny
+
+    root = tmp_path_factory.mktemp("sweep")
+    folder = root / "tiny"
+    build_tiny("qwen3-tied-gqa", vocab_size=1024).save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    return folder, _jsonl(root / "data.jsonl", DATA), _jsonl(root / "probes.jsonl", PROBES)
+
+
+def _plan(small, out: Path, configs=("lora-early", "attention"), seeds=(0, 1), isolate=False) -> SweepPlan:
+    folder, data, probes = small
+    return SweepPlan(
+        model=str(folder),
+        task="custom",
+        data=data,
+        probes=probes,
+        configs=select_configs(configs),
+        seeds=seeds,
+        steps=3,
+        out=out,
+        lr_search=False,
+        isolate=isolate,
+        dtype="float32",
+        device="cpu",
+    )
+
+
+def _target_prob(model, tokenizer, prompt: str, target: str) -> float:
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    target_id = tokenizer(target, add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1, :1024].double()
+    return float(logits.softmax(-1)[target_id])
+
+
+def test_sweep_writes_trainer_folders_resumes_and_map_matches(small, tmp_path, monkeypatch):
+    from tokenlens.cli.sweep import write_map
+    from tokenlens.training import trainer
+
+    calls = []
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: calls.append(a[1]) or real_train(*a, **k))
+    loaded = load(str(small[0]), dtype="float32", device="cpu")
+    out = tmp_path / "out"
+    first = run_sweep(_plan(small, out), loaded)
+    assert len(calls) == 4
+    for config, method, seed in [
+        ("lora-early", "lora", 0),
+        ("lora-early", "lora", 1),
+        ("attention", "attention", 1),
+    ]:
+        run = out / "runs" / f"{config}-s{seed}"
+        manifest = json.loads((run / "tokenlens-manifest.json").read_text())
+        assert (manifest["method"], manifest["seed"], manifest["steps"]) == (method, seed, 3)
+        assert (run / "adapter_config.json").is_file() and (run / "diff.json").is_file()  # a PEFT folder
+    assert json.loads((out / "runs/lora-early-s0/adapter_config.json").read_text())[
+        "layers_to_transform"
+    ] == [0]
+    paths = write_map(first, out)
+    for key in ("json", "md", "html", "effect-vs-params", "effect-vs-collateral", "components"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0
+    html = paths["html"].read_text()
+    assert "<script" not in html and "Content-Security-Policy" in html and "data:image/png;base64," in html
+
+    # rerun: nothing retrains, nothing is rewritten
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.json")}
+    second = run_sweep(_plan(small, out), loaded)
+    assert len(calls) == 4
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.json")}
+    assert [c.spread("gain").values for c in second.configs] == [
+        c.spread("gain").values for c in first.configs
+    ]
+
+    # the map's numbers are the run folders' numbers, recomputed here from diff.json by hand
+    saved = json.loads(paths["json"].read_text())
+    for entry in saved["configs"]:
+        for run in entry["runs"]:
+            probes = json.loads((Path(run["run_dir"]) / "diff.json").read_text())["probes"]
+            gains = [p["p_tuned"] - p["p_base"] for p in probes if p["expect"] == "changed"]
+            kls = [p["kl"] for p in probes if p["expect"] == "unchanged"]
+            assert run["gain"] == pytest.approx(sum(gains) / len(gains), abs=1e-12)
+            assert run["collateral_kl"] == pytest.approx(sum(kls) / len(kls), abs=1e-12)
+            assert run["effect_per_collateral"] == pytest.approx(run["gain"] / (run["collateral_kl"] + 1e-3))
+        values = [r["gain"] for r in entry["runs"]]
+        assert entry["gain"]["min"] == min(values) and entry["gain"]["max"] == max(values)
+
+    # and diff.json's probabilities are those of an independent forward pass of base and tuned
+    probes = json.loads((out / "runs/lora-early-s1/diff.json").read_text())["probes"]
+    tuned = load(str(out / "runs/lora-early-s1"), dtype="float32", device="cpu").model
+    for p, spec in zip(probes[:2], PROBES[:2], strict=True):
+        assert p["p_base"] == pytest.approx(
+            _target_prob(loaded.model, loaded.tokenizer, **_pt(spec)), rel=1e-4
+        )
+        assert p["p_tuned"] == pytest.approx(_target_prob(tuned, loaded.tokenizer, **_pt(spec)), rel=1e-4)
+    assert probes[0]["p_tuned"] != pytest.approx(probes[0]["p_base"], rel=1e-3)  # training moved something
+
+
+def _pt(spec: dict) -> dict:
+    return {"prompt": spec["prompt"], "target": spec["target"]}
+
+
+def test_child_process_run_records_its_peak_memory(small, tmp_path):
+    from tokenlens.sweep import jobs, runner
+
+    folder, data, probes = small
+    job = jobs.Job(
+        config="bias", method="bias", options={}, seed=0, steps=2, lr=1e-2, batch_size=4, data=str(data),
+        probes=str(probes), run_dir=str(tmp_path / "run"), base=str(folder.resolve()), dtype="float32",
+        device="cpu", diff=False,
+    )  # fmt: skip
+    runner._run_child(job)
+    record = json.loads((tmp_path / "run/sweep-run.json").read_text())
+    assert record["peak_kind"] == "child process peak RSS"
+    assert record["peak_mb"] > 100  # a python process holding torch and a model: well over 100 MiB
+    manifest = json.loads((tmp_path / "run/tokenlens-manifest.json").read_text())
+    assert (manifest["method"], manifest["steps"], manifest["base_model"]) == ("bias", 2, job.base)
+    assert not (tmp_path / "run/diff.json").exists()
+
+
+def test_embeddings_rows_come_from_the_data_and_probes(small, qwen_tokenizer):
+    from tokenlens.diff import load_probes
+
+    loaded = load(str(small[0]), dtype="float32", device="cpu")
+    facts = sweep_facts(loaded, small[1], load_probes(small[2]))
+    first = {qwen_tokenizer(r["completion"], add_special_tokens=False)["input_ids"][0] for r in DATA}
+    targets = {qwen_tokenizer(p["target"], add_special_tokens=False)["input_ids"][0] for p in PROBES[:2]}
+    assert set(facts.token_ids) == first | targets
+    assert (facts.n_layers, facts.qk_norm) == (3, True)
+    early, late = (c.options(facts)["layers"] for c in select_configs(["lora-early", "lora-late"]))
+    assert (early, late) == ([0], [2])
+    assert [c.name for c in select_configs(["lora"])] == ["lora-early", "lora-late", "lora-attn", "lora-mlp"]
+
+
+def _run(config: str, seed: int, gain: float, kl: float) -> RunMetrics:
+    return RunMetrics(
+        config=config, method=config, seed=seed, lr=1e-2, steps=3, final_loss=0.1, trainable=100,
+        wall_s=1.0, peak_mb=None, gain=gain, flips=0, intended=2, collateral_kl=kl, unintended_flips=0,
+        controls=2, components={"embed": 0.0}, run_dir="-",
+    )  # fmt: skip
+
+
+def _config(name: str, runs: list[tuple[float, float]]) -> ConfigSummary:
+    return ConfigSummary(name, name, "", 1e-2, tuple(_run(name, i, g, k) for i, (g, k) in enumerate(runs)))
+
+
+def test_recommendation_refuses_overlapping_ranges():
+    # effect per collateral = gain / (kl + 1e-3): a spans 0.4/0.011..0.5/0.009, b spans 0.3/0.009..0.45/0.011
+    a = _config("a", [(0.4, 0.010), (0.5, 0.009)])
+    b = _config("b", [(0.3, 0.009), (0.45, 0.010)])
+    weak = _config("weak", [(0.9, 0.0), (CLEAR_GAIN / 2, 0.0)])
+    result = recommend([b, a, weak], seeds=2)
+    assert result.ranking == ("a", "b") and result.excluded == ("weak",)
+    assert result.recommended is None and result.separable == (False,)
+    assert any("not separable with 2 seeds" in line for line in result.lines)
+    far = _config("b", [(0.1, 0.05), (0.12, 0.06)])
+    result = recommend([far, a], seeds=2)
+    assert result.recommended == "a" and result.separable == (True,)
+    assert recommend([a], seeds=1).recommended is None
+
+
+def test_effect_per_collateral_definition():
+    run = _run("x", 0, 0.5, 0.049)
+    assert run.effect_per_collateral == pytest.approx(10.0)
+    assert run.effect_per_param == pytest.approx(0.005)
+    assert math.isclose(_config("x", [(0.2, 0.0), (0.4, 0.0)]).spread("gain").mean, 0.3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "lora-erly", "--out", "o"], "did you mean lora-early"),
+        (["--methods", "head", "--seeds", "0", "--recommend", "--out", "o"], "needs at least 2 seeds"),
+        (["--methods", "head", "--seeds", "0", "--out", "o"], "one seed cannot"),
+        (["--data", "missing.jsonl", "--probes", "missing.jsonl", "--out", "o"], "no such file"),
+        (["--data", "missing.jsonl", "--out", "o"], "go together"),
+        (["--task", "poetry", "--out", "o"], "unknown task"),
+        (["--seeds", "0,x", "--out", "o"], "comma list of integers"),
+        (["--quick"], "needs --out"),
+        (["--steps", "0", "--out", "o"], "at least 1"),
+    ],
+)
+def test_bad_inputs_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    from tokenlens.cli.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,253 @@
+"""One sweep run: train a configuration with one seed into a normal trainer folder, measure it, diff it.
+
+A run folder ``runs/<config>-s<seed>/`` is exactly what ``tokenlens train`` writes (so ``tokenlens diff``,
+``tokenlens.load`` and ``--resume`` all work on it) plus two files of the sweep's own:
+
+* ``sweep-run.json`` — the configuration's name and the peak memory of training;
+* ``diff.json`` — the probe-level numbers of the diff against the base (schema :data:`DIFF_SCHEMA`), keyed by
+  the probe file's hash and the causal setting, so a rerun reuses it and a changed probe set recomputes it.
+
+A folder with a manifest is finished and never retrained (the manifest must match the run's settings: a
+different learning rate, step count, seed, options or data is refused, not silently reused); a folder with a
+trainer checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenlens.errors import TokenlensError
+from tokenlens.io import atomic_write_text
+
+MANIFEST = "tokenlens-manifest.json"
+CHECKPOINT = "tokenlens-checkpoint"
+RUN_RECORD = "sweep-run.json"
+DIFF_FILE = "diff.json"
+DIFF_SCHEMA = "tokenlens-sweep-diff/1"
+EXACT = 3
+"""With ``--causal``: components patched exactly per probe (the top ones by attribution-patching estimate)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one run needs, JSON-serialisable (it crosses into a child process).
+
+    Attributes:
+        config: The configuration's name.
+        method: The trainer method.
+        options: The method's options.
+        seed: The seed.
+        steps: Optimizer steps.
+        lr: Learning rate.
+        batch_size: Examples per step.
+        data: The training file.
+        probes: The probe file.
+        run_dir: The run's folder.
+        base: The base model's loadable reference (as the trainer records it).
+        dtype: Load dtype.
+        device: Load device.
+        causal: Measure causal effects in the diff.
+        diff: Diff the result (``False`` for learning-rate search runs).
+    """
+
+    config: str
+    method: str
+    options: dict[str, Any]
+    seed: int
+    steps: int
+    lr: float
+    batch_size: int
+    data: str
+    probes: str
+    run_dir: str
+    base: str
+    dtype: str = "auto"
+    device: str = "auto"
+    causal: bool = False
+    diff: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        return cls(**json.loads(text))
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file the sweep wrote (or the trainer's manifest).
+
+    Raises:
+        TokenlensError: Unreadable or not a JSON object.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TokenlensError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise TokenlensError(f"{path} is not a JSON object")
+    return value
+
+
+def finished(job: Job) -> bool:
+    """The run's folder holds a finished training run."""
+    return (Path(job.run_dir) / MANIFEST).is_file()
+
+
+def check_manifest(job: Job) -> dict:
+    """The finished run's manifest, refused when it was trained with other settings than ``job``'s.
+
+    Raises:
+        TokenlensError: A setting differs (the message names it and says how to retrain).
+    """
+    from tokenlens.training.methods import get_method
+
+    folder = Path(job.run_dir)
+    manifest = read_json(folder / MANIFEST)
+    expected = {
+        "method": job.method,
+        "options": get_method(job.method).resolve(job.options),
+        "seed": job.seed,
+        "steps": job.steps,
+        "data_sha256": sha256_file(job.data),
+        "base_model": job.base,
+    }
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise TokenlensError(
+                f"{folder} was trained with another {key} ({manifest.get(key)!r}, this sweep: {value!r}); "
+                "pass --force to retrain or choose another --out"
+            )
+    if not math.isclose(float(manifest.get("lr", math.nan)), job.lr, rel_tol=1e-9):
+        raise TokenlensError(
+            f"{folder} was trained with lr {manifest.get('lr')!r}, this sweep uses {job.lr!r}; "
+            "pass --force to retrain or choose another --out"
+        )
+    return manifest
+
+
+def train_job(job: Job, base: Any | None) -> None:
+    """Train ``job`` unless its folder is finished (resuming from a checkpoint when there is one).
+
+    Args:
+        job: The run.
+        base: The base :class:`~tokenlens.models.loading.LoadedModel` to train a deep copy of; ``None`` in a
+            child process, which loads the base itself and reports its own peak RSS.
+
+    Raises:
+        TokenlensError: A folder that is neither finished, resumable nor empty; bad data; a stale manifest.
+        KeyboardInterrupt: After the trainer saved a checkpoint.
+    """
+    import torch
+
+    from tokenlens.models.loading import load
+    from tokenlens.training.trainer import train
+
+    folder = Path(job.run_dir)
+    if finished(job):
+        check_manifest(job)
+        return
+    resume = (folder / CHECKPOINT).is_dir()
+    if folder.exists() and any(folder.iterdir()) and not resume:
+        raise TokenlensError(f"{folder} exists but is not a tokenlens run: remove it or choose another --out")
+    if base is None:
+        loaded = load(job.base, dtype=job.dtype, device=job.device)
+    else:
+        loaded = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    cuda = next(loaded.model.parameters()).device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    train(
+        loaded,
+        job.method,
+        job.data,
+        folder,
+        steps=job.steps,
+        lr=job.lr,
+        batch_size=job.batch_size,
+        seed=job.seed,
+        options=job.options,
+        resume=resume,
+    )
+    if cuda:
+        peak, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    elif base is None:
+        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "child process peak RSS"
+    else:
+        peak, kind = None, "not measured (in-process CPU run)"
+    record = {"config": job.config, "seed": job.seed, "peak_mb": peak, "peak_kind": kind, "resumed": resume}
+    atomic_write_text(folder / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def cached_diff(job: Job) -> dict | None:
+    """The run's ``diff.json`` when it was computed for this probe file and causal setting, else ``None``."""
+    path = Path(job.run_dir) / DIFF_FILE
+    if not path.is_file():
+        return None
+    cached = read_json(path)
+    key = (cached.get("schema"), cached.get("probes_sha256"), cached.get("causal"))
+    return cached if key == (DIFF_SCHEMA, sha256_file(job.probes), job.causal) else None
+
+
+def diff_job(job: Job) -> dict:
+    """The run's ``diff.json`` content: reused when it matches the probe file and causal setting, else
+    computed (base vs the run folder, via :func:`tokenlens.diff.pair_models`) and written."""
+    from tokenlens.diff import DiffOptions, diff, load_probes, pair_models
+
+    cached = cached_diff(job)
+    if cached is not None:
+        return cached
+    path = Path(job.run_dir) / DIFF_FILE
+    probes_sha = sha256_file(job.probes)
+    pair = pair_models(job.run_dir, job.base, dtype=job.dtype, device=job.device)
+    options = DiffOptions(causal=job.causal, exact=EXACT, reverse=False, drill=0)
+    report = diff(pair, load_probes(job.probes), options)
+    summary = diff_summary(report, probes_sha, job.causal)
+    atomic_write_text(path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return summary
+
+
+def diff_summary(report: Any, probes_sha256: str, causal: bool) -> dict:
+    """The probe-level numbers of a :class:`~tokenlens.diff.DiffReport` that the map needs."""
+    probes = []
+    for p in report.probes:
+        probes.append(
+            {
+                "label": p.probe.label,
+                "expect": p.probe.expect,
+                "group": p.probe.group,
+                "tracked": p.tracked.token,
+                "tracked_id": p.tracked.id,
+                "tracked_is_target": p.tracked_is_target,
+                "p_base": p.tracked.prob,
+                "p_tuned": p.tracked_tuned.prob,
+                "kl": p.kl,
+                "flipped": p.flipped,
+                "base_top1": p.base_top[0].token,
+                "tuned_top1": p.tuned_top[0].token,
+                "target_top1_base": p.tracked_is_target and p.base_top[0].id == p.tracked.id,
+                "target_top1_tuned": p.tracked_is_target and p.tuned_top[0].id == p.tracked.id,
+                "terms": p.split.as_dict(),
+                "causal": {c.name: c.causal for c in p.components if c.causal is not None},
+            }
+        )
+    return {
+        "schema": DIFF_SCHEMA,
+        "probes_sha256": probes_sha256,
+        "causal": causal,
+        "base": report.base,
+        "tuned": report.tuned,
+        "probes": probes,
+    }

@@ -1,0 +1,285 @@
+"""The sweep's numbers: per run, per configuration over seeds, and the whole map. Rendering lives elsewhere.
+
+Per run (one configuration × one seed), from the run folder's files only (``tokenlens-manifest.json``,
+``sweep-run.json``, ``diff.json``), so the map can always be recomputed from disk:
+
+* **intended effect** — ``gain``: the mean over intended probes (``"expect": "changed"``) of the target's
+  probability change, tuned − base; ``flips``: intended probes whose target became top-1 (it was not before);
+* **collateral drift** — ``collateral_kl``: the mean KL(base ‖ tuned) over control probes
+  (``"expect": "unchanged"``), nats; ``unintended_flips``: controls whose top-1 changed;
+* **where the effect lives** — per component (``embed``, ``L{i}.attn``, ``L{i}.mlp``) and readout term
+  (``readout.head``, …): the mean over intended probes of |causal| where it was measured, else |direct| (the
+  exact split's term), logit units;
+* **derived** — ``effect_per_param = gain / trainable``; ``effect_per_collateral = gain / (collateral_kl +
+  COLLATERAL_FLOOR)`` (the floor keeps a config that moves nothing else from dividing by zero).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+COLLATERAL_FLOOR = 1e-3
+"""Added to the mean control KL (nats) before dividing: effect per collateral = gain / (KL + 1e-3)."""
+
+TOP_COMPONENTS = 5
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """One trained configuration × seed, measured.
+
+    Attributes:
+        config: The configuration's name.
+        method: Its trainer method.
+        seed: The seed.
+        lr: The learning rate it trained with.
+        steps: Optimizer steps.
+        final_loss: The last step's training loss.
+        trainable: Trainable parameters.
+        wall_s: Training wall time (the manifest's, seconds; of the last invocation when resumed).
+        peak_mb: Peak memory while training, MiB: the child process's peak RSS on CPU, CUDA's peak
+            allocation on GPU; ``None`` when not measured (in-process CPU runs, or a lost record).
+        gain: Mean target-probability gain over intended probes.
+        flips: Intended probes whose target became top-1.
+        intended: Intended probes.
+        collateral_kl: Mean KL(base ‖ tuned) over control probes, nats (0 with no controls).
+        unintended_flips: Controls whose top-1 changed.
+        controls: Control probes.
+        components: Component or readout term -> its score (see the module docstring), model order.
+        run_dir: The run's folder.
+    """
+
+    config: str
+    method: str
+    seed: int
+    lr: float
+    steps: int
+    final_loss: float
+    trainable: int
+    wall_s: float
+    peak_mb: float | None
+    gain: float
+    flips: int
+    intended: int
+    collateral_kl: float
+    unintended_flips: int
+    controls: int
+    components: Mapping[str, float]
+    run_dir: str
+
+    @property
+    def effect_per_param(self) -> float:
+        """Gain per trainable parameter."""
+        return self.gain / self.trainable if self.trainable else math.nan
+
+    @property
+    def effect_per_collateral(self) -> float:
+        """Gain per unit of collateral drift: ``gain / (collateral_kl + COLLATERAL_FLOOR)``."""
+        return self.gain / (self.collateral_kl + COLLATERAL_FLOOR)
+
+    @property
+    def top_components(self) -> tuple[tuple[str, float], ...]:
+        """The :data:`TOP_COMPONENTS` largest non-zero scores, largest first."""
+        return _top(self.components)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One number over seeds.
+
+    Attributes:
+        values: One per seed, in seed order.
+    """
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("a spread needs at least one value")
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (0 for one value)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def overlaps(self, other: Spread) -> bool:
+        """The two ranges ``low..high`` share a point."""
+        return self.low <= other.high and other.low <= self.high
+
+
+METRICS = (
+    "gain",
+    "flips",
+    "collateral_kl",
+    "unintended_flips",
+    "effect_per_param",
+    "effect_per_collateral",
+    "wall_s",
+    "peak_mb",
+    "final_loss",
+)
+"""The per-run numbers a :class:`ConfigSummary` spreads over seeds."""
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """One configuration over its seeds.
+
+    Attributes:
+        config: The configuration's name.
+        method: Its trainer method.
+        summary: What it trains.
+        lr: The learning rate used.
+        runs: One per seed, in seed order.
+    """
+
+    config: str
+    method: str
+    summary: str
+    lr: float
+    runs: tuple[RunMetrics, ...]
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError(f"configuration {self.config} has no runs")
+
+    @property
+    def trainable(self) -> int:
+        return self.runs[0].trainable
+
+    def spread(self, metric: str) -> Spread | None:
+        """``metric`` (one of :data:`METRICS`) over seeds; ``None`` when a run did not measure it."""
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}")
+        values = [getattr(run, metric) for run in self.runs]
+        return None if any(v is None for v in values) else Spread(tuple(float(v) for v in values))
+
+    @property
+    def components(self) -> dict[str, float]:
+        """Mean component score over seeds (model order)."""
+        names = list(self.runs[0].components)
+        return {n: statistics.fmean(r.components.get(n, 0.0) for r in self.runs) for n in names}
+
+    @property
+    def top_components(self) -> tuple[tuple[str, float], ...]:
+        """The :data:`TOP_COMPONENTS` largest non-zero mean scores, largest first."""
+        return _top(self.components)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The ranked recommendation and the reasoning behind it (see :mod:`tokenlens.sweep.recommend`).
+
+    Attributes:
+        ranking: Configurations with a clearly positive intended effect, best effect per collateral first.
+        excluded: Configurations left out of the ranking (effect not clearly positive).
+        separable: ``separable[i]``: ``ranking[i]``'s seed range of effect per collateral lies above
+            ``ranking[i + 1]``'s (no overlap).
+        recommended: The configuration recommended, or ``None`` when the numbers do not support one.
+        lines: The reasoning, one sentence per line.
+    """
+
+    ranking: tuple[str, ...]
+    excluded: tuple[str, ...]
+    separable: tuple[bool, ...]
+    recommended: str | None
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SweepMap:
+    """The whole sweep.
+
+    Attributes:
+        model: The base model's reference.
+        task: The task name, or ``"custom"`` for ``--data``/``--probes``.
+        data: The training file.
+        probes: The probe file.
+        steps: Optimizer steps per run.
+        seeds: The seeds.
+        causal: Whether causal effects were measured (``--causal``).
+        configs: One per configuration, in registry order.
+        recommendation: The ranked recommendation.
+        lr_search: Configuration -> {learning rate: final loss} when ``--lr-search`` ran (else empty).
+        notes: Caveats (memory not measured, …).
+    """
+
+    model: str
+    task: str
+    data: str
+    probes: str
+    steps: int
+    seeds: tuple[int, ...]
+    causal: bool
+    configs: tuple[ConfigSummary, ...]
+    recommendation: Recommendation
+    lr_search: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def _top(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    ranked = sorted(((n, s) for n, s in scores.items() if s > 0), key=lambda item: -item[1])
+    return tuple(ranked[:TOP_COMPONENTS])
+
+
+def run_metrics(manifest: Mapping, record: Mapping, diff: Mapping, run_dir: str) -> RunMetrics:
+    """A run's metrics from its manifest, its ``sweep-run.json`` record and its ``diff.json``.
+
+    Raises:
+        ValueError: The diff has no intended probe.
+    """
+    probes = diff["probes"]
+    intended = [p for p in probes if p["expect"] == "changed"]
+    controls = [p for p in probes if p["expect"] == "unchanged"]
+    if not intended:
+        raise ValueError('the probe set has no intended probe ("expect": "changed")')
+    gain = statistics.fmean(p["p_tuned"] - p["p_base"] for p in intended)
+    flips = sum(1 for p in intended if p["target_top1_tuned"] and not p["target_top1_base"])
+    kl = statistics.fmean(p["kl"] for p in controls) if controls else 0.0
+    return RunMetrics(
+        config=record["config"],
+        method=manifest["method"],
+        seed=int(manifest["seed"]),
+        lr=float(manifest["lr"]),
+        steps=int(manifest["steps"]),
+        final_loss=float(manifest["final_loss"]),
+        trainable=int(manifest["trainable_parameters"]),
+        wall_s=float(manifest["wall_s"]),
+        peak_mb=record.get("peak_mb"),
+        gain=gain,
+        flips=flips,
+        intended=len(intended),
+        collateral_kl=kl,
+        unintended_flips=sum(1 for p in controls if p["flipped"]),
+        controls=len(controls),
+        components=component_scores(intended),
+        run_dir=run_dir,
+    )
+
+
+def component_scores(probes: Sequence[Mapping]) -> dict[str, float]:
+    """Per component and readout term: mean over ``probes`` of |causal| where measured, else |direct|."""
+    names = list(probes[0]["terms"])
+    scores = {}
+    for name in names:
+        values = []
+        for p in probes:
+            causal = p["causal"].get(name)
+            values.append(abs(causal if causal is not None else p["terms"][name]))
+        scores[name] = statistics.fmean(values)
+    return scores
