@@ -181,7 +181,12 @@ def _apply_full(model: torch.nn.Module, options: dict) -> torch.nn.Module:
 
 
 def _save_adapter(model: torch.nn.Module, out_dir: Path) -> None:
-    model.save_pretrained(str(out_dir))
+    import warnings
+
+    with warnings.catch_warnings():  # PEFT looks the base's config up on the hub: a zoo name is not there
+        warnings.filterwarnings("ignore", message="Unable to fetch remote file")
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        model.save_pretrained(str(out_dir))
 
 
 def _save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
