@@ -121,6 +121,7 @@ def decompose(
     contrast_id: int | None = None,
     batch_index: int = 0,
     spec: ArchitectureSpec | None = None,
+    logprob: bool = False,
 ) -> Decomposition:
     """Split ``target_id``'s logit at ``position`` over the captured writes (no forward pass here).
 
@@ -133,10 +134,16 @@ def decompose(
         contrast_id: Split ``logit[target] − logit[contrast]`` instead.
         batch_index: Which prompt of the batch.
         spec: The model's spec (looked up when omitted).
+        logprob: Split ``log p(target)`` instead (see :class:`Decomposition`): the readout row is
+            ``u_t − E_p[u]`` and a last term, ``entropy``, is ``−H(p)``.
     """
     spec = spec or spec_for_model(model)
+    if logprob and contrast_id is not None:
+        raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
     k = _kept_index(capture, position)
-    readout = make_readout(model, spec, capture.final_input[batch_index, k], target_id, contrast_id)
+    row = logits[batch_index, k].float()
+    probs = row.softmax(-1) if logprob else None
+    readout = make_readout(model, spec, capture.final_input[batch_index, k], target_id, contrast_id, probs)
     device = readout.direction.device
     writes = capture.writes[:, batch_index, k].to(device, torch.float32)  # (component, d)
     h_final = capture.final_input[batch_index, k].to(device, torch.float32)  # (d,)
@@ -161,8 +168,14 @@ def decompose(
     if readout.bias is not None:
         names.append("logit_bias")
         contributions = torch.cat([contributions, torch.tensor([readout.bias], device=device)])
-    row = logits[batch_index, k].float()
-    logit = row[target_id] - (row[contrast_id] if contrast_id is not None else 0.0)
+    if probs is not None:
+        log_probs = row.log_softmax(-1)
+        names.append("entropy")  # −H(p): what the softmax's normaliser takes away beyond E_p[logit]
+        negative_entropy = (probs * log_probs).nan_to_num().sum()
+        contributions = torch.cat([contributions, negative_entropy.reshape(1).to(device)])
+        logit = log_probs[target_id]
+    else:
+        logit = row[target_id] - (row[contrast_id] if contrast_id is not None else 0.0)
     return Decomposition(
         names=tuple(names),
         contributions=contributions.cpu(),
@@ -172,6 +185,7 @@ def decompose(
         scale=readout.scale,
         stream_error=float((writes.sum(0) - h_final).abs().max()),
         contrast_id=None if contrast_id is None else int(contrast_id),
+        quantity="logprob" if logprob else "logit" if contrast_id is None else "logit_difference",
     )
 
 
@@ -213,6 +227,7 @@ def attribute(
     neurons: int = 0,
     experts: bool = False,
     sources: Sequence[str] = (),
+    logprob: bool = False,
 ) -> LogitAttribution:
     """Explain the model's next-token logit for ``prompt``, component by component.
 
@@ -232,6 +247,8 @@ def attribute(
         neurons: Report this many top neurons per dense MLP layer (0: none).
         experts: Split every MoE layer by routed expert.
         sources: Split by source position: ``"L3"`` (a layer), ``"L3.H2"`` (a head), ``"all"`` (every head).
+        logprob: Explain ``log p(target)`` instead of the logit (exact too; see
+            :class:`~tokenlens.attribution.result.Decomposition`).
 
     Raises:
         TokenlensError: For any bad input (empty or over-long prompt, bad position, unknown or multi-token
@@ -252,6 +269,7 @@ def attribute(
         neurons=neurons,
         experts=experts,
         sources=sources,
+        logprob=logprob,
     )[0]
 
 
@@ -272,6 +290,7 @@ def attribute_batch(
     experts: bool = False,
     sources: Sequence[str] = (),
     padding_side: str = "right",
+    logprob: bool = False,
 ) -> tuple[LogitAttribution, ...]:
     """:func:`attribute` for several prompts in one padded forward pass; results equal running each alone.
 
@@ -290,6 +309,8 @@ def attribute_batch(
         raise TokenlensError(f"padding side must be left or right, not {padding_side!r}")
     if neurons < 0:
         raise TokenlensError("the number of neurons must be 0 or more")
+    if logprob and (vs is not None or vs_id is not None):
+        raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
     model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.spec
     config = bare_model(model).config
     n_layers = len(spec.layer_list(model))
@@ -349,9 +370,23 @@ def attribute_batch(
             contrast_id=contrast,
             batch_index=row,
             spec=spec,
+            logprob=logprob,
         )
+        weights = probs if logprob else None
         fine = _finer(
-            model, spec, capture, internals, d, splits, scopes, neurons, row, k, padded[row], mask[row]
+            model,
+            spec,
+            capture,
+            internals,
+            d,
+            splits,
+            scopes,
+            neurons,
+            row,
+            k,
+            padded[row],
+            mask[row],
+            weights,
         )
         results.append(
             LogitAttribution(
@@ -445,11 +480,14 @@ def _finer(
     k: int,
     position: int,
     key_mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> dict:
-    """The finer splits asked for, as keyword arguments of :class:`LogitAttribution`."""
+    """The finer splits asked for, as keyword arguments of :class:`LogitAttribution` (``weights``: the
+    probabilities of a log-probability split)."""
     if not splits:
         return {}
-    readout: Readout = make_readout(model, spec, capture.final_input[row, k], d.target_id, d.contrast_id)
+    final_input = capture.final_input[row, k]
+    readout: Readout = make_readout(model, spec, final_input, d.target_id, d.contrast_id, weights)
     parents = d.as_dict()
     layers = internals.layers
     fine: dict = {}

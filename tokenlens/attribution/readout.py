@@ -55,6 +55,7 @@ def make_readout(
     final_input: torch.Tensor,
     target_id: int,
     contrast_id: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> Readout:
     """The readout at one position.
 
@@ -65,8 +66,10 @@ def make_readout(
         final_input: ``(d_model,)`` the stream entering the final norm at the position.
         target_id: The explained token.
         contrast_id: Explain ``logit[target] − logit[contrast]`` instead of ``logit[target]``.
+        weights: ``(vocab,)`` subtract the ``weights``-weighted mean row: with the model's probabilities
+            this explains ``logit[target] − E_p[logit]`` (the log-probability's component part).
     """
-    u, bias = head_row(model, spec, target_id, contrast_id)
+    u, bias = head_row(model, spec, target_id, contrast_id, weights)
     g = norm_weight(model, spec)
     device = g.device
     h = final_input.to(device, torch.float32)
@@ -75,9 +78,14 @@ def make_readout(
 
 
 def head_row(
-    model: nn.Module, spec: ArchitectureSpec, target_id: int, contrast_id: int | None = None
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    target_id: int,
+    contrast_id: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float | None]:
-    """The head's row for ``target_id`` (minus ``contrast_id``'s) and its bias, as the model applies them.
+    """The head's row for ``target_id`` (minus ``contrast_id``'s, minus the ``weights``-weighted mean row)
+    and its bias, as the model applies them.
 
     A plain linear head is read directly; a wrapped one (LoRA, ``modules_to_save``, quantised) through the
     module itself, so its update is included.
@@ -88,22 +96,23 @@ def head_row(
     head = spec.module(model, spec.head)
     norm_param = next(spec.module(model, spec.final_norm).parameters())
     device, dtype = norm_param.device, norm_param.dtype
-    if type(head) is nn.Linear:  # a plain linear head: read its rows
-        weight = head.weight
-        u = weight[target_id].to(device, torch.float32)
-        if contrast_id is not None:
-            u = u - weight[contrast_id].to(device, torch.float32)
-        bias = (
-            None
-            if head.bias is None
-            else _pick(head.bias.detach().to(device, torch.float32), target_id, contrast_id)
-        )
-        return u.detach(), bias
     out_features, in_features = _shape(head)
     pick = torch.zeros(out_features, device=device)
     pick[target_id] += 1.0
     if contrast_id is not None:
         pick[contrast_id] -= 1.0
+    if weights is not None:
+        pick -= weights.to(device, torch.float32)
+    if type(head) is nn.Linear:  # a plain linear head: read its rows
+        weight = head.weight.detach()
+        if weights is None:
+            u = weight[target_id].to(device, torch.float32)
+            if contrast_id is not None:
+                u = u - weight[contrast_id].to(device, torch.float32)
+        else:
+            u = pick @ weight.to(device, torch.float32)
+        bias = None if head.bias is None else float(pick @ head.bias.detach().to(device, torch.float32))
+        return u.detach(), bias
     u = input_direction(head, pick, in_features, dtype)
     with torch.no_grad():
         offset = head(torch.zeros(1, in_features, device=next(head.parameters()).device, dtype=dtype))
@@ -124,10 +133,6 @@ def norm_weight(model: nn.Module, spec: ArchitectureSpec) -> torch.Tensor:
     with torch.no_grad():
         out = norm(torch.ones(1, weight.shape[0], device=weight.device, dtype=torch.float32))
     return out[0].to(torch.float32) * (1.0 + final_norm_eps(model, spec)) ** 0.5
-
-
-def _pick(values: torch.Tensor, target_id: int, contrast_id: int | None) -> float:
-    return float(values[target_id]) - (float(values[contrast_id]) if contrast_id is not None else 0.0)
 
 
 def _shape(module: nn.Module) -> tuple[int, int]:

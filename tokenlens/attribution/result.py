@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+QUANTITIES = ("logit", "logit_difference", "logprob")
+"""What a :class:`Decomposition` explains: a logit, a logit difference (``--vs``) or a log-probability."""
+
 TOLERANCE = 1e-4
 """Relative tolerance of every exact split: ``|Σ parts − whole| ≤ TOLERANCE · max(1, max_c |c|)`` (fp32)."""
 
@@ -30,6 +33,12 @@ class Decomposition:
     the model has one. The split is direct logit attribution: it credits each component's direct path to
     the logits; effects through later layers are not in it.
 
+    The log-probability splits exactly the same way: with ``p`` the model's distribution at the position,
+    ``log p_t = logit_t − Σ_j p_j logit_j − H(p)`` (because ``logsumexp = E_p[logit] + H(p)``), so each
+    component's term is its contribution to ``logit_t`` minus its ``p``-weighted mean contribution to every
+    logit — the readout row becomes ``u_t − Σ_j p_j u_j`` — and one more term, ``entropy`` ``= −H(p)``,
+    is what the normaliser takes away. (The probability itself is not additive; explain its log.)
+
     Attributes:
         names: Component names in model order: ``embed``, ``L0.attn``, [``L0.attn.bias``], ``L0.mlp``,
             [``L0.mlp.bias``], …, [``logit_bias``]. A layer's bias term is split off its write.
@@ -37,7 +46,8 @@ class Decomposition:
         target_id: The token whose logit is split.
         contrast_id: With a contrast token, ``logit`` and the split are of ``logit[target − contrast]``.
         position: The sequence position (non-negative) of the prediction.
-        logit: The model's own logit for the target (minus the contrast's), from its forward pass.
+        logit: The explained value as the model computed it in its forward pass: the target's logit (minus
+            the contrast's), or its log-probability (``quantity == "logprob"``).
         scale: The final norm's scale ``s = 1/sqrt(mean(h_L²) + ε)`` at the position.
         stream_error: ``max |Σ writes − h_L|``: how far the captured writes are from the stream the final
             norm actually received (0 up to rounding when every write was captured).
@@ -51,8 +61,13 @@ class Decomposition:
     scale: float
     stream_error: float
     contrast_id: int | None = None
+    quantity: str = "logit"
 
     def __post_init__(self) -> None:
+        if self.quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {self.quantity!r}")
+        if (self.quantity == "logit_difference") != (self.contrast_id is not None):
+            raise ValueError("a logit difference needs a contrast token, and only it has one")
         if self.contributions.shape != (len(self.names),):
             raise ValueError(
                 f"{len(self.names)} names for contributions of shape {tuple(self.contributions.shape)}"
@@ -216,6 +231,19 @@ class LogitAttribution:
     neurons: NeuronSplit | None = None
     experts: ExpertSplit | None = None
     sources: tuple[SourceSplit, ...] = ()
+
+    @property
+    def quantity(self) -> str:
+        """``logit``, ``logit_difference`` or ``logprob``."""
+        return self.decomposition.quantity
+
+    def quantity_label(self, target: str, contrast: str | None = None) -> str:
+        """The explained quantity written out with the given token labels, e.g. ``log p(' Paris')``."""
+        if self.quantity == "logprob":
+            return f"log p({target})"
+        if self.quantity == "logit_difference":
+            return f"logit[{target}] − logit[{contrast}]"
+        return f"logit[{target}]"
 
     def _repr_html_(self) -> str:
         """Jupyter shows the result as the HTML report's tables (styles scoped to the output cell)."""

@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     contrast = p.add_mutually_exclusive_group()
     contrast.add_argument("--vs", metavar="TOKEN", help="contrast token: explain logit[target] − logit[vs]")
     contrast.add_argument("--vs-id", metavar="N", type=int, help="contrast token by id")
+    contrast.add_argument(
+        "--logprob", action="store_true", help="explain log p(target) instead of its logit (exact too)"
+    )
     p.add_argument("--heads", action="store_true", help="split every attention layer by head (L{i}.H{h})")
     p.add_argument(
         "--sources",
@@ -154,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             neurons=args.neurons,
             experts=args.experts,
             sources=[scope.strip() for item in args.sources for scope in item.split(",") if scope.strip()],
+            logprob=args.logprob,
         )
     with progress("measuring"):
         lens = _lens(args, loaded, result)

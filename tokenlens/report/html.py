@@ -26,6 +26,7 @@ from tokenlens.causal.metrics import Metric
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
 from tokenlens.report.layout import (
     HOW_TO_READ,
+    QUANTITY_WORDS,
     SECTION_KINDS,
     check_sections,
     figure_alt,
@@ -166,7 +167,7 @@ def _prediction(r: LogitAttribution) -> str:
         f"<tr><th>probability</th>{_num(t.prob, 'p', False, name='prob')}</tr>",
         f"<tr><th>log-probability</th>{_num(r.logprob, '.3f', False, name='logprob')}</tr>",
     ]
-    quantity = "the target's logit"
+    quantity = "the target's logit" if r.quantity == "logit" else f"log p({_tok(t.token)})"
     if r.contrast is not None:
         c = r.contrast
         quantity = f"logit[{_tok(t.token)}] − logit[{_tok(c.token)}]"
@@ -202,10 +203,10 @@ def _components(r: LogitAttribution) -> str:
     for name, value in values.items():
         share = f"{100 * value / d.logit:+.0f}%" if abs(d.logit) > 1e-9 else ""
         rows.append(_row(name, _num(value), f'<td class="num">{share}</td>', _bar(value, peak)))
-    what = "logit" if r.contrast is None else "logit difference"
+    what, units = QUANTITY_WORDS[r.quantity]
     verdict = '<span class="ok">✓ exact</span>' if d.exact else '<span class="bad">✗ NOT EXACT</span>'
     return (
-        f"<p>Each component's direct contribution to the {what}, in logit units, in model order.</p>"
+        f"<p>Each component's direct contribution to the {what}, in {units}, in model order.</p>"
         + _table(["component", "logit", "share", "− | +"], rows)
         + f'<p id="check" class="check">sum of components {_num(d.total, ".6f", False, "span")} | model '
         f"{what} {_num(d.logit, '.6f', False, 'span')} | error {_num(d.error, '.1e', False, 'span')} "
@@ -545,7 +546,7 @@ def _page(result: LogitAttribution, sections: list[tuple[str, str]]) -> str:
     lead = (
         f'<p>Why does <bdi dir="ltr">{_e(visible(result.model))}</bdi> give {_tok(t.token)}'
         f"{'' if result.contrast is None else ' vs ' + _tok(result.contrast.token)} the "
-        f"{'logit' if result.contrast is None else 'logit difference'} it does after this prompt? "
+        f"{QUANTITY_WORDS[result.quantity][0]} it does after this prompt? "
         f"Direct logit attribution splits it over the model's components; {verdict}.</p>"
     )
     return (

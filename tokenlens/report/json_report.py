@@ -33,7 +33,7 @@ def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
         if result.contrast is None
         else {"id": result.contrast.id, "token": result.contrast.token},
         "explained": {
-            "quantity": "logit" if result.contrast is None else "logit_difference",
+            "quantity": result.quantity,
             "value": d.logit,
         },
         "components": [{"name": n, "logit": v} for n, v in d.as_dict().items()],

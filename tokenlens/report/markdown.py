@@ -23,6 +23,7 @@ from tokenlens.causal.metrics import Metric
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
 from tokenlens.report.layout import (
     HOW_TO_READ,
+    QUANTITY_WORDS,
     SECTION_KINDS,
     check_sections,
     figure_alt,
@@ -109,10 +110,10 @@ def _components(r: LogitAttribution) -> str:
         [name, f"{v:+.4f}", f"{100 * v / d.logit:+.0f}%" if abs(d.logit) > 1e-9 else ""]
         for name, v in d.as_dict().items()
     ]
-    what = "logit" if r.contrast is None else "logit difference"
+    what, units = QUANTITY_WORDS[r.quantity]
     verdict = "✓ exact" if d.exact else "✗ **NOT EXACT**"
     return (
-        f"Direct contributions to the {what} (logit units), in model order.\n\n"
+        f"Direct contributions to the {what} ({units}), in model order.\n\n"
         + _table(["component", "logit", "share"], rows)
         + f"\n\nCheck: sum of components {d.total:.6f}; model {what} {d.logit:.6f}; error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) {verdict}. Final-norm scale s = {d.scale:.5f}."

@@ -27,6 +27,9 @@ def _bar(value: float, scale: float) -> Text:
     return Text.assemble(left, "│", right)
 
 
+_QUANTITY_SHORT = {"logit": "logit", "logit_difference": "logit diff", "logprob": "log p"}
+
+
 def render_attribution(result: LogitAttribution) -> RenderableType:
     """The prediction, its top alternatives and the per-component split of the target's logit."""
     d = result.decomposition
@@ -50,10 +53,17 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
         header.add_row(
             "vs", Text(f"{show_token(c.token)} (id {c.id})  logit {c.logit:.4f}  p {c.prob:.4f}; {explained}")
         )
+    if result.quantity == "logprob":
+        header.add_row("explains", Text(f"log p({show_token(t.token)}) = {d.logit:.4f} (not the logit)"))
     top = "  ".join(f"{show_token(s.token)} {s.prob:.3f}" for s in result.top)
     header.add_row("top", Text(top, overflow="fold"))
 
-    table = Table(title="Direct logit attribution (logit units)", box=box.SIMPLE_HEAD, title_justify="left")
+    title = (
+        "Direct attribution of log p(target) (nats)"
+        if result.quantity == "logprob"
+        else ("Direct logit attribution (logit units)")
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("component")
     table.add_column("logit", justify="right")
     table.add_column("share", justify="right")
@@ -65,7 +75,7 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
         table.add_row(name, Text(f"{value:+.4f}", style=style), share, _bar(value, scale))
     verdict = Text("✓ exact", style="green") if d.exact else Text("✗ NOT EXACT", style="bold red")
     check = Text.assemble(
-        f"sum of components {d.total:.6f} | model {'logit' if result.contrast is None else 'logit diff'} "
+        f"sum of components {d.total:.6f} | model {_QUANTITY_SHORT[result.quantity]} "
         f"{d.logit:.6f} | error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) ",
         verdict,

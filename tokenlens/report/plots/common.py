@@ -116,6 +116,8 @@ def literal_legend(legend) -> None:
 def explained(result: LogitAttribution) -> tuple[str, str]:
     """``(what, units)`` of an attribution: ``logit[' Paris']`` in logit units, or the difference."""
     target = token_label(result.target.token)
+    if result.quantity == "logprob":
+        return f"log p({target})", UNITS["logprob"]
     if result.contrast is None:
         return f"logit[{target}]", UNITS["logit"]
     return f"logit[{target}] − logit[{token_label(result.contrast.token)}]", UNITS["logit_diff"]
