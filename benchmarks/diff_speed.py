@@ -160,8 +160,11 @@ def main() -> int:
         "LoRA r=8 on every linear, adapter toggled (one model in memory)",
         "",
         f"{args.probes} probes of 4-9 tokens, fp32 CPU ({torch.get_num_threads()} threads); medians of "
-        f"{args.repeats} interleaved runs. Command: `.venv/bin/python benchmarks/diff_speed.py"
-        f"{' --quick' if args.quick else ''}`.",
+        f"{args.repeats} interleaved runs. Command: "
+        f"`{' '.join(['.venv/bin/python', 'benchmarks/diff_speed.py', *sys.argv[1:]])}`.",
+        "",
+        "Peak RSS is the job's process (model built, then the job run once); \"job's own\" is how much the "
+        "job raised it beyond building the model (0.00: the job allocates less than the construction did).",
         "",
         "| job | median s | s per probe | × plain | peak RSS GiB | job's own GiB |",
         "|---|---|---|---|---|---|",
