@@ -176,7 +176,7 @@ def test_qlora_on_a_4bit_base(quantisable_checkpoint, tmp_path):
         + "\n"
     )
     loaded = load(str(quantisable_checkpoint), quantize="4bit")
-    result = train(loaded, "qlora", data, tmp_path / "o", steps=4, batch_size=2)
+    result = train(loaded, "qlora", data, tmp_path / "o", steps=4, batch_size=2, lr=5e-3)
     assert result.final_loss < result.losses[0]
     assert load(str(tmp_path / "o"), quantize="4bit").source == "peft"
     with pytest.raises(TokenlensError, match="a quantised base cannot"):

@@ -206,7 +206,7 @@ METHODS: dict[str, Method] = {
         Method(
             "lora",
             "low-rank adapters on chosen modules and layers",
-            5e-3,
+            1e-3,
             LORA_OPTIONS,
             _apply_lora,
             _save_adapter,
@@ -214,7 +214,7 @@ METHODS: dict[str, Method] = {
         Method(
             "qlora",
             "LoRA on a 4-bit/8-bit bitsandbytes base (load with quantize)",
-            5e-3,
+            1e-3,
             LORA_OPTIONS,
             _apply_lora,
             _save_adapter,
@@ -253,7 +253,7 @@ METHODS: dict[str, Method] = {
         Method(
             "prompt",
             "prompt tuning: trainable virtual tokens before the input",
-            1e-2,
+            1e-1,
             {"virtual_tokens": (8, "number of virtual tokens")},
             _apply_prompt,
             _save_adapter,
@@ -266,7 +266,7 @@ METHODS: dict[str, Method] = {
             _apply_prefix,
             _save_adapter,
         ),
-        Method("full", "all weights", 1e-3, {}, _apply_full, _save_checkpoint, output="checkpoint"),
+        Method("full", "all weights", 1e-4, {}, _apply_full, _save_checkpoint, output="checkpoint"),
         Method(
             "bias",
             "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
@@ -294,7 +294,7 @@ METHODS: dict[str, Method] = {
         Method(
             "rope",
             "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
-            1e-3,
+            1e-2,
             {"kind": ("freqs", "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)")},
             custom.apply_rope,
             custom.save,
