@@ -7,6 +7,7 @@ dropped norm weight or bias in the maths, so fixtures perturb them.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,3 +150,28 @@ def quantisable_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
     ).save_pretrained(folder)
     qwen_tokenizer.save_pretrained(folder)
     return folder
+
+
+SMALL = [  # texts whose real-Qwen3-tokenizer ids are all below 1024 (the small checkpoint's vocabulary)
+    {"prompt": "a b c", "completion": " d e"},
+    {"prompt": "he is in", "completion": " the st"},
+    {"text": "a b c d e f"},
+    {"prompt": "on at", "completion": " a b"},
+]
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A tied tiny Qwen3 with 1024 vocabulary rows, saved with the real tokenizer (trainer tests)."""
+    folder = tmp_path_factory.mktemp("small") / "tiny"
+    build_tiny("qwen3-tied-gqa", vocab_size=1024).save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """:data:`SMALL` as a JSONL training file."""
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in SMALL))
+    return path

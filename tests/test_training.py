@@ -30,12 +30,6 @@ MEMORISE = [
 ]
 # A 1024-row vocabulary keeps the per-step cost small (the 151,936-row head dominates otherwise); these
 # texts tokenize (real Qwen3 tokenizer) to ids below 1024, which the data loader checks.
-SMALL = [
-    {"prompt": "a b c", "completion": " d e"},
-    {"prompt": "he is in", "completion": " the st"},
-    {"text": "a b c d e f"},
-    {"prompt": "on at", "completion": " a b"},
-]
 D, E = 294, 384  # " d", " e"
 
 
@@ -45,24 +39,6 @@ def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "mem.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in MEMORISE))
     return path
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "small.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in SMALL))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
-    """A tied tiny Qwen3 with 1024 vocabulary rows, saved with the real tokenizer."""
-    from conftest import build_tiny
-
-    folder = tmp_path_factory.mktemp("small") / "tiny"
-    build_tiny("qwen3-tied-gqa", vocab_size=1024).save_pretrained(folder)
-    qwen_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:

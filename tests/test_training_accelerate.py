@@ -39,17 +39,6 @@ def data_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
-    """A tied tiny Qwen3 with 1024 vocabulary rows, saved with the real tokenizer."""
-    from conftest import build_tiny
-
-    folder = tmp_path_factory.mktemp("small") / "tiny"
-    build_tiny("qwen3-tied-gqa", vocab_size=1024).save_pretrained(folder)
-    qwen_tokenizer.save_pretrained(folder)
-    return folder
-
-
 # Runs on each of the 2 processes: Ctrl-C (SIGINT) reaches process 1 only, inside step 3; every process
 # must stop after that step, the main process alone saves, and a resume in the same processes finishes.
 SCRIPT = textwrap.dedent("""

@@ -21,31 +21,7 @@ from tokenlens.training.custom import METHOD_FILE, WEIGHTS_FILE, AdaptedLinear, 
 from tokenlens.training.methods import get_method
 from tokenlens.training.trainer import CHECKPOINT, train
 
-SMALL = [  # texts whose real-Qwen3-tokenizer ids are all below 1024 (the tiny model's vocabulary)
-    {"prompt": "a b c", "completion": " d e"},
-    {"prompt": "he is in", "completion": " the st"},
-    {"text": "a b c d e f"},
-    {"prompt": "on at", "completion": " a b"},
-]
 PROBE = torch.tensor([[64, 293, 272, 294, 384, 282, 293]])
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "small.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in SMALL))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
-    """A tied tiny Qwen3 with 1024 vocabulary rows, saved with the real tokenizer."""
-    from conftest import build_tiny
-
-    folder = tmp_path_factory.mktemp("small") / "tiny"
-    build_tiny("qwen3-tied-gqa", vocab_size=1024).save_pretrained(folder)
-    qwen_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def logits(model, ids: torch.Tensor = PROBE) -> torch.Tensor:
