@@ -92,6 +92,26 @@ def _effects(
     return rows
 
 
+def _layer_effects(
+    pair: ModelPair,
+    input_ids: torch.Tensor,
+    position: int,
+    tracked: int,
+    layer: int,
+    part: str,
+    units: Mapping[str, Mapping[str, tuple[slice, torch.Tensor]]],
+    grads: Mapping[str, torch.Tensor],
+    readout: Readout,
+    reverse: bool,
+) -> list[ComponentEffect]:
+    """Rows for the units of one layer's ``part`` (``attn``/``mlp``): ``units[side]`` as for
+    :func:`unit_writes`, per side; each unit's write change is patched onto the layer's output."""
+    writes = {which: unit_writes(pair, which, layer, part, units[which]) for which in ("base", "tuned")}
+    deltas = {name: writes["tuned"][name] - writes["base"][name] for name in units["base"]}
+    site = Site(f"L{layer}.{part}", part, layer)
+    return _effects(pair, input_ids, position, tracked, site, deltas, grads.get(site.name), readout, reverse)
+
+
 def drill_heads(
     pair: ModelPair,
     input_ids: torch.Tensor,
@@ -112,23 +132,11 @@ def drill_heads(
         )
         dim = base.values[names[0]].shape[-1]
         slices = {n: slice(int(n.split("H")[1]) * dim, (int(n.split("H")[1]) + 1) * dim) for n in names}
-        writes = {
-            which: unit_writes(pair, which, i, "attn", {n: (slices[n], run.values[n]) for n in names})
+        units = {
+            which: {n: (slices[n], run.values[n]) for n in names}
             for which, run in (("base", base), ("tuned", tuned))
         }
-        deltas = {n: writes["tuned"][n] - writes["base"][n] for n in names}
-        site = Site(f"L{i}.attn", "attn", i)
-        rows += _effects(
-            pair,
-            input_ids,
-            position,
-            tracked,
-            site,
-            deltas,
-            grads.get(site.name),
-            readout,
-            reverse,
-        )
+        rows += _layer_effects(pair, input_ids, position, tracked, i, "attn", units, grads, readout, reverse)
     return rows
 
 
@@ -163,27 +171,9 @@ def drill_neurons(
         for which in ("base", "tuned"):
             with pair.side(which) as model:
                 values[which] = record_sites(model, spec, input_ids, sites)
-        writes = {
-            which: unit_writes(
-                pair,
-                which,
-                i,
-                "mlp",
-                {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites},
-            )
+        units = {
+            which: {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites}
             for which in ("base", "tuned")
         }
-        deltas = {s.name: writes["tuned"][s.name] - writes["base"][s.name] for s in sites}
-        site = Site(f"L{i}.mlp", "mlp", i)
-        rows += _effects(
-            pair,
-            input_ids,
-            position,
-            tracked,
-            site,
-            deltas,
-            grads.get(site.name),
-            readout,
-            reverse,
-        )
+        rows += _layer_effects(pair, input_ids, position, tracked, i, "mlp", units, grads, readout, reverse)
     return rows

@@ -130,11 +130,10 @@ def diff(
 
 
 def _position(probe: Probe, length: int) -> int:
-    where = f"probe on line {probe.line}" if probe.line is not None else f"prompt {probe.label!r}"
     try:
         return inputs.resolve_position(probe.position, length)
     except TokenlensError as exc:
-        raise TokenlensError(f"{where}: {exc}") from exc
+        raise TokenlensError(f"{probe.where}: {exc}") from exc
 
 
 def _diff_probe(
@@ -157,12 +156,17 @@ def _diff_probe(
     tuned_top = _top(tokenizer, tuned.logits, tuned_probs, limit, options.top_k)
     tracked = target if target is not None else tuned_top[0].id
     names = component_names(spec, bare)
-    split = _telescope(pair, base, tuned, names, tracked, None)
+    parts_b = _readout_parts(pair, "base", tracked, None)
+    split = _telescope(
+        base, tuned, names, tracked, None, parts_b, _readout_parts(pair, "tuned", tracked, None)
+    )
     flip = None
     if base_top[0].id != tuned_top[0].id:
-        flip = _telescope(pair, base, tuned, names, tuned_top[0].id, base_top[0].id)
+        pick = (tuned_top[0].id, base_top[0].id)
+        parts = (_readout_parts(pair, "base", *pick), _readout_parts(pair, "tuned", *pick))
+        flip = _telescope(base, tuned, names, *pick, *parts)
     kl, js = divergences(base.logits, tuned.logits)
-    readout_b = _base_readout(pair, base, tracked)
+    readout_b = _base_readout(base, parts_b)
     components, heads, neurons, notes = _effects(
         pair, input_ids, position, base, tuned, split, tracked, readout_b, options
     )
@@ -217,8 +221,12 @@ def _rank(logits: torch.Tensor, token: int) -> int:
     return int((logits > logits[token]).sum()) + 1
 
 
-def _readout_parts(pair: ModelPair, which: str, target: int, contrast: int | None):
-    """``(u, g, b)`` of one side, float64: the head row (minus the contrast's), norm weight, head bias."""
+ReadoutParts = tuple[torch.Tensor, torch.Tensor, float, float]
+"""``(u, g, b, eps)`` of one side: head row (minus the contrast's) and norm weight (float64), bias, ε."""
+
+
+def _readout_parts(pair: ModelPair, which: str, target: int, contrast: int | None) -> ReadoutParts:
+    """The readout of one side for ``logit[target] (− logit[contrast])``."""
     with pair.side(which) as model:
         u, bias = head_row(model, pair.spec, target, contrast)
         g = norm_weight(model, pair.spec)
@@ -231,11 +239,18 @@ def _scale(run: Run, eps: float) -> float:
 
 
 def _telescope(
-    pair: ModelPair, base: Run, tuned: Run, names: tuple[str, ...], target: int, contrast: int | None
+    base: Run,
+    tuned: Run,
+    names: tuple[str, ...],
+    target: int,
+    contrast: int | None,
+    parts_b: ReadoutParts,
+    parts_t: ReadoutParts,
 ) -> Telescope:
-    """The exact split of ``logit[target] (− logit[contrast])``'s change, in design.md §2's fixed order."""
-    u_b, g_b, b_b, eps_b = _readout_parts(pair, "base", target, contrast)
-    u_t, g_t, b_t, eps_t = _readout_parts(pair, "tuned", target, contrast)
+    """The exact split of ``logit[target] (− logit[contrast])``'s change, in design.md §2's fixed order;
+    ``parts_b``/``parts_t`` are each side's readout for that same target and contrast."""
+    u_b, g_b, b_b, eps_b = parts_b
+    u_t, g_t, b_t, eps_t = parts_t
     s_b, s_t = _scale(base, eps_b), _scale(tuned, eps_t)
     c_b, c_t = base.writes.cpu(), tuned.writes.cpu()
     h_t = c_t.sum(0)
@@ -255,8 +270,8 @@ def _telescope(
     return Telescope(target, contrast, names, direct, readout, value(base.logits), value(tuned.logits))
 
 
-def _base_readout(pair: ModelPair, base: Run, target: int) -> Readout:
-    u, g, bias, eps = _readout_parts(pair, "base", target, None)
+def _base_readout(base: Run, parts_b: ReadoutParts) -> Readout:
+    u, g, bias, eps = parts_b
     return Readout(direction=(u * g).float(), scale=_scale(base, eps), bias=bias)
 
 

@@ -68,7 +68,9 @@ class ModelPair:
     @property
     def base_ref(self) -> str:
         """The base model's reference."""
-        return self.tuned.base_ref or self.base.ref if self.toggled else self.base.ref
+        if self.toggled:
+            return self.tuned.base_ref or self.base.ref
+        return self.base.ref
 
     @property
     def description(self) -> str:

@@ -121,7 +121,6 @@ def encode_probe(tokenizer: Any, probe: Probe, max_positions: int | None) -> lis
         TokenlensError: No chat template for ``messages``, an empty or over-long prompt (message names the
             probe's line).
     """
-    where = f"probe on line {probe.line}" if probe.line is not None else f"prompt {probe.label!r}"
     try:
         if probe.prompt is not None:
             return inputs.encode_prompt(tokenizer, probe.prompt, max_positions=max_positions)
@@ -133,7 +132,7 @@ def encode_probe(tokenizer: Any, probe: Probe, max_positions: int | None) -> lis
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has its own
         return inputs.check_prompt_ids(ids, len(tokenizer), max_positions)
     except TokenlensError as exc:
-        raise TokenlensError(f"{where}: {exc}") from exc
+        raise TokenlensError(f"{probe.where}: {exc}") from exc
 
 
 def target_id(tokenizer: Any, probe: Probe, vocab_size: int) -> int | None:
@@ -144,9 +143,8 @@ def target_id(tokenizer: Any, probe: Probe, vocab_size: int) -> int | None:
     """
     if probe.target is None:
         return None
-    where = f"probe on line {probe.line}" if probe.line is not None else f"prompt {probe.label!r}"
     try:
         token = inputs.target_from_text(tokenizer, probe.target)
         return inputs.check_target_id(tokenizer, token, vocab_size)
     except TokenlensError as exc:
-        raise TokenlensError(f"{where}: {exc}") from exc
+        raise TokenlensError(f"{probe.where}: {exc}") from exc

@@ -49,6 +49,11 @@ class Probe:
         )
         return " ".join(text.split())
 
+    @property
+    def where(self) -> str:
+        """How an error message names the probe: its probe-file line, else its prompt."""
+        return f"probe on line {self.line}" if self.line is not None else f"prompt {self.label!r}"
+
 
 @dataclass(frozen=True)
 class Telescope:
