@@ -30,7 +30,7 @@ from tokenlens.causal.results import (
     PatchEffect,
     Patching,
 )
-from tokenlens.causal.sites import Site, head_sites, layer_sites, parse_sites
+from tokenlens.causal.sites import Site, expert_sites, head_sites, layer_sites, parse_sites
 
 __all__ = [
     "METRICS",
@@ -52,6 +52,7 @@ __all__ = [
     "attribution_patching",
     "check_estimates",
     "estimate_check",
+    "expert_sites",
     "head_sites",
     "layer_sites",
     "metric_for",

@@ -21,10 +21,10 @@ from torch import nn
 
 from tokenlens.causal.activation_patching import check_same_tokenizer, clean_source, patch
 from tokenlens.causal.effects import ablate, record_values, resolve_sites, same_length
-from tokenlens.causal.interventions import hooks, install
+from tokenlens.causal.interventions import Parts, hooks, install
 from tokenlens.causal.metrics import Metric, encode, metric_for, run_metric
 from tokenlens.causal.results import AttributionPatching, CheckedEstimate, EstimateCheck
-from tokenlens.causal.sites import Site, head_count, head_sites, layer_sites, site_slice
+from tokenlens.causal.sites import Site, expert_sites, head_sites, layer_sites
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import ArchitectureSpec
@@ -37,10 +37,13 @@ def activation_gradients(
     if torch.is_inference_mode_enabled():
         raise TokenlensError("attribution patching needs autograd: call it outside torch.inference_mode()")
     saved: list[tuple[list[Site], torch.Tensor]] = []
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def make(group: list[Site]):
+    def make(group: list[Site], parts: Parts):
         def keep(x: torch.Tensor) -> None:
             saved.append((group, x))
+            for site in group:  # the activation now; its gradient (a slice of x's) after the backward
+                pairs[site.name] = (parts.get(site, x).detach().float(), parts.slice(site, x.shape[-1]))
 
         return keep
 
@@ -52,13 +55,11 @@ def activation_gradients(
             grads = torch.autograd.grad(value, [x for _, x in saved], allow_unused=True)
     finally:
         leaf.remove()
-    heads = head_count(model)
-    pairs = {}
     for (group, x), grad in zip(saved, grads, strict=True):
         grad = torch.zeros_like(x) if grad is None else grad
         for site in group:
-            part = site_slice(site, x.shape[-1], heads)
-            pairs[site.name] = (x[..., part].detach().float(), grad[..., part].float())
+            activation, part = pairs[site.name]
+            pairs[site.name] = (activation, grad[..., part].float())
     return float(value.detach()), pairs
 
 
@@ -138,6 +139,11 @@ def check_estimates(
     return EstimateCheck(estimates, tuple(CheckedEstimate(name, est, exact[name]) for name, est in top))
 
 
+def every_component(model: nn.Module, spec: ArchitectureSpec) -> tuple[Site, ...]:
+    """The default sites to estimate: every layer write, every head and every routed expert."""
+    return layer_sites(model, spec) + head_sites(model, spec) + expert_sites(model, spec)
+
+
 def _inputs(
     loaded: LoadedModel,
     prompt: str,
@@ -154,7 +160,7 @@ def _inputs(
     if clean_ids is not None:
         same_length(clean_ids, ids, "attribution patching")
     metric = metric or metric_for(source, (ids if clean_ids is None else clean_ids)[0].tolist())
-    chosen = resolve_sites(loaded, sites, lambda m, s: layer_sites(m, s) + head_sites(m, s))
+    chosen = resolve_sites(loaded, sites, every_component)
     return ids, clean_ids, metric, chosen
 
 
@@ -173,7 +179,8 @@ def attribution_patching(
     Args:
         loaded: The model.
         prompt: The run the estimates are about (the corrupted prompt when ``clean`` is given).
-        sites: Component names; default: ``embed``, every layer's attention and MLP, and every head.
+        sites: Component names; default: ``embed``, every layer's attention and MLP, every head and every
+            routed expert.
         clean: A clean prompt of the same token length; without it, zero-ablations are estimated.
         metric: Default: the logit of the top-1 token at the last position of ``clean`` (or ``prompt``).
         chat: Wrap prompts as user turns with the chat template.

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from tokenlens.causal.experts import ExpertTaps, expert_taps
 from tokenlens.causal.sites import Site, head_count, hook_point, site_slice
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import ArchitectureSpec
@@ -63,17 +64,48 @@ def install(
     return module.register_forward_hook(hook)
 
 
+class Parts:
+    """How a site's activation is read from, and written into, the tensor at its hook point.
+
+    Heads and neurons are slices of the last dimension; whole modules are the whole tensor; a MoE expert
+    is an additive term of the block output, computed by :class:`~tokenlens.causal.experts.ExpertTaps`.
+    """
+
+    def __init__(self, heads: int, taps: ExpertTaps) -> None:
+        self.heads = heads
+        self.taps = taps
+
+    def slice(self, site: Site, width: int) -> slice:
+        """The slice of the hook point's tensor the site's value lives in (all of it for an expert)."""
+        return slice(None) if site.kind == "expert" else site_slice(site, width, self.heads)
+
+    def get(self, site: Site, x: torch.Tensor) -> torch.Tensor:
+        """The site's activation ``(batch, seq, width)`` within the hook point's tensor ``x``."""
+        if site.kind == "expert":
+            return self.taps.term(site, x)
+        return x[..., self.slice(site, x.shape[-1])]
+
+    def put(self, site: Site, x: torch.Tensor, new: torch.Tensor, value: torch.Tensor) -> None:
+        """Make ``value`` the site's activation in ``new``, a copy of ``x`` being edited in place."""
+        if site.kind == "expert":
+            new += value - self.taps.term(site, x)
+        else:
+            new[..., self.slice(site, x.shape[-1])] = value
+
+
 @contextmanager
 def hooks(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site], make: Callable) -> Iterator[None]:
-    """Install one hook per hook point; ``make(sites)`` builds its activation function."""
+    """Install one hook per hook point; ``make(sites, parts)`` builds its activation function."""
     handles = []
-    try:
-        for module, pre, group in _groups(model, spec, sites).values():
-            handles.append(install(module, pre, make(group)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    with expert_taps(model, spec, sites) as taps:
+        parts = Parts(head_count(model), taps)
+        try:
+            for module, pre, group in _groups(model, spec, sites).values():
+                handles.append(install(module, pre, make(group, parts)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @contextmanager
@@ -86,12 +118,11 @@ def record(
         A dict filled by the forward pass: site name -> its activation (``width`` is 1 for a neuron).
     """
     values: dict[str, torch.Tensor] = {}
-    heads = head_count(model)
 
-    def make(group: list[Site]) -> Callable:
+    def make(group: list[Site], parts: Parts) -> Callable:
         def fn(x: torch.Tensor) -> None:
             for site in group:
-                values[site.name] = x[..., site_slice(site, x.shape[-1], heads)].detach().clone()
+                values[site.name] = parts.get(site, x).detach().clone()
 
         return fn
 
@@ -105,14 +136,12 @@ def replace(model: nn.Module, spec: ArchitectureSpec, edits: Mapping[Site, Edit]
 
     Edits of one hook point all read the unmodified activation and write into one copy of it.
     """
-    heads = head_count(model)
 
-    def make(group: list[Site]) -> Callable:
+    def make(group: list[Site], parts: Parts) -> Callable:
         def fn(x: torch.Tensor) -> torch.Tensor:
             new = x.clone()
             for site in group:
-                part = site_slice(site, x.shape[-1], heads)
-                new[..., part] = edits[site](x[..., part])
+                parts.put(site, x, new, edits[site](parts.get(site, x)))
             return new
 
         return fn

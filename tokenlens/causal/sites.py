@@ -8,7 +8,9 @@ The places are *sites*, named as in the attribution tables:
 - ``L{i}.H{h}``: head ``h``'s slice ``z_h`` of the input of ``o_proj`` (``z`` is per query head, so
   grouped-query attention needs no special case);
 - ``L{i}.N{n}``: MLP neuron ``n``, the ``n``-th entry of ``act = silu(gate) * up`` entering ``down_proj``
-  (mixture-of-experts layers have no single ``down_proj`` and are refused).
+  (mixture-of-experts layers have no single ``down_proj`` and are refused);
+- ``L{i}.E{e}``: routed expert ``e`` of a mixture-of-experts layer, its weighted output ``w_e · expert_e(x)``
+  (zero at tokens not routed to it), an additive part of ``L{i}.mlp`` (:mod:`tokenlens.causal.experts`).
 
 Modules are found through the :class:`~tokenlens.models.specs.ArchitectureSpec`, which looks through PEFT
 wrappers: a LoRA-wrapped ``o_proj`` is found as its wrapper, whose input is the same ``z``.
@@ -25,10 +27,13 @@ from torch import nn
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import ArchitectureSpec, bare_model
 
-KINDS = ("embed", "attn", "mlp", "head", "neuron")
+KINDS = ("embed", "attn", "mlp", "head", "neuron", "expert")
 _INDEX = r"(\d+|\d+-\d+|\*)"
-_PATTERN = re.compile(rf"^L{_INDEX}\.(attn|mlp|H{_INDEX}|N{_INDEX})$")
-_SYNTAX = "use embed, L{i}.attn, L{i}.mlp, L{i}.H{h} or L{i}.N{n} (ranges and wildcards: L0-2.mlp, L3.H*)"
+_PATTERN = re.compile(rf"^L{_INDEX}\.(attn|mlp|H{_INDEX}|N{_INDEX}|E{_INDEX})$")
+_SYNTAX = (
+    "use embed, L{i}.attn, L{i}.mlp, L{i}.H{h}, L{i}.N{n} or L{i}.E{e} "
+    "(ranges and wildcards: L0-2.mlp, L3.H*)"
+)
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,10 @@ class Site:
     """One place whose activation can be read or replaced.
 
     Attributes:
-        name: Its stable name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5`` or ``L3.N120``.
-        kind: One of ``embed``, ``attn``, ``mlp``, ``head``, ``neuron``.
+        name: Its stable name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5``, ``L3.N120`` or ``L3.E7``.
+        kind: One of ``embed``, ``attn``, ``mlp``, ``head``, ``neuron``, ``expert``.
         layer: The decoder layer index (``None`` for ``embed``).
-        index: The head or neuron index (``None`` for whole modules).
+        index: The head, neuron or expert index (``None`` for whole modules).
     """
 
     name: str
@@ -73,6 +78,26 @@ def _n_neurons(model: nn.Module, spec: ArchitectureSpec, layer: int) -> int:
     return int(module.in_features)
 
 
+def experts_module(model: nn.Module, spec: ArchitectureSpec, layer: int) -> nn.Module:
+    """Layer ``layer``'s stacked routed-experts module, refusing layers without one."""
+    module = None
+    if spec.experts is not None:
+        try:
+            module = spec.layer_list(model)[layer].get_submodule(spec.experts)
+        except AttributeError:
+            module = None
+    if module is None:
+        raise TokenlensError(
+            f"layer {layer}'s MLP has no routed experts: expert sites (L{layer}.E…) need a "
+            "mixture-of-experts layer"
+        )
+    return module
+
+
+def _n_experts(model: nn.Module, spec: ArchitectureSpec, layer: int) -> int:
+    return int(experts_module(model, spec, layer).gate_up_proj.shape[0])  # (experts, 2·inter, d_model)
+
+
 def _indices(text: str, count: int, what: str, where: str) -> list[int]:
     """``"3"``, ``"0-2"`` or ``"*"`` as a list of indices below ``count``."""
     if text == "*":
@@ -104,9 +129,12 @@ def _parse_one(item: str, model: nn.Module, spec: ArchitectureSpec) -> list[Site
         elif part.startswith("H"):
             heads = _indices(match.group(3), head_count(model), "head", f" layer {i}")
             sites += [Site(f"L{i}.H{h}", "head", i, h) for h in heads]
-        else:
+        elif part.startswith("N"):
             neurons = _indices(match.group(4), _n_neurons(model, spec, i), "neuron", f" layer {i}'s MLP")
             sites += [Site(f"L{i}.N{n}", "neuron", i, n) for n in neurons]
+        else:
+            experts = _indices(match.group(5), _n_experts(model, spec, i), "expert", f" layer {i}'s MLP")
+            sites += [Site(f"L{i}.E{e}", "expert", i, e) for e in experts]
     return sites
 
 
@@ -119,8 +147,8 @@ def parse_sites(text: str | Sequence[str], model: nn.Module, spec: ArchitectureS
         spec: Its architecture spec.
 
     Raises:
-        TokenlensError: A malformed name, an unknown layer / head / neuron index, neurons of a
-            mixture-of-experts layer, or no names at all.
+        TokenlensError: A malformed name, an unknown layer / head / neuron / expert index, neurons of a
+            mixture-of-experts layer, experts of a dense one, or no names at all.
     """
     items = [text] if isinstance(text, str) else list(text)
     names = [part.strip() for item in items for part in item.split(",") if part.strip()]
@@ -145,6 +173,18 @@ def head_sites(model: nn.Module, spec: ArchitectureSpec) -> tuple[Site, ...]:
     return parse_sites("L*.H*", model, spec)
 
 
+def expert_sites(model: nn.Module, spec: ArchitectureSpec) -> tuple[Site, ...]:
+    """Every routed expert of every mixture-of-experts layer (none for a dense model or layer)."""
+    sites: list[Site] = []
+    for i in range(len(spec.layer_list(model)) if spec.moe else 0):
+        try:
+            count = _n_experts(model, spec, i)
+        except TokenlensError:
+            continue  # a dense layer of a partly routed model (Qwen3-MoE ``mlp_only_layers``)
+        sites += [Site(f"L{i}.E{e}", "expert", i, e) for e in range(count)]
+    return tuple(sites)
+
+
 def hook_point(model: nn.Module, spec: ArchitectureSpec, site: Site) -> tuple[nn.Module, bool]:
     """The module whose activation holds ``site`` and whether it is its input (pre-hook) or its output."""
     if site.kind == "embed":
@@ -152,7 +192,7 @@ def hook_point(model: nn.Module, spec: ArchitectureSpec, site: Site) -> tuple[nn
     layer = spec.layer_list(model)[site.layer]
     if site.kind == "attn":
         return layer.get_submodule(spec.attn), False
-    if site.kind == "mlp":
+    if site.kind in ("mlp", "expert"):  # an expert's share is taken out of the block's output
         return layer.get_submodule(spec.mlp), False
     if site.kind == "head":
         return layer.get_submodule(spec.attn_out), True

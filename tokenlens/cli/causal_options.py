@@ -22,7 +22,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ablate",
         metavar="SITES",
-        help="ablate these, each alone and together: L3.H0,L3.H5 / L0-2.mlp / L1.N7",
+        help="ablate these, each alone and together: L3.H0,L3.H5 / L0-2.mlp / L1.N7 / L1.E3 (MoE expert)",
     )
     group.add_argument("--ablate-mode", choices=("zero", "mean", "resample"), default="zero")
     group.add_argument(
@@ -45,8 +45,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         type=int,
         default=0,
-        help="attribution-patching estimates for every component and head, top K confirmed exactly "
-        "(zero-ablation, or clean→corrupted with --patch)",
+        help="attribution-patching estimates for every component, head and MoE expert, top K confirmed "
+        "exactly (zero-ablation, or clean→corrupted with --patch)",
     )
     group.add_argument(
         "--rope", action="store_true", help="effect of removing rotary positions, per layer and all"

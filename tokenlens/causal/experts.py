@@ -1,0 +1,72 @@
+"""Expert sites: one routed expert's share of a mixture-of-experts block's output.
+
+A routed block (Qwen3-MoE ``SparseMoeBlock``) sends each token to ``top_k`` experts chosen by its router and
+writes ``Σ_k w_k · expert_{i_k}(x)`` to the stream. The site ``L{i}.E{e}`` is expert ``e``'s term,
+``w_e · expert_e(x)`` at the tokens routed to ``e`` and zero elsewhere, ``(batch, seq, d_model)``: an additive
+part of the block output ``L{i}.mlp``.
+
+No tensor of the model holds that term, so it is computed from the block's own ``experts`` module: a
+pre-hook keeps the ``(tokens, top_k_index, top_k_weights)`` the block calls it with, and the term is the
+module's own ``forward`` (not re-implemented; hooks bypassed) on the same tokens with every routing slot
+pointed at ``e`` and the weights of the slots that did not choose ``e`` set to zero. Replacing the term by
+``v`` adds ``v - term`` to the block output; the router of later layers then sees the changed stream, as in
+any patch. The gradient of a metric with respect to the term is its gradient with respect to the block
+output, since the term enters it with coefficient one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from tokenlens.causal.sites import Site, experts_module
+from tokenlens.errors import TokenlensError
+from tokenlens.models.specs import ArchitectureSpec
+
+
+class ExpertTaps:
+    """The latest call's inputs of each tapped experts module, and each expert's term computed from them."""
+
+    def __init__(self, modules: dict[int, nn.Module]) -> None:
+        self.modules = modules
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def term(self, site: Site, like: torch.Tensor) -> torch.Tensor:
+        """Expert ``site.index``'s weighted output in layer ``site.layer``, shaped and typed as ``like``.
+
+        Args:
+            site: An ``expert`` site whose layer is tapped and has run in the current forward pass.
+            like: The block output ``(batch, seq, d_model)``.
+        """
+        tokens, index, weights = self.inputs[site.layer]  # (N, d_model), (N, top_k), (N, top_k)
+        kept = torch.where(index == site.index, weights, torch.zeros_like(weights))  # (N, top_k)
+        term = self.modules[site.layer].forward(tokens, torch.full_like(index, site.index), kept)
+        return term.reshape(like.shape).to(like.dtype)
+
+
+@contextmanager
+def expert_taps(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site]) -> Iterator[ExpertTaps]:
+    """Tap the experts modules of the layers of the ``expert`` sites among ``sites`` (none: no hooks)."""
+    layers = sorted({site.layer for site in sites if site.kind == "expert"})
+    taps = ExpertTaps({i: experts_module(model, spec, i) for i in layers})
+
+    def keep(layer: int):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if len(args) < 3:
+                raise TokenlensError(
+                    f"expert sites need layer {layer}'s experts called as (tokens, top_k_index, "
+                    f"top_k_weights); {type(_module).__name__} got {len(args)} positional inputs"
+                )
+            taps.inputs[layer] = tuple(arg.detach() for arg in args[:3])
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(keep(i)) for i, module in taps.modules.items()]
+    try:
+        yield taps
+    finally:
+        for handle in handles:
+            handle.remove()
