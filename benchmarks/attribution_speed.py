@@ -14,6 +14,7 @@ Jobs (each a complete job: the forward pass plus whatever the output needs):
   heads      + per-head split
   sources    + source-token split for every head of every layer
   bridge     TransformerLens bridge: run_with_cache + decompose_resid + final norm + unembed (per layer)
+  bridge-heads  the same + stack_head_results (per head): the bridge doing the ``heads`` job
   estimate   attribution patching of every layer write and head (zero-ablation: 1 forward + 1 backward)
   estimate-2runs  the same, clean vs corrupted (2 forwards + 1 backward)
 """
@@ -47,7 +48,7 @@ SMALL = {
     "head_dim": 64,
 }
 SIZES = {"tiny (4×64)": TINY, "small (8×256)": SMALL, "0.6B (28×1024)": QWEN3_06B}
-JOBS = ("plain", "layers", "heads", "sources", "bridge", "estimate", "estimate-2runs")
+JOBS = ("plain", "layers", "heads", "sources", "bridge", "bridge-heads", "estimate", "estimate-2runs")
 
 
 def build(shape: dict):
@@ -86,8 +87,8 @@ def make_job(name: str, loaded, ids: list[int]):
     if name in ("layers", "heads", "sources"):
         kwargs = {"heads": name == "heads", "sources": ("all",) if name == "sources" else ()}
         return lambda: attribute(loaded, ids, **kwargs)
-    if name == "bridge":
-        return make_bridge_job(loaded, tensor)
+    if name in ("bridge", "bridge-heads"):
+        return make_bridge_job(loaded, tensor, heads=name == "bridge-heads")
     if name.startswith("estimate"):
         from tokenlens.causal import attribution_patch, head_sites, layer_sites, metric_for
 
@@ -100,7 +101,7 @@ def make_job(name: str, loaded, ids: list[int]):
     raise ValueError(name)
 
 
-def make_bridge_job(loaded, tensor):
+def make_bridge_job(loaded, tensor, heads: bool = False):
     import copy
 
     import torch
@@ -118,9 +119,12 @@ def make_bridge_job(loaded, tensor):
         with torch.no_grad():
             logits, cache = bridge.run_with_cache(tensor)
             target = int(logits[0, -1].argmax())
-            stack = cache.decompose_resid(layer=-1, pos_slice=-1)
-            normed = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
-            (normed[:, 0] * bridge.ln_final.weight) @ bridge.W_U[:, target]
+            stacks = [cache.decompose_resid(layer=-1, pos_slice=-1)]  # (component, 1, d_model)
+            if heads:
+                stacks.append(cache.stack_head_results(layer=-1, pos_slice=-1))  # (layer·head, 1, d_model)
+            for stack in stacks:
+                normed = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+                (normed[:, 0] * bridge.ln_final.weight) @ bridge.W_U[:, target]
 
     return run
 
