@@ -27,12 +27,9 @@ from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patc
 from tokenlens.report.layout import (
     HOW_TO_READ,
     QUANTITY_WORDS,
-    SECTION_KINDS,
-    check_sections,
     figure_alt,
-    figure_homes,
     metric_words,
-    section_ids,
+    plan_report,
     source_anchors,
     visible,
 )
@@ -485,40 +482,36 @@ def render_html(
     Raises:
         ValueError: An unknown section key, a section of the wrong type, or an image that is not PNG.
     """
-    causal = check_sections(sections)
-    anchors = source_anchors(result)
-    homes = figure_homes(list(images), section_ids(result, lens, [anchor for anchor, _, _ in causal]))
+    plan, homes = plan_report(result, lens, sections, list(images))
 
     def figures(anchor: str) -> str:
         return "".join(_figure(slug, images[slug]) for slug in homes.get(anchor, ()))
 
-    parts = [
-        ("prediction", "Prediction", _prediction(result)),
-        ("top", "Top alternatives", _top(result)),
-        ("components", "Direct logit attribution", _components(result)),
-    ]
-    if result.heads is not None:
-        parts.append(("heads", "Attention heads", _heads(result)))
-    if result.neurons is not None and result.neurons.layers:
-        parts.append(("neurons", "Top MLP neurons", _neurons(result)))
-    if result.experts is not None and result.experts.layers:
-        parts.append(("experts", "Routed experts", _experts(result)))
-    if result.sources:
-        splits = "".join(_source_split(result, s, a, figures(a)) for s, a in zip(result.sources, anchors))
-        parts.append(("sources", "Source positions", splits))
-    if lens is not None:
-        parts.append(("lens", "Logit lens", _lens(lens)))
-    render = {"ablation": _effects, "rope": _effects, "patching": _patching, "estimates": _estimates}
-    for anchor, key, value in causal:
-        content = _effects(value.ablation, value) if key == "norms" else render[key](value)
-        parts.append((anchor, SECTION_KINDS[key][1], content))
-    if "figures" in homes:
-        parts.append(("figures", "Figures", ""))
-    parts.append(("settings", "Settings", _settings(result, settings)))
-    parts.append(("how-to-read", "How to read this report", _how_to_read()))
+    def sources() -> str:
+        anchors = source_anchors(result)
+        return "".join(_source_split(result, s, a, figures(a)) for s, a in zip(result.sources, anchors))
+
+    content = {
+        "prediction": lambda _: _prediction(result),
+        "top": lambda _: _top(result),
+        "components": lambda _: _components(result),
+        "heads": lambda _: _heads(result),
+        "neurons": lambda _: _neurons(result),
+        "experts": lambda _: _experts(result),
+        "sources": lambda _: sources(),
+        "lens": lambda _: _lens(lens),
+        "ablation": _effects,
+        "rope": _effects,
+        "norms": lambda value: _effects(value.ablation, value),
+        "patching": _patching,
+        "estimates": _estimates,
+        "figures": lambda _: "",
+        "settings": lambda _: _settings(result, settings),
+        "how-to-read": lambda _: _how_to_read(),
+    }
     return _page(
         result,
-        [(anchor, _section(anchor, title, content, figures(anchor))) for anchor, title, content in parts],
+        [(s.anchor, _section(s.anchor, s.title, content[s.key](s.value), figures(s.anchor))) for s in plan],
     )
 
 

@@ -8,6 +8,7 @@ Markdown renderers both use these, so the two formats always show the same secti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tokenlens.attribution.lens import LogitLens
 from tokenlens.attribution.result import LogitAttribution
@@ -110,15 +111,69 @@ def source_anchors(result: LogitAttribution) -> list[str]:
     return out
 
 
-def section_ids(result: LogitAttribution, lens: LogitLens | None, causal: Sequence[str]) -> list[str]:
-    """The anchors of every section (and source subsection) the report has, in page order."""
-    ids = ["prediction", "top", "components"]
-    ids += ["heads"] if result.heads is not None else []
-    ids += ["neurons"] if result.neurons is not None and result.neurons.layers else []
-    ids += ["experts"] if result.experts is not None and result.experts.layers else []
-    ids += ["sources", *source_anchors(result)] if result.sources else []
-    ids += ["lens"] if lens is not None else []
-    return ids + list(causal)
+@dataclass(frozen=True)
+class Section:
+    """One section of a report, in page order.
+
+    Attributes:
+        anchor: Its stable id (``heads``, ``ablation-2``).
+        title: Its heading.
+        key: What renders it: ``prediction``, ``top``, ``components``, ``heads``, ``neurons``, ``experts``,
+            ``sources``, ``lens``, a causal key (:data:`SECTION_KINDS`), ``figures``, ``settings`` or
+            ``how-to-read``.
+        value: The causal result it shows (``None`` for the others).
+    """
+
+    anchor: str
+    title: str
+    key: str
+    value: object = None
+
+
+def plan_report(
+    result: LogitAttribution,
+    lens: LogitLens | None,
+    sections: Sequence[tuple[str, object]],
+    slugs: Sequence[str],
+) -> tuple[list[Section], dict[str, list[str]]]:
+    """The sections a report of ``result`` has, in page order, and each figure's section (by anchor).
+
+    Args:
+        result: The attribution shown.
+        lens: A logit lens shown in its own section, or ``None``.
+        sections: Causal results as ``(key, result)``, checked by :func:`check_sections`.
+        slugs: The figures' slugs (see :func:`figure_homes`).
+
+    Raises:
+        ValueError: An unknown causal key or a result of the wrong type for its key.
+    """
+    plan = [
+        Section("prediction", "Prediction", "prediction"),
+        Section("top", "Top alternatives", "top"),
+        Section("components", "Direct logit attribution", "components"),
+    ]
+    if result.heads is not None:
+        plan.append(Section("heads", "Attention heads", "heads"))
+    if result.neurons is not None and result.neurons.layers:
+        plan.append(Section("neurons", "Top MLP neurons", "neurons"))
+    if result.experts is not None and result.experts.layers:
+        plan.append(Section("experts", "Routed experts", "experts"))
+    if result.sources:
+        plan.append(Section("sources", "Source positions", "sources"))
+    if lens is not None:
+        plan.append(Section("lens", "Logit lens", "lens"))
+    plan += [
+        Section(anchor, SECTION_KINDS[key][1], key, value) for anchor, key, value in check_sections(sections)
+    ]
+    present = [s.anchor for s in plan] + (source_anchors(result) if result.sources else [])
+    homes = figure_homes(slugs, present)
+    if "figures" in homes:
+        plan.append(Section("figures", "Figures", "figures"))
+    plan += [
+        Section("settings", "Settings", "settings"),
+        Section("how-to-read", "How to read this report", "how-to-read"),
+    ]
+    return plan, homes
 
 
 def figure_homes(slugs: Sequence[str], present: Sequence[str]) -> dict[str, list[str]]:

@@ -24,12 +24,9 @@ from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patc
 from tokenlens.report.layout import (
     HOW_TO_READ,
     QUANTITY_WORDS,
-    SECTION_KINDS,
-    check_sections,
     figure_alt,
-    figure_homes,
     metric_words,
-    section_ids,
+    plan_report,
     source_anchors,
     visible,
 )
@@ -286,40 +283,36 @@ def render_markdown(
     Raises:
         ValueError: An unknown section key or a section of the wrong type.
     """
-    causal = check_sections(sections)
-    homes = figure_homes(list(image_paths), section_ids(result, lens, [anchor for anchor, _, _ in causal]))
+    plan, homes = plan_report(result, lens, sections, list(image_paths))
 
     def block(anchor: str, title: str, content: str, level: str = "##") -> str:
         images = [_image(slug, image_paths[slug]) for slug in homes.get(anchor, ())]
         return "\n\n".join(part for part in (f"{level} {title}" if title else "", content, *images) if part)
 
+    def sources() -> str:
+        anchors = source_anchors(result)
+        return "\n\n".join(block(a, "", _source_split(result, s)) for s, a in zip(result.sources, anchors))
+
+    content = {
+        "prediction": lambda _: _prediction(result),
+        "top": lambda _: _top(result),
+        "components": lambda _: _components(result),
+        "heads": lambda _: _heads(result),
+        "neurons": lambda _: _neurons(result),
+        "experts": lambda _: _experts(result),
+        "sources": lambda _: sources(),
+        "lens": lambda _: _lens(lens),
+        "ablation": _effects,
+        "rope": _effects,
+        "norms": lambda value: _effects(value.ablation, value),
+        "patching": _patching,
+        "estimates": _estimates,
+        "figures": lambda _: "",
+        "settings": lambda _: _settings(result, settings),
+        "how-to-read": lambda _: "\n\n".join(HOW_TO_READ),
+    }
     t = result.target
     vs = "" if result.contrast is None else f" vs {token(result.contrast.token)}"
-    parts = [
-        f"# tokenlens report: {token(t.token)}{vs}",
-        block("prediction", "Prediction", _prediction(result)),
-        block("top", "Top alternatives", _top(result)),
-        block("components", "Direct logit attribution", _components(result)),
-    ]
-    if result.heads is not None:
-        parts.append(block("heads", "Attention heads", _heads(result)))
-    if result.neurons is not None and result.neurons.layers:
-        parts.append(block("neurons", "Top MLP neurons", _neurons(result)))
-    if result.experts is not None and result.experts.layers:
-        parts.append(block("experts", "Routed experts", _experts(result)))
-    if result.sources:
-        splits = [
-            block(a, "", _source_split(result, s)) for s, a in zip(result.sources, source_anchors(result))
-        ]
-        parts.append(block("sources", "Source positions", "\n\n".join(splits)))
-    if lens is not None:
-        parts.append(block("lens", "Logit lens", _lens(lens)))
-    render = {"ablation": _effects, "rope": _effects, "patching": _patching, "estimates": _estimates}
-    for anchor, key, value in causal:
-        content = _effects(value.ablation, value) if key == "norms" else render[key](value)
-        parts.append(block(anchor, SECTION_KINDS[key][1], content))
-    if "figures" in homes:
-        parts.append(block("figures", "Figures", ""))
-    parts.append(block("settings", "Settings", _settings(result, settings)))
-    parts.append(block("how-to-read", "How to read this report", "\n\n".join(HOW_TO_READ)))
+    parts = [f"# tokenlens report: {token(t.token)}{vs}"]
+    parts += [block(s.anchor, s.title, content[s.key](s.value)) for s in plan]
     return "\n\n".join(parts) + "\n"
