@@ -19,6 +19,9 @@ import pytest
 import torch
 from conftest import add_head_bias, build_tiny
 
+from tokenlens.causal import parse_sites
+from tokenlens.causal.effects import record_values
+from tokenlens.causal.metrics import encode
 from tokenlens.diff import DiffOptions, ModelPair, diff, load_probes, pair_models, prompt_probes
 from tokenlens.diff.result import READOUT_TERMS
 from tokenlens.errors import TokenlensError
@@ -122,6 +125,31 @@ def test_planted_head_edit_is_found_at_that_head(qwen_tokenizer):
     # the heads' direct terms add up to their layer's
     in_layer = sum(r.direct for r in probe.heads if r.name.startswith(f"L{layer}.H"))
     assert in_layer == pytest.approx(terms(probe)[f"L{layer}.attn"].direct, abs=1e-5)
+
+
+def test_planted_expert_edit_is_found_at_that_expert(qwen_tokenizer):
+    layer = 1
+    base = build_tiny("qwen3-moe")
+    loaded = LoadedModel(base, qwen_tokenizer, spec_for_model(base), ref="base", source="test")
+    ids = encode(loaded, PROMPT)
+    sites = parse_sites(f"L{layer}.E*", base, loaded.spec)
+    terms_now = record_values(base, loaded.spec, ids, sites)
+    expert = next(s.index for s in sites if terms_now[s.name][0, -1].abs().max() > 0)  # routed at the probe
+
+    def edit(model, push, g):
+        down = model.model.layers[layer].mlp.experts.down_proj  # (experts, d_model, moe_intermediate)
+        down[expert] += 30.0 * torch.outer(push, torch.randn(down.shape[2], generator=g))
+
+    probe = one(pair_of(*planted(edit, kind="qwen3-moe"), qwen_tokenizer))
+    assert probe.components[0].name == f"L{layer}.mlp"
+    assert probe.experts[0].name == f"L{layer}.E{expert}"
+    assert probe.experts[0].causal == pytest.approx(probe.split.observed, abs=1e-4)
+    assert abs(probe.split.observed) > 0.3
+    in_layer = [r for r in probe.experts if r.name.startswith(f"L{layer}.E")]
+    assert len(in_layer) == 4 and not probe.neurons  # MoE layers are drilled by expert, not neuron
+    for row in in_layer[1:]:
+        assert row.direct == 0.0 and row.causal == 0.0, row
+    assert sum(r.direct for r in in_layer) == pytest.approx(terms(probe)[f"L{layer}.mlp"].direct, abs=1e-5)
 
 
 def test_planted_embedding_rows_rank_embed_first(qwen_tokenizer):

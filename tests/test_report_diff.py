@@ -198,6 +198,18 @@ def test_an_empty_report_renders_everywhere():
 # --- JSON ---------------------------------------------------------------------------------------------------
 
 
+def test_moe_experts_are_shown_in_every_format():
+    experts = (CE("L1.E0", 0.01, causal=0.02), CE("L1.E3", 0.4, causal=-0.9))
+    moe = dataclasses.replace(intended(), experts=experts)
+    data = diff_to_dict(build(moe))
+    assert [e["name"] for e in data["probes"][0]["experts"]] == ["L1.E3", "L1.E0"]  # by |causal|
+    assert data["probes"][0]["experts"][0]["causal"] == -0.9
+    assert "Top experts" in terminal(build(moe)) and "L1.E3" in terminal(build(moe))
+    assert "**Experts**" in render_diff_markdown(build(moe)) and "L1.E3" in render_diff_markdown(build(moe))
+    assert ">Experts" in render_diff_html(build(moe)) and "L1.E3" in render_diff_html(build(moe))
+    assert "Top experts" not in terminal(build(intended()))  # dense models: no section
+
+
 def test_json_round_trips_and_carries_every_number(report):
     data = diff_to_dict(report)
     assert json.loads(json.dumps(data, allow_nan=False)) == data

@@ -1,4 +1,4 @@
-"""Drill-down of a diff into the heads and MLP neurons of the layers that moved the token most.
+"""Drill-down of a diff into the heads, MLP neurons and MoE experts of the layers that moved the token most.
 
 A head's (or neuron's) *write* is what it adds to the stream through its layer's output linear:
 ``o_proj(z with only head h kept) − o_proj(0)`` (``down_proj`` and one neuron's activation for neurons),
@@ -11,7 +11,9 @@ edit of ``W_O``) moves the head as much as one that changes what the head attend
 * ``estimate`` — ``Σ (write_T − write_B) · ∂logit/∂(layer output)`` from the base run's backward pass.
 
 The writes are exact for linear output modules (plain, LoRA); a bottleneck adapter on ``down_proj`` is not
-linear, so its neuron writes are the first-order part.
+linear, so its neuron writes are the first-order part. A routed expert's write is its weighted output
+``L{i}.E{e}`` (:mod:`tokenlens.causal.experts`) computed by each side with its own router and expert weights,
+so a change of routing shows up as well as a change of the expert.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 
 from tokenlens.attribution.finer import neuron_terms
 from tokenlens.attribution.readout import Readout
-from tokenlens.causal.sites import Site
+from tokenlens.causal.sites import Site, expert_sites
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
 from tokenlens.diff.runs import Run, patch_changes, record_sites
+from tokenlens.models.specs import bare_model
 
 
 def top_layers(components: Sequence[ComponentEffect], part: str, count: int) -> list[int]:
@@ -176,4 +179,37 @@ def drill_neurons(
             for which in ("base", "tuned")
         }
         rows += _layer_effects(pair, input_ids, position, tracked, i, "mlp", units, grads, readout, reverse)
+    return rows
+
+
+def drill_experts(
+    pair: ModelPair,
+    input_ids: torch.Tensor,
+    position: int,
+    tracked: int,
+    layers: Sequence[int],
+    grads: Mapping[str, torch.Tensor],
+    readout: Readout,
+    reverse: bool,
+) -> list[ComponentEffect]:
+    """Every routed expert of the mixture-of-experts layers among ``layers`` (none in a dense model)."""
+    chosen = set(layers)
+    sites = [s for s in expert_sites(bare_model(pair.tuned.model), pair.spec) if s.layer in chosen]
+    if not sites:
+        return []
+    values = {}
+    for which in ("base", "tuned"):
+        with pair.side(which) as model:
+            values[which] = record_sites(model, pair.spec, input_ids, sites)
+    rows = []
+    for i in sorted({s.layer for s in sites}):
+        deltas = {
+            s.name: values["tuned"][s.name].float() - values["base"][s.name].float()
+            for s in sites
+            if s.layer == i
+        }
+        block = Site(f"L{i}.mlp", "mlp", i)  # an expert's write is an additive part of the block output
+        rows += _effects(
+            pair, input_ids, position, tracked, block, deltas, grads.get(block.name), readout, reverse
+        )
     return rows

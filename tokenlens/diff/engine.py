@@ -167,7 +167,7 @@ def _diff_probe(
         flip = _telescope(base, tuned, names, *pick, *parts)
     kl, js = divergences(base.logits, tuned.logits)
     readout_b = _base_readout(base, parts_b)
-    components, heads, neurons, notes = _effects(
+    components, heads, neurons, experts, notes = _effects(
         pair, input_ids, position, base, tuned, split, tracked, readout_b, options
     )
     if virtual:
@@ -204,6 +204,7 @@ def _diff_probe(
         components=components,
         heads=heads,
         neurons=neurons,
+        experts=experts,
         verdict=verdict,
         notes=notes,
     )
@@ -275,6 +276,9 @@ def _base_readout(base: Run, parts_b: ReadoutParts) -> Readout:
     return Readout(direction=(u * g).float(), scale=_scale(base, eps), bias=bias)
 
 
+Rows = tuple[ComponentEffect, ...]
+
+
 def _effects(
     pair: ModelPair,
     input_ids: torch.Tensor,
@@ -285,12 +289,12 @@ def _effects(
     tracked: int,
     readout_b: Readout,
     options: DiffOptions,
-) -> tuple[tuple[ComponentEffect, ...], tuple[ComponentEffect, ...], tuple[ComponentEffect, ...], tuple]:
-    """Components (sorted), heads and neurons of the drilled layers, and notes."""
+) -> tuple[Rows, Rows, Rows, Rows, tuple[str, ...]]:
+    """Components (sorted), the heads, neurons and experts of the drilled layers, and notes."""
     direct = dict(zip(split.names, split.direct.tolist(), strict=True))
     if not options.causal:
         rows = [ComponentEffect(n, direct[n]) for n in split.names]
-        return _sorted(rows), (), (), ("causal effects not measured (--no-causal)",)
+        return _sorted(rows), (), (), (), ("causal effects not measured (--no-causal)",)
     sites = {s.name: s for s in layer_sites(bare_model(pair.tuned.model), pair.spec)}
     estimates, grads = _estimates(pair, input_ids, position, tracked, base, tuned, list(sites.values()))
     chosen = list(split.names)
@@ -306,20 +310,15 @@ def _effects(
         rows.append(ComponentEffect(name, direct[name], causal, kl, reverse, estimates[name]))
     components = _sorted(rows)
     if options.drill < 1:
-        return components, (), (), notes
+        return components, (), (), (), notes
     args = (pair, input_ids, position, tracked, base, tuned)
     heads = drill.drill_heads(
         *args, drill.top_layers(components, "attn", options.drill), grads, readout_b, options.reverse
     )
-    neurons = drill.drill_neurons(
-        *args,
-        drill.top_layers(components, "mlp", options.drill),
-        grads,
-        readout_b,
-        options.neurons,
-        options.reverse,
-    )
-    return components, _sorted(heads), _sorted(neurons), notes
+    mlp_layers = drill.top_layers(components, "mlp", options.drill)
+    neurons = drill.drill_neurons(*args, mlp_layers, grads, readout_b, options.neurons, options.reverse)
+    experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse)
+    return components, _sorted(heads), _sorted(neurons), _sorted(experts), notes
 
 
 def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:

@@ -181,6 +181,8 @@ class ProbeDiff:
         components: Embedding and layer components, sorted by |causal| (then |estimate|, then |direct|).
         heads: Drill-down into the attention layers with the largest effect (per head).
         neurons: Drill-down into the MLP layers with the largest effect (top neurons by |direct|).
+        experts: Drill-down into the same layers where they are mixture-of-experts layers: every routed
+            expert's write change ``L{i}.E{e}`` (empty for a dense model).
         verdict: The check's judgement.
         notes: Caveats for this probe (virtual tokens, components without exact values, …).
     """
@@ -205,6 +207,7 @@ class ProbeDiff:
     neurons: tuple[ComponentEffect, ...]
     verdict: Verdict
     notes: tuple[str, ...] = ()
+    experts: tuple[ComponentEffect, ...] = ()
 
     @property
     def flipped(self) -> bool:

@@ -225,6 +225,7 @@ def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
         "components": [_effect(e) for e in sorted_effects(p.components)],
         "heads": [_effect(e) for e in sorted_effects(p.heads)],
         "neurons": [_effect(e) for e in sorted_effects(p.neurons)],
+        "experts": [_effect(e) for e in sorted_effects(p.experts)],
         "verdict": {"expect": p.verdict.expect, "passed": p.verdict.passed, "reason": p.verdict.reason},
         "notes": list(p.notes),
     }
@@ -234,10 +235,10 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
     """A JSON-ready dict of the whole diff: plain floats, ints, strings, booleans and ``None`` only.
 
     NaN and infinite values (e.g. a mean over no measured probe) become ``None``, as do values that were
-    not measured. Per probe, ``components``, ``heads`` and ``neurons`` are sorted by measured |causal|
-    (unmeasured last, by |estimate|, then |direct|); ``split`` and ``flip_split`` hold every term of the
-    exact telescoping split (``terms``: components in model order, then the readout terms). ``failures``
-    lists probe indices (0-based, as in ``probes[i].index``).
+    not measured. Per probe, ``components``, ``heads``, ``neurons`` and ``experts`` are sorted by measured
+    |causal| (unmeasured last, by |estimate|, then |direct|); ``split`` and ``flip_split`` hold every term
+    of the exact telescoping split (``terms``: components in model order, then the readout terms).
+    ``failures`` lists probe indices (0-based, as in ``probes[i].index``).
     """
     w = report.weights
     return {
@@ -421,6 +422,8 @@ def _probe_detail(i: int, p: ProbeDiff, top: int) -> RenderableType:
         parts.append(_effects_table("Top heads", p.heads, top))
     if p.neurons:
         parts.append(_effects_table("Top neurons", p.neurons, top))
+    if p.experts:
+        parts.append(_effects_table("Top experts", p.experts, top))
     parts.append(Text(EFFECTS_KEY, style="dim"))
     parts += [Text(f"note: {n}", style="dim") for n in p.notes]
     return Group(*parts)

@@ -207,6 +207,8 @@ def _probe(i: int, p: ProbeDiff, top: int) -> str:
         parts.append(_effects("Heads", p.heads, top))
     if p.neurons:
         parts.append(_effects("Neurons", p.neurons, top))
+    if p.experts:
+        parts.append(_effects("Experts", p.experts, top))
     parts += [f'<p class="note">note: {_e(visible(n))}</p>' for n in p.notes]
     return "".join(parts)
 
