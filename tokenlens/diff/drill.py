@@ -24,7 +24,7 @@ import torch
 
 from tokenlens.attribution.finer import neuron_terms
 from tokenlens.attribution.readout import Readout
-from tokenlens.causal.sites import Site, expert_sites
+from tokenlens.causal.sites import Site, expert_sites, head_count, site_slice
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
 from tokenlens.diff.runs import Run, patch_changes, record_sites
@@ -128,15 +128,13 @@ def drill_heads(
     reverse: bool,
 ) -> list[ComponentEffect]:
     """Every head of ``layers`` (``base``/``tuned`` must have recorded the ``L{i}.H{h}`` sites)."""
+    n_heads = head_count(pair.tuned.model)
     rows = []
     for i in layers:
-        names = sorted(
-            (n for n in base.values if n.startswith(f"L{i}.H")), key=lambda n: int(n.split("H")[1])
-        )
-        dim = base.values[names[0]].shape[-1]
-        slices = {n: slice(int(n.split("H")[1]) * dim, (int(n.split("H")[1]) + 1) * dim) for n in names}
+        heads = [Site(f"L{i}.H{h}", "head", i, h) for h in range(n_heads)]
+        width = n_heads * base.values[heads[0].name].shape[-1]  # the o_proj input: heads side by side
         units = {
-            which: {n: (slices[n], run.values[n]) for n in names}
+            which: {s.name: (site_slice(s, width, n_heads), run.values[s.name]) for s in heads}
             for which, run in (("base", base), ("tuned", tuned))
         }
         rows += _layer_effects(pair, input_ids, position, tracked, i, "attn", units, grads, readout, reverse)
