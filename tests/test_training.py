@@ -182,6 +182,31 @@ def test_resume_after_ctrl_c_is_bitwise_identical(small_checkpoint, small_data, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code from a checkpoint ran",))
+
+
+def test_checkpoints_are_read_without_running_code(small_checkpoint, small_data, tmp_path, capsys):
+    kwargs = dict(steps=4, batch_size=2, checkpoint_every=2, seed=3)
+
+    def interrupt(step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "b", on_step=interrupt, **kwargs)
+    state = tmp_path / "b" / CHECKPOINT / "state.pt"
+    saved = torch.load(state, weights_only=True)
+    torch.save({**saved, "losses": _Payload()}, state)  # a tampered checkpoint: pickled code
+    with pytest.raises(TokenlensError, match="checkpoint cannot be read") as info:
+        train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "b", resume=True, **kwargs)
+    assert "\n" not in str(info.value) and "code from a checkpoint ran" not in capsys.readouterr().out
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    with pytest.raises(TokenlensError, match="checkpoint cannot be read"):
+        train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "b", resume=True, **kwargs)
+
+
 def test_resume_after_sigkill_is_bitwise_identical(small_checkpoint, small_data, tmp_path):
     kwargs = dict(steps=4, batch_size=2, checkpoint_every=2, seed=5)
     train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "a", **kwargs)

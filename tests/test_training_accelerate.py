@@ -45,14 +45,14 @@ SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import tokenlens.training.trainer as trainer
     from tokenlens.models.loading import load
-    from tokenlens.training import output
+    from tokenlens.training import checkpoint as saving, output
 
     checkpoint, data, out, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     rank = int(os.environ["RANK"])
     writes, saves, calls = [], [], []
-    real_write, real_save, real_step = output.write, trainer._save_checkpoint, trainer._step
+    real_write, real_save, real_step = output.write, saving.save, trainer._step
     output.write = lambda *a, **k: (writes.append(1), real_write(*a, **k))[1]
-    trainer._save_checkpoint = lambda *a, **k: (saves.append(a[4]), real_save(*a, **k))[1]
+    saving.save = lambda *a, **k: (saves.append(a[4]), real_save(*a, **k))[1]
 
     def step(*args):
         loss = real_step(*args)

@@ -24,7 +24,6 @@ checkpoint on ``resume``. A single process never touches ``torch.distributed`` (
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import threading
@@ -40,11 +39,11 @@ import torch
 
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
-from tokenlens.training import output
+from tokenlens.training import checkpoint, output
+from tokenlens.training.checkpoint import CHECKPOINT
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
 from tokenlens.training.methods import Method, get_method, trainable_count
-
-CHECKPOINT = "tokenlens-checkpoint"
+from tokenlens.training.parallel import Parallel, parallel_context
 
 
 @dataclass(frozen=True)
@@ -97,51 +96,6 @@ class StepInfo:
     tokens: int
     tokens_per_s: float
     elapsed_s: float
-
-
-@dataclass(frozen=True)
-class _Parallel:
-    """This process's place in a data-parallel run; ``accelerator`` is None in a single process."""
-
-    accelerator: Any
-    rank: int
-    processes: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
-
-    def total(self, value: float) -> float:
-        """``value`` summed over all processes."""
-        if self.accelerator is None:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum").item())
-
-    def any(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any process (so all stop after the same step)."""
-        return self.total(float(flag)) > 0 if self.accelerator is not None else flag
-
-
-def _parallel() -> _Parallel:
-    """The data-parallel context: an ``accelerate.Accelerator`` when launched with more than one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _Parallel(None, 0, 1)
-    from accelerate import Accelerator
-
-    # precision is the trainer's own (bf16 autocast on CUDA); without CUDA, accelerate needs cpu=True to see
-    # torchrun's processes (gloo)
-    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-    if accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
-        raise TokenlensError(
-            f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees "
-            f"{accelerator.num_processes} process(es); check the launcher's settings"
-        )
-    return _Parallel(accelerator, accelerator.process_index, accelerator.num_processes)
 
 
 def schedule(n_examples: int, batch_size: int, total_steps: int, seed: int) -> list[list[int]]:
@@ -223,7 +177,7 @@ def train(
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
     out_dir = Path(out_dir)
-    parallel = _parallel()
+    parallel = parallel_context()
     _prepare_out_dir(out_dir, resume=resume, force=force, parallel=parallel)
 
     total = steps if steps is not None else (epochs or 3) * math.ceil(len(data.examples) / batch_size)
@@ -250,7 +204,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=lr)
     start, losses = 0, []
     if resume:
-        start, losses = _load_checkpoint(out_dir / CHECKPOINT, core, optimizer, identity)
+        start, losses = checkpoint.load(out_dir / CHECKPOINT, core, optimizer, identity)
     batches = schedule(len(data.examples), batch_size, total, seed)
     pad = loaded.tokenizer.pad_token_id
     pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
@@ -266,7 +220,7 @@ def train(
             step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None),
             parallel=parallel,
             every=checkpoint_every,
-            save=partial(_save_checkpoint, out_dir / CHECKPOINT, core, optimizer, identity),
+            save=partial(checkpoint.save, out_dir / CHECKPOINT, core, optimizer, identity),
             report=partial(_report, on_step, on_progress),
         )
     core.eval()
@@ -390,7 +344,7 @@ def _checkpointing(model, enabled: bool) -> Iterator[None]:
             hf.disable_input_require_grads()
 
 
-def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool, parallel: _Parallel) -> None:
+def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool, parallel: Parallel) -> None:
     """Check ``out_dir`` on every process, then (main process) replace or create it."""
     replace = _check_out_dir(out_dir, resume=resume, force=force)
     parallel.barrier()  # nobody checks a folder the main process is already replacing
@@ -486,56 +440,3 @@ def _pad(examples: list, pad: int, device) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_checkpoint(folder: Path, model, optimizer, identity: dict, step: int, losses: list[float]) -> None:
-    """Write a checkpoint to ``folder.tmp`` and rename it over ``folder`` (never a half-written one)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {
-        "identity": identity,
-        "step": step,
-        "losses": list(losses),
-        "trainable": _trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as handle:
-        os.fsync(handle.fileno())
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[float]]:
-    state = torch.load(folder / "state.pt", weights_only=False)
-    saved = state["identity"]
-    for key in ("method", "base_fingerprint", "base_ref", "options", "data_sha256", "seed", "batch_size"):
-        if saved.get(key) != identity.get(key):
-            raise TokenlensError(
-                f"cannot resume {folder.parent}: its {key} ({saved.get(key)!r}) differs from this run's "
-                f"({identity.get(key)!r})"
-            )
-    names = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if set(names) != set(state["trainable"]):
-        raise TokenlensError(
-            f"cannot resume {folder.parent}: its trainable parameters differ from this run's"
-        )
-    with torch.no_grad():
-        for name, param in names.items():
-            param.copy_(state["trainable"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"]), list(state["losses"])
