@@ -215,14 +215,10 @@ def test_batched_equals_one_by_one(tiny_loaded, kind, side):
         )
         torch.testing.assert_close(got.heads.contributions, alone.heads.contributions, atol=1e-5, rtol=0)
         torch.testing.assert_close(got.neurons.contributions, alone.neurons.contributions, atol=1e-5, rtol=0)
-        got_src, alone_src = got.sources[0], alone.sources[0]
-        offset = len(got_src.contributions) - len(alone_src.contributions) if side == "left" else 0
-        torch.testing.assert_close(
-            got_src.contributions[offset : offset + len(alone_src.contributions)],
-            alone_src.contributions,
-            atol=1e-5,
-            rtol=0,
-        )
+        got_src, alone_src = got.sources[0], alone.sources[0]  # cut to the prompt's own positions
+        torch.testing.assert_close(got_src.contributions, alone_src.contributions, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_src.pattern, alone_src.pattern, atol=1e-5, rtol=0)
+        assert got_src.residual == pytest.approx(alone_src.residual, abs=1e-5)
         assert got.target.logit == pytest.approx(alone.target.logit, abs=1e-5)
 
 

@@ -7,7 +7,6 @@ import torch
 
 from tokenlens.attribution.direct import attribute
 from tokenlens.errors import TokenlensError
-from tokenlens.models.loading import LoadedModel
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +96,6 @@ def test_nan_in_the_model_is_a_clear_error(tiny_loaded):
     with pytest.raises(TokenlensError) as exc:
         attribute(loaded, "Hello there")
     assert "NaN" in one_line(exc)
-
-
-def test_prompt_tuning_adapter_is_refused_clearly(tiny_loaded):
-    from peft import PromptTuningConfig, get_peft_model
-
-    loaded = tiny_loaded("qwen3-tied-gqa")
-    peft_model = get_peft_model(loaded.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
-    wrapped = LoadedModel(peft_model, loaded.tokenizer, loaded.spec, "tiny+prompt", "test")
-    with pytest.raises(TokenlensError) as exc:
-        attribute(wrapped, "Hello there")
-    assert "virtual positions" in one_line(exc)
 
 
 def test_token_ids_as_the_prompt(loaded):

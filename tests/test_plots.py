@@ -196,7 +196,7 @@ def test_source_heat_hides_tokens_after_the_position(run):
     shown = [t.get_text() for t in fig.findobj(Text) if (t.get_gid() or "").startswith("L1.S")]
     assert shown == [show_token(t) for t in result.tokens[:3]]
     assert any("2 later token(s) not shown" in t for t in texts(fig))
-    with pytest.raises(ValueError, match="tokens"):
+    with pytest.raises(ValueError, match="sources"):
         source_heat(dataclasses.replace(result, tokens=result.tokens[:-1]), result.sources[0])
 
 

@@ -29,7 +29,14 @@ from tokenlens.capture.internals import InternalsRecorder, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
-from tokenlens.models.specs import ArchitectureSpec, bare_model, linear_bias, spec_for_model
+from tokenlens.models.specs import (
+    ArchitectureSpec,
+    bare_model,
+    linear_bias,
+    spec_for_model,
+    virtual_keys,
+    virtual_tokens,
+)
 
 
 def run_with_capture(
@@ -61,35 +68,43 @@ def run_with_internals(
     attention_mask: torch.Tensor | None = None,
 ) -> tuple[ResidualCapture, InternalsRecorder, torch.Tensor]:
     """:func:`run_with_capture` that also records the layer internals ``splits`` need (see
-    :mod:`tokenlens.capture.internals`)."""
-    refuse_virtual_positions(model)
+    :mod:`tokenlens.capture.internals`).
+
+    With a prompt-tuning adapter the model runs ``V`` virtual positions before the prompt: ``positions``
+    stay prompt positions in the residual capture and the logits, while the internals (queries, keys,
+    values, rotary tables) are in the model's own sequence of ``V + seq`` positions.
+    """
+    if "sources" in splits and virtual_keys(model):
+        raise TokenlensError(
+            "source splits are not available for prefix-tuning adapters: their learned keys/values live in "
+            "the attention cache, not in the prompt (per-layer, head, neuron and expert splits work)"
+        )
+    shift = virtual_tokens(model)
     device = spec.module(model, spec.embed).weight.device
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq) = arange for unpadded rows
+    extra = {}
+    if shift == 0:
+        extra["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq) = arange when unpadded
+    elif not bool(mask[:, 0].all()):
+        raise TokenlensError(
+            "left padding cannot be used with a prompt-tuning adapter (PEFT ignores position ids): "
+            "pad on the right"
+        )
+    batch, seq = input_ids.shape
     with ExitStack() as stack, torch.no_grad():
-        residual = stack.enter_context(capture_residual(model, spec, positions))
+        residual = stack.enter_context(capture_residual(model, spec, positions, shift))
         internals = stack.enter_context(
-            capture_internals(model, spec, tuple(input_ids.shape), positions, splits)
+            capture_internals(model, spec, (batch, shift + seq), positions + shift, splits)
         )
         output = model(
             input_ids=input_ids,
             attention_mask=mask,
-            position_ids=position_ids,
             use_cache=False,
-            logits_to_keep=positions.to(device),
+            logits_to_keep=(positions + shift).to(device),
+            **extra,
         )
     return residual.result(component_names(spec, model)), internals, output.logits.detach()
-
-
-def refuse_virtual_positions(model: nn.Module) -> None:
-    """Refuse prompt/prefix-tuning adapters: their virtual positions are not modelled per position yet."""
-    config = getattr(model, "active_peft_config", None)
-    if config is not None and getattr(config, "is_prompt_learning", False):
-        raise TokenlensError(
-            f"{config.peft_type} adapters add virtual positions, which attribution does not handle yet; "
-            "use a LoRA / IA3 adapter"
-        )
 
 
 def _layer_bias_terms(model: nn.Module, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
@@ -343,6 +358,7 @@ def attribute_batch(
     padded = [p + o for p, o in zip(own_positions, offsets, strict=True)]
     kept = torch.tensor(sorted(set(padded)))
     capture, internals, logits = run_with_internals(model, spec, input_ids, kept, splits, mask)
+    shift = virtual_tokens(model)
 
     limit = inputs.decodable_vocab(tokenizer, vocab_size)
     results = []
@@ -384,10 +400,13 @@ def attribute_batch(
             neurons,
             row,
             k,
-            padded[row],
-            mask[row],
+            padded[row] + shift,  # in the model's own sequence: virtual positions first
+            torch.cat([torch.ones(shift, dtype=mask.dtype), mask[row]]),
             weights,
         )
+        if fine.get("sources"):  # the row's own sources: virtual positions, then its tokens (no padding)
+            own = torch.cat([torch.arange(shift), shift + offsets[row] + torch.arange(len(ids))])
+            fine["sources"] = tuple(_unpadded_sources(split, own) for split in fine["sources"])
         results.append(
             LogitAttribution(
                 model=loaded.ref,
@@ -403,6 +422,7 @@ def attribute_batch(
                 dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                 device=str(next(model.parameters()).device),
                 contrast=None if contrast is None else score(contrast),
+                virtual_tokens=shift,
                 **fine,
             )
         )
@@ -422,6 +442,11 @@ def _token(
 def _unpadded(d: Decomposition, position: int) -> Decomposition:
     """The decomposition with its position counted in the prompt's own tokens (not the padded batch)."""
     return dataclasses.replace(d, position=position)
+
+
+def _unpadded_sources(split: SourceSplit, own: torch.Tensor) -> SourceSplit:
+    """A source split cut to the prompt's own source positions ``own`` (padding carries exactly 0)."""
+    return dataclasses.replace(split, contributions=split.contributions[own], pattern=split.pattern[:, own])
 
 
 def parse_sources(sources: Sequence[str], n_layers: int, n_heads: int) -> tuple[tuple[int, int | None], ...]:

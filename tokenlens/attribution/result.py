@@ -131,7 +131,8 @@ class SourceSplit:
     Attributes:
         layer: The layer.
         head: The head, or ``None`` for all heads of the layer together.
-        contributions: ``(seq,)`` float32 contribution through source position ``j`` (0 after the query).
+        contributions: ``(seq,)`` float32 contribution through source position ``j`` (0 after the query), over
+            the model's own sequence (a prompt-tuning adapter's virtual positions first).
         value_bias: The value-projection bias's contribution (``Σ_j a[i, j] b_v``), kept off the sources.
         pattern: ``(heads, seq)`` attention weights from the query position (one row per head in scope).
         residual: parent − (Σ sources + value_bias), the parent being ``L{i}.H{h}`` or ``Σ_h L{i}.H{h}``.
@@ -212,6 +213,9 @@ class LogitAttribution:
         neurons: Top neurons per dense layer, when asked for.
         experts: Per-expert split of MoE layers, when asked for.
         sources: Source-position splits for the heads / layers asked for.
+        virtual_tokens: Positions a prompt-tuning adapter runs before the prompt (0 without one). Source
+            splits are over the model's own sequence, so their first ``virtual_tokens`` sources are those
+            learned positions (see :attr:`source_tokens`).
     """
 
     model: str
@@ -231,6 +235,18 @@ class LogitAttribution:
     neurons: NeuronSplit | None = None
     experts: ExpertSplit | None = None
     sources: tuple[SourceSplit, ...] = ()
+    virtual_tokens: int = 0
+
+    @property
+    def source_tokens(self) -> tuple[str, ...]:
+        """The text of every source position: ``<virtual j>`` for a prompt-tuning adapter's learned positions,
+        then the prompt's tokens."""
+        return tuple(f"<virtual {j}>" for j in range(self.virtual_tokens)) + self.tokens
+
+    @property
+    def source_end(self) -> int:
+        """How many source positions the query position sees (itself included): ``virtual + position + 1``."""
+        return self.virtual_tokens + self.position + 1
 
     @property
     def quantity(self) -> str:

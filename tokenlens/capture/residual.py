@@ -8,6 +8,10 @@ Forward hooks on the embedding, on each layer's attention and MLP modules, and a
 record those writes and ``h_L`` itself. Nothing is re-implemented: the model runs its own forward; the hooks
 only read. Hooks are registered by module object (PEFT wrappers keep the objects) and are always removed,
 also when the forward raises.
+
+A prompt-tuning adapter runs the layers on ``virtual + seq`` positions but calls the embedding on the
+prompt's ``seq`` tokens only (its virtual embeddings are parameters, not embedding lookups): the layer hooks
+then keep ``position + virtual`` and the embedding hook ``position``, so every kept row is the same token.
 """
 
 from __future__ import annotations
@@ -52,13 +56,17 @@ class _Recorder:
     """Mutable collector the hooks write into; turned into a :class:`ResidualCapture` after the pass."""
 
     positions: torch.Tensor | None
+    virtual: int = 0
     writes: dict[str, torch.Tensor] = field(default_factory=dict)
     final_input: torch.Tensor | None = None
 
-    def keep(self, tensor: torch.Tensor) -> torch.Tensor:
+    def keep(self, tensor: torch.Tensor, shift: int = 0) -> torch.Tensor:
+        """The kept positions of ``tensor`` ``(batch, seq, d)``; ``shift`` virtual positions come first."""
         tensor = tensor.detach()
         if self.positions is not None:
-            tensor = tensor[:, self.positions.to(tensor.device)]  # (batch, kept pos, d_model)
+            tensor = tensor[:, (self.positions + shift).to(tensor.device)]  # (batch, kept pos, d_model)
+        elif shift:
+            tensor = tensor[:, shift:]
         return tensor
 
     def result(self, names: tuple[str, ...]) -> ResidualCapture:
@@ -85,35 +93,36 @@ def _first(output: object) -> torch.Tensor:
 
 @contextmanager
 def capture_residual(
-    model: nn.Module, spec: ArchitectureSpec, positions: torch.Tensor | None = None
+    model: nn.Module, spec: ArchitectureSpec, positions: torch.Tensor | None = None, virtual: int = 0
 ) -> Iterator[_Recorder]:
     """Record each residual write of the forward passes run inside the ``with`` block.
 
     Args:
         model: A HF causal LM of the family ``spec`` describes, bare or PEFT-wrapped.
         spec: Its architecture spec.
-        positions: Sequence positions to keep (``None`` keeps all); keeping few saves memory on long prompts.
+        positions: Prompt positions to keep (``None`` keeps all); keeping few saves memory on long prompts.
+        virtual: Virtual positions a prompt-tuning adapter runs before the prompt (see the module text).
 
     Yields:
         A recorder; call ``.result(component_names(spec, model))`` after the forward pass.
     """
-    recorder = _Recorder(positions=None if positions is None else positions.long().cpu())
+    recorder = _Recorder(positions=None if positions is None else positions.long().cpu(), virtual=virtual)
     handles = []
 
-    def save(name: str):
+    def save(name: str, shift: int):
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            recorder.writes[name] = recorder.keep(_first(output))
+            recorder.writes[name] = recorder.keep(_first(output), shift)
 
         return hook
 
     def save_final(_module: nn.Module, inputs: tuple) -> None:
-        recorder.final_input = recorder.keep(inputs[0])
+        recorder.final_input = recorder.keep(inputs[0], virtual)
 
     try:
-        handles.append(spec.module(model, spec.embed).register_forward_hook(save("embed")))
+        handles.append(spec.module(model, spec.embed).register_forward_hook(save("embed", 0)))
         for i, layer in enumerate(spec.layer_list(model)):
-            handles.append(layer.get_submodule(spec.attn).register_forward_hook(save(f"L{i}.attn")))
-            handles.append(layer.get_submodule(spec.mlp).register_forward_hook(save(f"L{i}.mlp")))
+            handles.append(layer.get_submodule(spec.attn).register_forward_hook(save(f"L{i}.attn", virtual)))
+            handles.append(layer.get_submodule(spec.mlp).register_forward_hook(save(f"L{i}.mlp", virtual)))
         handles.append(spec.module(model, spec.final_norm).register_forward_pre_hook(save_final))
         yield recorder
     finally:

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from tokenlens.attribution import inputs
-from tokenlens.attribution.direct import refuse_virtual_positions
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
-from tokenlens.models.specs import ArchitectureSpec, bare_model
+from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_tokens
 
 METRICS = ("logit", "logprob", "prob", "logit_diff")
 
@@ -91,8 +90,7 @@ def run_metric(
     attribution patching). Only the metric position's logits are computed.
 
     Raises:
-        TokenlensError: The metric position is outside the prompt, or a prompt-learning adapter adds
-            virtual positions.
+        TokenlensError: The metric position is outside the prompt.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"expected input ids of shape (1, seq), got {tuple(input_ids.shape)}")
@@ -100,16 +98,23 @@ def run_metric(
         raise TokenlensError(
             f"the metric reads position {metric.position}, outside this prompt of {input_ids.shape[1]} tokens"
         )
-    refuse_virtual_positions(model)
+    return metric.of(_logits_at(model, spec, input_ids, metric.position))
+
+
+def _logits_at(
+    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, position: int
+) -> torch.Tensor:
+    """The ``(vocab,)`` logits at prompt ``position`` of one forward pass of ``input_ids`` ``(1, seq)``.
+
+    A prompt-tuning adapter's virtual positions come before the prompt, so the model's own index is shifted.
+    """
     device = spec.module(model, spec.embed).weight.device
     input_ids = input_ids.to(device)
+    keep = torch.tensor([position + virtual_tokens(model)], device=device)
     output = model(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        use_cache=False,
-        logits_to_keep=torch.tensor([metric.position], device=device),
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False, logits_to_keep=keep
     )
-    return metric.of(output.logits[0, 0])
+    return output.logits[0, 0]
 
 
 def encode(loaded: LoadedModel, prompt: str, *, chat: bool = False) -> torch.Tensor:
@@ -133,11 +138,8 @@ def _token(
 
 def _top1(loaded: LoadedModel, ids: torch.Tensor, position: int) -> int:
     """The model's top-1 token at ``position`` among ids the tokenizer can decode."""
-    device = loaded.spec.module(loaded.model, loaded.spec.embed).weight.device
     with torch.no_grad():
-        logits = loaded.model(
-            input_ids=ids.to(device), use_cache=False, logits_to_keep=torch.tensor([position], device=device)
-        ).logits[0, 0]
+        logits = _logits_at(loaded.model, loaded.spec, ids, position)
     limit = inputs.decodable_vocab(loaded.tokenizer, logits.shape[-1])
     return int(inputs.top_tokens(logits, limit, 1)[0])
 

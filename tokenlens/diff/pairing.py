@@ -27,7 +27,7 @@ from torch import nn
 
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel, load
-from tokenlens.models.specs import ArchitectureSpec, bare_model
+from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_keys, virtual_tokens
 
 MANIFEST = "tokenlens-manifest.json"
 SHAPE_FIELDS = (
@@ -80,16 +80,12 @@ class ModelPair:
     @property
     def virtual_tokens(self) -> int:
         """Virtual positions the tuned model prepends (prompt tuning), else 0."""
-        config = getattr(self.tuned.model, "active_peft_config", None)
-        if config is None or getattr(config, "peft_type", None) is None:
-            return 0
-        return int(config.num_virtual_tokens) if str(config.peft_type.value) == "PROMPT_TUNING" else 0
+        return virtual_tokens(self.tuned.model)
 
     @property
     def prompt_learning(self) -> bool:
         """The tuned model is a prompt or prefix tuning adapter (virtual tokens or virtual keys/values)."""
-        config = getattr(self.tuned.model, "active_peft_config", None)
-        return bool(getattr(config, "is_prompt_learning", False))
+        return self.virtual_tokens > 0 or virtual_keys(self.tuned.model)
 
     @contextmanager
     def side(self, which: str) -> Iterator[nn.Module]:

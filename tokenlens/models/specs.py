@@ -117,6 +117,39 @@ def bare_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def _prompt_learning_kind(model: nn.Module) -> str | None:
+    """The PEFT type of an active prompt-learning adapter (``PROMPT_TUNING``, ``PREFIX_TUNING``…), else None.
+
+    Looks through a ``DistributedDataParallel``-style ``.module`` wrapper.
+    """
+    config = getattr(getattr(model, "module", model), "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return None
+    kind = config.peft_type
+    return str(getattr(kind, "value", kind))
+
+
+def virtual_tokens(model: nn.Module) -> int:
+    """Virtual positions a PEFT adapter puts before the input (prompt tuning, P-tuning), else 0.
+
+    The model then runs on ``virtual + seq`` positions: the adapter's learned embeddings, then the prompt's
+    token embeddings. Prefix tuning is different: it adds learned keys/values to every layer's cache and no
+    positions to the stream (see :func:`virtual_keys`).
+    """
+    kind = _prompt_learning_kind(model)
+    if kind is None or kind in _KEY_VALUE_KINDS:
+        return 0
+    return int(getattr(model, "module", model).active_peft_config.num_virtual_tokens)
+
+
+def virtual_keys(model: nn.Module) -> bool:
+    """Whether a PEFT adapter adds learned keys/values to every layer's cache (prefix tuning)."""
+    return _prompt_learning_kind(model) in _KEY_VALUE_KINDS
+
+
+_KEY_VALUE_KINDS = ("PREFIX_TUNING", "CARTRIDGE")
+
+
 def spec_for_model(model: nn.Module) -> ArchitectureSpec:
     """The spec for a loaded model (bare or PEFT-wrapped)."""
     return spec_for_config(bare_model(model).config)

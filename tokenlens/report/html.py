@@ -269,17 +269,17 @@ def _experts(r: LogitAttribution) -> str:
 
 
 def _source_split(r: LogitAttribution, split: SourceSplit, anchor: str, figures: str) -> str:
-    upto = r.position + 1
+    upto = r.source_end
     values = split.contributions.tolist()
     peak = max((abs(v) for v in values[:upto]), default=0.0)
     shaded = " ".join(
         _tok(token, "tok", _shade(values[j], peak), f"S{j}: {values[j]:+.4f}")
         if j < upto
         else _tok(token, "tok after")
-        for j, token in enumerate(r.tokens)
+        for j, token in enumerate(r.source_tokens)
     )
     rows = [
-        f'<tr data-name="{split.name}.S{j}"><td>S{j}</td><td>{_tok(r.tokens[j])}</td>{_num(values[j])}'
+        f'<tr data-name="{split.name}.S{j}"><td>S{j}</td><td>{_tok(r.source_tokens[j])}</td>{_num(values[j])}'
         f'<td class="num">{" ".join(f"{a:.3f}" for a in split.pattern[:, j].tolist())}</td>'
         f"{_bar(values[j], peak)}</tr>"
         for j in range(upto)

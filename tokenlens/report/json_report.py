@@ -25,6 +25,7 @@ def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
         "chat": result.chat,
         "tokens": [{"id": i, "token": t} for i, t in zip(result.token_ids, result.tokens, strict=False)],
         "position": result.position,
+        "virtual_tokens": result.virtual_tokens,
         "target": {"id": result.target.id, "token": result.target.token},
         "logit": result.target.logit,
         "logprob": result.logprob,
@@ -93,13 +94,13 @@ def _finer(result: LogitAttribution) -> dict[str, Any]:
         entries = []
         for split in result.sources:
             parent = split.name if split.head is not None else f"L{split.layer}.attn"
-            for j in range(result.position + 1):
+            for j in range(result.source_end):
                 entries.append(
                     {
                         "name": f"{split.name}.S{j}",
                         "parent": parent,
                         "position": j,
-                        "token": result.tokens[j],
+                        "token": result.source_tokens[j],
                         "logit": float(split.contributions[j]),
                         "attention": split.pattern[:, j].tolist(),
                     }

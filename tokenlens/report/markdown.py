@@ -155,11 +155,11 @@ def _source_split(r: LogitAttribution, split: SourceSplit) -> str:
     rows = [
         [
             f"S{j}",
-            token(r.tokens[j], True),
+            token(r.source_tokens[j], True),
             f"{values[j]:+.4f}",
             " ".join(f"{a:.3f}" for a in split.pattern[:, j].tolist()),
         ]
-        for j in range(r.position + 1)
+        for j in range(r.source_end)
     ]
     rows.append([f"{split.name}.v_bias", "value bias", f"{split.value_bias:+.4f}", ""])
     parent = f"head {split.name}" if split.head is not None else f"layer L{split.layer} (all heads)"

@@ -166,16 +166,16 @@ def _experts_table(result: LogitAttribution) -> Table:
 
 def _sources_view(result: LogitAttribution, split: SourceSplit) -> RenderableType:
     """The prompt, each source token shaded by its contribution (green up, red down), and the top sources."""
-    values = split.contributions[: result.position + 1].tolist()
+    values = split.contributions[: result.source_end].tolist()
     peak = max((abs(v) for v in values), default=0.0) or 1.0
     prompt = Text()
-    for token, value in zip(result.tokens, values):
+    for token, value in zip(result.source_tokens, values):
         level = int(40 + 160 * abs(value) / peak)
         colour = f"rgb(0,{level},0)" if value > 0 else f"rgb({level},0,0)" if value < 0 else "default"
         prompt.append(show_token(token), style=f"on {colour}")
         prompt.append(" ")
     ranked = sorted(range(len(values)), key=lambda j: -abs(values[j]))[:8]
-    top = "  ".join(f"S{j} {show_token(result.tokens[j])} {values[j]:+.3f}" for j in ranked)
+    top = "  ".join(f"S{j} {show_token(result.source_tokens[j])} {values[j]:+.3f}" for j in ranked)
     title = Text(f"Sources through {split.name} (value bias {split.value_bias:+.4f})", style="bold")
     return Group(title, prompt, Text(top, overflow="fold"))
 

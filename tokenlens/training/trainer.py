@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from tokenlens.errors import TokenlensError
-from tokenlens.models.specs import bare_model
+from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.training import checkpoint, output
 from tokenlens.training.checkpoint import CHECKPOINT
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
@@ -405,7 +405,7 @@ def _step(
             loss = model(**_pad(examples, pad, device)).loss
             scaled = loss
         else:
-            first = 0 if _prepends_tokens(model) else 1  # labels shift by one: the first is no target
+            first = 0 if virtual_tokens(model) else 1  # labels shift by one: the first is no target
             items = sum(sum(1 for label in e.labels[first:] if label != IGNORE) for e in examples)
             share = examples[parallel.rank :: parallel.processes]
             loss = model(**_pad(share or examples[:1], pad, device), num_items_in_batch=items).loss
@@ -416,16 +416,6 @@ def _step(
     optimizer.step()
     value = float(loss.detach())
     return value if parallel is None else parallel.total(value)
-
-
-def _prepends_tokens(model) -> bool:
-    """Whether PEFT puts virtual tokens before the input (prompt tuning, P-tuning), so that the first label
-    becomes a target too (predicted from the last virtual token); prefix tuning adds keys/values only."""
-    config = getattr(getattr(model, "module", model), "active_peft_config", None)
-    kind = getattr(getattr(config, "peft_type", None), "value", None)
-    return bool(
-        config is not None and config.is_prompt_learning and kind not in ("PREFIX_TUNING", "CARTRIDGE")
-    )
 
 
 def _pad(examples: list, pad: int, device) -> dict[str, torch.Tensor]:

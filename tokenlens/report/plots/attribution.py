@@ -228,10 +228,11 @@ def source_heat(result: LogitAttribution, split: SourceSplit, width: float = 10.
     Raises:
         ValueError: ``split`` does not have one contribution per prompt token.
     """
-    if tuple(split.contributions.shape) != (len(result.tokens),):
-        raise ValueError(f"split of shape {tuple(split.contributions.shape)} for {len(result.tokens)} tokens")
-    values = split.contributions[: result.position + 1].double()  # (source,) up to the query
-    labels = [token_label(t, 40) for t in result.tokens[: result.position + 1]]
+    sources = result.source_tokens
+    if tuple(split.contributions.shape) != (len(sources),):
+        raise ValueError(f"split of shape {tuple(split.contributions.shape)} for {len(sources)} sources")
+    values = split.contributions[: result.source_end].double()  # (source,) up to the query
+    labels = [token_label(t, 40) for t in sources[: result.source_end]]
     width = min(width, max(7.0, sum(len(label) * _CHAR + 0.08 + _GAP for label in labels)))
     places = _flow_tokens(labels, width)
 
