@@ -126,3 +126,20 @@ def test_prefix_tuning_attributes_but_refuses_sources(qwen_tokenizer):
     with pytest.raises(TokenlensError, match="not available for prefix-tuning") as info:
         attribute(loaded, PROMPT, sources=("L1",))
     assert "\n" not in str(info.value)
+
+
+def test_cli_inspects_a_trained_prompt_tuning_folder(small_checkpoint, small_data, tmp_path, capsys):
+    from tokenlens.cli import main
+    from tokenlens.models.loading import load
+    from tokenlens.training.trainer import train
+
+    out = tmp_path / "prompt"
+    train(load(str(small_checkpoint)), "prompt", small_data, out, steps=2, options={"virtual_tokens": 2})
+    report = tmp_path / "report.json"
+    argv = ["inspect", "--model", str(out), "--prompt", "a b c", "--sources", "L1", "--ablate", "L0.mlp"]
+    assert main([*argv, "--format", "json", "--out", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["virtual_tokens"] == 2 and data["sources"][0]["token"] == "<virtual 0>"
+    assert abs(data["check"]["error"]) <= data["check"]["tolerance"]
+    assert main(["inspect", "--model", str(out), "--prompt", "a b c", "--sources", "L1"]) == 0
+    assert "'<virtual 1>'" in capsys.readouterr().out
