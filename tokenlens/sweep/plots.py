@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from tokenlens.report.plots.common import LITERAL, new_figure
 from tokenlens.sweep.results import ConfigSummary, Spread, SweepMap
@@ -21,20 +23,85 @@ def _bars(spread: Spread) -> tuple[float, list[list[float]]]:
     return spread.mean, [[spread.mean - spread.low], [spread.high - spread.mean]]
 
 
+_OFFSETS = (
+    (6, 4),
+    (6, -12),
+    (-6, 4),
+    (-6, -12),
+    (6, 16),
+    (-6, 16),
+    (6, -24),
+    (-6, -24),
+    (18, 28),
+    (-18, 28),
+    (18, -36),
+    (-18, -36),
+)
+"""Label positions tried around a point, in points (right/left, above/below), nearest first."""
+
+
 def _scatter(ax, configs: tuple[ConfigSummary, ...], x_of, xlabel: str, log: bool) -> None:
+    points = []
     for i, c in enumerate(configs):
         gain = c.spread("gain")
         x, xerr = x_of(c)
         y, yerr = _bars(gain)
         colour = f"C{i % 10}"
         ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="o", color=colour, capsize=3, label=c.config)
-        ax.annotate(c.config, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, **LITERAL)
+        points.append((c.config, x, y, colour))
     if log:
         ax.set_xscale("log")
     ax.axhline(0.0, color="#888", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("intended effect: mean target p gain")
     ax.grid(True, alpha=0.3)
+    _label_points(ax, points)
+
+
+def _label_points(ax, points: list[tuple[str, float, float, str]]) -> None:
+    """Name each point in its colour, trying positions around it until the label overlaps no point, no label
+    placed before it and stays inside the axes; a thin line joins a label to its point."""
+    ax.figure.draw_without_rendering()  # lay the figure out first: label boxes are measured in pixels
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    taken = []
+    for _, x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        taken.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    for name, x, y, colour in points:
+        chosen = _OFFSETS[0]  # when no position is free: the nearest
+        for dx, dy in _OFFSETS:
+            box = _text_box(_label(ax, name, x, y, colour, dx, dy, line=False), renderer, remove=True)
+            free = not any(box.overlaps(other) for other in taken)
+            if free and inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1):
+                chosen = (dx, dy)
+                break
+        far = chosen not in _OFFSETS[:2]  # away from its point: a thin line joins them
+        taken.append(_text_box(_label(ax, name, x, y, colour, *chosen, line=far), renderer, remove=False))
+
+
+def _text_box(label, renderer, *, remove: bool) -> Bbox:
+    """The pixel box of an annotation's text (not its line), optionally removing the annotation."""
+    label.update_positions(renderer)  # offset-point texts get their place only here
+    box = Text.get_window_extent(label, renderer)
+    if remove:
+        label.remove()
+    return box
+
+
+def _label(ax, name: str, x: float, y: float, colour: str, dx: float, dy: float, *, line: bool):
+    arrow = {"arrowstyle": "-", "color": colour, "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4}
+    return ax.annotate(
+        name,
+        (x, y),
+        textcoords="offset points",
+        xytext=(dx, dy),
+        ha="left" if dx > 0 else "right",
+        fontsize=8,
+        color=colour,
+        arrowprops=arrow if line else None,
+        **LITERAL,
+    )
 
 
 def effect_vs_params(m: SweepMap) -> Figure:
