@@ -143,3 +143,25 @@ def test_cli_inspects_a_trained_prompt_tuning_folder(small_checkpoint, small_dat
     assert abs(data["check"]["error"]) <= data["check"]["tolerance"]
     assert main(["inspect", "--model", str(out), "--prompt", "a b c", "--sources", "L1"]) == 0
     assert "'<virtual 1>'" in capsys.readouterr().out
+
+
+def test_diff_shows_attention_to_the_virtual_tokens_per_layer(pair):
+    from tokenlens.diff import DiffOptions, ModelPair, diff, prompt_probes
+
+    tuned, bare = pair
+    probe = diff(
+        ModelPair(base=bare, tuned=tuned, toggled=False), prompt_probes([PROMPT], None), DiffOptions()
+    ).probes[0]
+    assert sorted(row.name for row in probe.virtual) == ["L0.virtual", "L1.virtual", "L2.virtual"]
+    # independently: the bare model on the virtual tokens' text + the prompt is the tuned run; its source
+    # split, rescaled from its own final-norm scale to the base run's (the diff reads with the base readout)
+    tracked = probe.tracked.id
+    scale_base = attribute(bare, PROMPT, target_id=tracked).decomposition.scale
+    layers = tuple(f"L{i}" for i in range(3))
+    long = attribute(bare, VIRTUAL + PROMPT, target_id=tracked, sources=layers)
+    for split in long.sources:
+        expected = float(split.contributions[:3].double().sum()) * scale_base / long.decomposition.scale
+        got = next(row.direct for row in probe.virtual if row.name == f"L{split.layer}.virtual")
+        assert got == pytest.approx(expected, abs=1e-5)
+    assert any(abs(row.direct) > 1e-4 for row in probe.virtual)
+    assert probe.neurons  # the neuron drill-down now runs on prompt-tuned pairs too

@@ -158,8 +158,8 @@ def drill_neurons(
     spec = pair.spec
     rows = []
     for i in layers:
-        if base.internals is None or tuned.internals is None or base.internals[i].act is None:
-            continue  # no per-neuron inputs (a MoE layer, or virtual positions)
+        if base.internals[i].act is None:
+            continue  # a MoE layer: no single down_proj (see drill_experts)
         terms = {}
         for which, run in (("base", base), ("tuned", tuned)):
             with pair.side(which) as model:

@@ -13,9 +13,10 @@ For each probe both models run once with the residual stream captured at the pro
   and chooses which get exact patching (the top ``exact``, all of them for small models);
 * **drill-down** — per head and per MLP neuron for the layers with the largest effect.
 
-Prompt tuning prepends virtual positions to the tuned run: the two runs are compared at the real positions
-(counted from the end), the virtual tokens act through attention, and the per-head/neuron drill-down is
-skipped for such pairs.
+Prompt tuning prepends virtual positions to the tuned run: the two runs are compared at the real positions,
+and the virtual tokens act through attention only. Their share is shown per layer (``L{i}.virtual``): the
+part of the tuned attention write that comes from the virtual positions, read with the base readout like
+every direct term, so it is a part of ``L{i}.attn``'s direct term.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenlens.attribution import inputs
+from tokenlens.attribution import finer, inputs
 from tokenlens.attribution.readout import Readout, final_norm_eps, head_row, norm_weight
 from tokenlens.attribution.result import TokenScore
 from tokenlens.capture.residual import component_names
@@ -145,11 +146,10 @@ def _diff_probe(
     bare = bare_model(pair.tuned.model)
     sites = layer_sites(bare, spec) + head_sites(bare, spec)
     with pair.side("base") as model:
-        base = capture_run(model, spec, input_ids, position, sites, internals=not virtual)
+        base = capture_run(model, spec, input_ids, position, sites)
     with pair.side("tuned") as model:
-        tuned = capture_run(
-            model, spec, input_ids, position, sites, internals=not virtual, virtual=virtual > 0
-        )
+        splits = frozenset({"neurons", "heads", "sources"} if virtual else {"neurons"})
+        tuned = capture_run(model, spec, input_ids, position, sites, splits=splits)
     limit = inputs.decodable_vocab(tokenizer, base.logits.shape[0])
     base_probs, tuned_probs = base.logits.softmax(-1), tuned.logits.softmax(-1)
     base_top = _top(tokenizer, base.logits, base_probs, limit, options.top_k)
@@ -170,8 +170,10 @@ def _diff_probe(
     components, heads, neurons, experts, notes = _effects(
         pair, input_ids, position, base, tuned, split, tracked, readout_b, options
     )
+    through_virtual: tuple[ComponentEffect, ...] = ()
     if virtual:
         notes += (f"the tuned model prepends {virtual} virtual tokens: compared at the real positions",)
+        through_virtual = _virtual_rows(pair, tuned, position, len(ids), readout_b)
     tracked_base, tracked_tuned = (
         _score(tokenizer, base.logits, base_probs, tracked),
         _score(tokenizer, tuned.logits, tuned_probs, tracked),
@@ -205,6 +207,7 @@ def _diff_probe(
         heads=heads,
         neurons=neurons,
         experts=experts,
+        virtual=through_virtual,
         verdict=verdict,
         notes=notes,
     )
@@ -319,6 +322,29 @@ def _effects(
     neurons = drill.drill_neurons(*args, mlp_layers, grads, readout_b, options.neurons, options.reverse)
     experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse)
     return components, _sorted(heads), _sorted(neurons), _sorted(experts), notes
+
+
+def _virtual_rows(
+    pair: ModelPair, tuned: Run, position: int, seq: int, readout: Readout
+) -> tuple[ComponentEffect, ...]:
+    """Per layer ``L{i}.virtual``: the direct term (base readout) of the tuned attention write's part that
+    attends to the virtual positions, from the tuned run's source split at the probe position."""
+    shift, model = pair.virtual_tokens, pair.tuned.model
+    rows = []
+    for i in range(len(pair.spec.layer_list(model))):
+        per_head = finer.layer_sources(
+            model,
+            pair.spec,
+            tuned.internals,
+            readout,
+            layer_index=i,
+            position=shift + position,  # the tuned model's own sequence: virtual positions first
+            batch_index=0,
+            k=0,
+            key_mask=torch.ones(shift + seq),
+        )
+        rows.append(ComponentEffect(f"L{i}.virtual", float(per_head.sources[:, :shift].double().sum())))
+    return tuple(rows)
 
 
 def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:

@@ -183,6 +183,9 @@ class ProbeDiff:
         neurons: Drill-down into the MLP layers with the largest effect (top neurons by |direct|).
         experts: Drill-down into the same layers where they are mixture-of-experts layers: every routed
             expert's write change ``L{i}.E{e}`` (empty for a dense model).
+        virtual: With a prompt-tuning adapter, per layer ``L{i}.virtual``: the direct term (base readout) of
+            the part of the tuned attention write that comes from the virtual positions, a part of
+            ``L{i}.attn``'s direct term (empty otherwise).
         verdict: The check's judgement.
         notes: Caveats for this probe (virtual tokens, components without exact values, …).
     """
@@ -208,6 +211,7 @@ class ProbeDiff:
     verdict: Verdict
     notes: tuple[str, ...] = ()
     experts: tuple[ComponentEffect, ...] = ()
+    virtual: tuple[ComponentEffect, ...] = ()
 
     @property
     def flipped(self) -> bool:

@@ -25,7 +25,7 @@ from tokenlens.causal.interventions import Edit, record, replace
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.errors import TokenlensError
-from tokenlens.models.specs import ArchitectureSpec, bare_model
+from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_tokens
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,15 @@ class Run:
         final_input: ``(d_model,)`` float64 stream entering the final norm there.
         logits: ``(vocab,)`` float64 logits there.
         values: Site name -> ``(1, seq, width)`` activation over the real positions (model dtype).
-        internals: Per-layer internals (``z``, ``act``) at the probe position, or ``None``.
+        internals: Per-layer internals at the probe position (``act`` for the neuron drill-down; with
+            virtual tokens also what their source split needs).
     """
 
     writes: torch.Tensor
     final_input: torch.Tensor
     logits: torch.Tensor
     values: dict[str, torch.Tensor]
-    internals: list[LayerInternals] | None
+    internals: list[LayerInternals]
 
 
 def _forward(model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, position: int):
@@ -61,22 +62,23 @@ def capture_run(
     position: int,
     sites: Sequence[Site],
     *,
-    internals: bool,
-    virtual: bool = False,
+    splits: frozenset[str] = frozenset({"neurons"}),
 ) -> Run:
     """One real forward pass of ``input_ids`` ``(1, seq)`` capturing everything a diff reads.
+
+    Args:
+        splits: The layer internals to keep at ``position`` (:mod:`tokenlens.capture.internals`); a
+            prompt-tuned model's internals are in its own sequence, virtual positions first.
 
     Raises:
         TokenlensError: The model produced NaN or infinite values.
     """
     seq = input_ids.shape[1]
-    kept = torch.tensor([position - seq if virtual else position])
+    shift = virtual_tokens(model)
+    kept = torch.tensor([position])
     with ExitStack() as stack, torch.no_grad():
-        residual = stack.enter_context(capture_residual(model, spec, kept))
-        inner = None
-        if internals:
-            splits = frozenset({"neurons"})
-            inner = stack.enter_context(capture_internals(model, spec, tuple(input_ids.shape), kept, splits))
+        residual = stack.enter_context(capture_residual(model, spec, kept, shift))
+        inner = stack.enter_context(capture_internals(model, spec, (1, shift + seq), kept + shift, splits))
         values = stack.enter_context(record(model, spec, sites))
         output = _forward(model, spec, input_ids, position)
     capture = residual.result(component_names(spec, bare_model(model)))
@@ -91,7 +93,7 @@ def capture_run(
         final_input=capture.final_input[0, 0].double(),
         logits=logits,
         values={name: v[:, v.shape[1] - seq :] for name, v in values.items()},
-        internals=None if inner is None else inner.layers,
+        internals=inner.layers,
     )
 
 

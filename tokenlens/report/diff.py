@@ -226,6 +226,7 @@ def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
         "heads": [_effect(e) for e in sorted_effects(p.heads)],
         "neurons": [_effect(e) for e in sorted_effects(p.neurons)],
         "experts": [_effect(e) for e in sorted_effects(p.experts)],
+        "virtual": [_effect(e) for e in sorted_effects(p.virtual)],
         "verdict": {"expect": p.verdict.expect, "passed": p.verdict.passed, "reason": p.verdict.reason},
         "notes": list(p.notes),
     }
@@ -424,6 +425,8 @@ def _probe_detail(i: int, p: ProbeDiff, top: int) -> RenderableType:
         parts.append(_effects_table("Top neurons", p.neurons, top))
     if p.experts:
         parts.append(_effects_table("Top experts", p.experts, top))
+    if p.virtual:
+        parts.append(_effects_table("Attention to the virtual tokens (direct)", p.virtual, top))
     parts.append(Text(EFFECTS_KEY, style="dim"))
     parts += [Text(f"note: {n}", style="dim") for n in p.notes]
     return Group(*parts)

@@ -209,6 +209,8 @@ def _probe(i: int, p: ProbeDiff, top: int) -> str:
         parts.append(_effects("Neurons", p.neurons, top))
     if p.experts:
         parts.append(_effects("Experts", p.experts, top))
+    if p.virtual:
+        parts.append(_effects("Attention to the virtual tokens (direct)", p.virtual, top))
     parts += [f'<p class="note">note: {_e(visible(n))}</p>' for n in p.notes]
     return "".join(parts)
 

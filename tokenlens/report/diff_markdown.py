@@ -156,6 +156,8 @@ def _probe(i: int, p: ProbeDiff, top: int) -> str:
         parts.append("**Neurons**: " + _effects(p.neurons, top))
     if p.experts:
         parts.append("**Experts**: " + _effects(p.experts, top))
+    if p.virtual:
+        parts.append("**Attention to the virtual tokens** (direct): " + _effects(p.virtual, top))
     if p.notes:
         parts.append("\n".join(f"> note: {plain(n)}" for n in p.notes))
     return "\n\n".join(parts)
