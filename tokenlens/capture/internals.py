@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tokenlens.models.specs import ArchitectureSpec
+from tokenlens.models.specs import ArchitectureSpec, optional_submodule
 
 SPLITS = frozenset({"heads", "sources", "neurons", "experts"})
 
@@ -72,15 +72,6 @@ class InternalsRecorder:
 def _heads_view(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
     """``(batch, seq, heads * head_dim)`` or ``(batch, seq, heads, head_dim)`` → the latter."""
     return tensor.reshape(*tensor.shape[:2], -1, head_dim)
-
-
-def _optional(module: nn.Module, path: str | None) -> nn.Module | None:
-    if path is None:
-        return None
-    try:
-        return module.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 @contextmanager
@@ -151,7 +142,7 @@ def capture_internals(
                 handles.append(
                     layer.get_submodule(spec.attn_out).register_forward_pre_hook(pre_hook(store, "z"))
                 )
-            if "neurons" in splits and (down := _optional(layer, spec.mlp_out)) is not None:
+            if "neurons" in splits and (down := optional_submodule(layer, spec.mlp_out)) is not None:
                 handles.append(down.register_forward_pre_hook(pre_hook(store, "act")))
             if "sources" in splits:
                 handles += [
@@ -164,7 +155,7 @@ def capture_internals(
                     layer.get_submodule(spec.v_states).register_forward_hook(v_hook(store)),
                     attn.register_forward_pre_hook(rope_hook(store), with_kwargs=True),
                 ]
-            if "experts" in splits and (experts := _optional(layer, spec.experts)) is not None:
+            if "experts" in splits and (experts := optional_submodule(layer, spec.experts)) is not None:
                 handles.append(experts.register_forward_pre_hook(experts_hook(store)))
         yield recorder
     finally:

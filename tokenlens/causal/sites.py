@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from tokenlens.errors import TokenlensError
-from tokenlens.models.specs import ArchitectureSpec, bare_model
+from tokenlens.models.specs import ArchitectureSpec, bare_model, optional_submodule
 
 KINDS = ("embed", "attn", "mlp", "head", "neuron", "expert")
 _INDEX = r"(\d+|\d+-\d+|\*)"
@@ -64,12 +64,7 @@ def head_count(model: nn.Module) -> int:
 
 def _n_neurons(model: nn.Module, spec: ArchitectureSpec, layer: int) -> int:
     """The width of layer ``layer``'s ``down_proj`` input, refusing mixture-of-experts layers."""
-    module = None
-    if spec.mlp_out is not None:
-        try:
-            module = spec.layer_list(model)[layer].get_submodule(spec.mlp_out)
-        except AttributeError:
-            module = None
+    module = optional_submodule(spec.layer_list(model)[layer], spec.mlp_out)
     if module is None:
         raise TokenlensError(
             f"layer {layer}'s MLP is a mixture of experts with no single down_proj: neuron sites "
@@ -80,12 +75,7 @@ def _n_neurons(model: nn.Module, spec: ArchitectureSpec, layer: int) -> int:
 
 def experts_module(model: nn.Module, spec: ArchitectureSpec, layer: int) -> nn.Module:
     """Layer ``layer``'s stacked routed-experts module, refusing layers without one."""
-    module = None
-    if spec.experts is not None:
-        try:
-            module = spec.layer_list(model)[layer].get_submodule(spec.experts)
-        except AttributeError:
-            module = None
+    module = optional_submodule(spec.layer_list(model)[layer], spec.experts)
     if module is None:
         raise TokenlensError(
             f"layer {layer}'s MLP has no routed experts: expert sites (L{layer}.E…) need a "

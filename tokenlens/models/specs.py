@@ -117,6 +117,17 @@ def bare_model(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def optional_submodule(module: nn.Module, path: str | None) -> nn.Module | None:
+    """``module.get_submodule(path)``, or ``None`` when ``path`` is ``None`` or absent (a MoE layer has no
+    ``mlp.down_proj``, a dense one no ``mlp.experts``)."""
+    if path is None:
+        return None
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def _prompt_learning_kind(model: nn.Module) -> str | None:
     """The PEFT type of an active prompt-learning adapter (``PROMPT_TUNING``, ``PREFIX_TUNING``…), else None.
 
