@@ -56,7 +56,6 @@ class _Recorder:
     """Mutable collector the hooks write into; turned into a :class:`ResidualCapture` after the pass."""
 
     positions: torch.Tensor | None
-    virtual: int = 0
     writes: dict[str, torch.Tensor] = field(default_factory=dict)
     final_input: torch.Tensor | None = None
 
@@ -106,7 +105,7 @@ def capture_residual(
     Yields:
         A recorder; call ``.result(component_names(spec, model))`` after the forward pass.
     """
-    recorder = _Recorder(positions=None if positions is None else positions.long().cpu(), virtual=virtual)
+    recorder = _Recorder(positions=None if positions is None else positions.long().cpu())
     handles = []
 
     def save(name: str, shift: int):
