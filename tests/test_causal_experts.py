@@ -157,3 +157,16 @@ def test_bad_expert_names_are_one_line_errors(tiny_loaded, kind, names, message)
     assert "\n" not in str(info.value)
     if kind != "qwen3-moe":
         assert expert_sites(loaded.model, loaded.spec) == ()
+
+
+def test_layer_wildcards_skip_layers_without_the_part(tiny_loaded):
+    loaded = tiny_loaded("qwen3-moe", mlp_only_layers=[1])  # layer 1 is a dense MLP
+    model, spec = loaded.model, loaded.spec
+    assert [s.name for s in parse_sites("L*.E0", model, spec)] == ["L0.E0", "L2.E0"]
+    assert [s.name for s in parse_sites("L*.N3", model, spec)] == ["L1.N3"]
+    assert [s.layer for s in expert_sites(model, spec)] == [0] * 4 + [2] * 4
+    with pytest.raises(TokenlensError, match="layer 1's MLP has no routed experts"):
+        parse_sites("L1.E0", model, spec)
+    dense = tiny_loaded("qwen3-tied-gqa")
+    with pytest.raises(TokenlensError, match="layer 0's MLP has no routed experts"):
+        parse_sites("L*.E0", dense.model, dense.spec)

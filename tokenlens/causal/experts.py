@@ -7,8 +7,9 @@ part of the block output ``L{i}.mlp``.
 
 No tensor of the model holds that term, so it is computed from the block's own ``experts`` module: a
 pre-hook keeps the ``(tokens, top_k_index, top_k_weights)`` the block calls it with, and the term is the
-module's own ``forward`` (not re-implemented; hooks bypassed) on the same tokens with every routing slot
-pointed at ``e`` and the weights of the slots that did not choose ``e`` set to zero. Replacing the term by
+module's own ``forward`` (not re-implemented; hooks bypassed) on the tokens routed to ``e``, each with one
+routing slot: expert ``e`` and its router weight. Recording every expert of a layer so costs one pass of
+the routed tokens through their experts, as in the model's own forward. Replacing the term by
 ``v`` adds ``v - term`` to the block output; the router of later layers then sees the changed stream, as in
 any patch. The gradient of a metric with respect to the term is its gradient with respect to the block
 output, since the term enters it with coefficient one.
@@ -42,9 +43,14 @@ class ExpertTaps:
             like: The block output ``(batch, seq, d_model)``.
         """
         tokens, index, weights = self.inputs[site.layer]  # (N, d_model), (N, top_k), (N, top_k)
-        kept = torch.where(index == site.index, weights, torch.zeros_like(weights))  # (N, top_k)
-        term = self.modules[site.layer].forward(tokens, torch.full_like(index, site.index), kept)
-        return term.reshape(like.shape).to(like.dtype)
+        chosen = index == site.index  # (N, top_k)
+        routed = chosen.any(-1).nonzero()[:, 0]  # (n,) the tokens sent to this expert
+        term = torch.zeros(tokens.shape[0], like.shape[-1], dtype=like.dtype, device=like.device)
+        if len(routed):
+            weight = (weights * chosen).sum(-1, keepdim=True)[routed]  # (n, 1): one slot per routed token
+            slot = torch.full_like(weight, site.index, dtype=index.dtype)
+            term[routed] = self.modules[site.layer].forward(tokens[routed], slot, weight).to(like.dtype)
+        return term.reshape(like.shape)
 
 
 @contextmanager

@@ -112,6 +112,10 @@ def _parse_one(item: str, model: nn.Module, spec: ArchitectureSpec) -> list[Site
         raise TokenlensError(f"cannot read component {item!r}: {_SYNTAX}")
     layers = _indices(match.group(1), len(spec.layer_list(model)), "layer", "")
     part = match.group(2)
+    if part[0] in "NE" and len(layers) > 1:  # several layers: only those that have neurons / experts
+        path = spec.mlp_out if part[0] == "N" else spec.experts
+        having = [i for i in layers if optional_submodule(spec.layer_list(model)[i], path) is not None]
+        layers = having or layers[:1]  # none has them: the first one's error says so
     sites = []
     for i in layers:
         if part in ("attn", "mlp"):
