@@ -165,3 +165,51 @@ def test_diff_shows_attention_to_the_virtual_tokens_per_layer(pair):
         assert got == pytest.approx(expected, abs=1e-5)
     assert any(abs(row.direct) > 1e-4 for row in probe.virtual)
     assert probe.neurons  # the neuron drill-down now runs on prompt-tuned pairs too
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_cutting_attention_to_the_virtual_tokens_everywhere_gives_the_base_run(qwen_tokenizer, attention):
+    """With every layer's prompt→virtual attention cut, the prompt's positions compute exactly what the bare
+    model computes on the prompt alone: RoPE scores depend only on relative positions (an independent
+    reference for the mask the hook builds)."""
+    from tokenlens.causal.interventions import block_virtual_attention
+
+    bare = build_tiny("qwen3-tied-gqa", attn_implementation=attention)
+    tuned = get_peft_model(
+        copy.deepcopy(bare), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    ids = torch.tensor([qwen_tokenizer(PROMPT)["input_ids"]])
+    spec = spec_for_model(tuned)
+    with torch.no_grad():
+        base = bare(input_ids=ids).logits[0, -1]
+        tuned_logits = tuned(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+        with block_virtual_attention(tuned, spec, [list(range(3))], 3):
+            cut = tuned(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+        with block_virtual_attention(tuned, spec, [[1]], 3):
+            one = tuned(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+    assert (tuned_logits - base).abs().max() > 1e-3  # the virtual tokens matter
+    torch.testing.assert_close(cut, base, atol=1e-4, rtol=1e-4)
+    assert (one - tuned_logits).abs().max() > 1e-5 and (one - base).abs().max() > 1e-5
+
+
+def test_diff_measures_cutting_each_layers_attention_to_the_virtual_tokens(pair):
+    from tokenlens.causal.interventions import block_virtual_attention
+    from tokenlens.diff import DiffOptions, ModelPair, diff, prompt_probes
+
+    tuned, bare = pair
+    probe = diff(
+        ModelPair(base=bare, tuned=tuned, toggled=False), prompt_probes([PROMPT], None), DiffOptions()
+    ).probes[0]
+    ids = torch.tensor([tuned.tokenizer(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        full = float(
+            tuned.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1, probe.tracked.id]
+        )
+        for row in probe.virtual:
+            layer = int(row.name[1:].split(".")[0])
+            with block_virtual_attention(tuned.model, tuned.spec, [[layer]], 3):
+                logits = tuned.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            assert row.causal_reverse == pytest.approx(
+                float(logits[0, -1, probe.tracked.id]) - full, abs=1e-5
+            )
+    assert any(abs(row.causal_reverse) > 1e-4 for row in probe.virtual)

@@ -253,3 +253,63 @@ def without_rope(model: nn.Module, spec: ArchitectureSpec, layers: Sequence[int]
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def block_virtual_attention(
+    model: nn.Module, spec: ArchitectureSpec, blocked: Sequence[Sequence[int]], virtual: int
+) -> Iterator[None]:
+    """Stop the prompt's positions from attending to the first ``virtual`` positions in chosen layers.
+
+    A prompt-tuning adapter's virtual positions reach the prompt only through attention. Row ``r`` of the
+    batch gets that path cut in the layers ``blocked[r]``: a ``with_kwargs`` pre-hook on those layers'
+    attention modules narrows the ``attention_mask`` they are called with (a boolean mask for sdpa, an
+    additive one for eager; combined with the model's own causal/padding mask), so queries at positions
+    ``≥ virtual`` get no weight on keys ``< virtual``; the virtual positions themselves are unchanged.
+
+    Raises:
+        TokenlensError: The model uses an attention implementation other than sdpa or eager, or its
+            attention modules are not called with ``hidden_states``/``attention_mask`` keywords.
+    """
+    layers = sorted({i for row in blocked for i in row})
+
+    def hook_for(layer: int):
+        rows = [r for r, chosen in enumerate(blocked) if layer in chosen]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            if hidden is None or "attention_mask" not in kwargs:
+                raise TokenlensError(
+                    f"cannot cut attention in {type(module).__name__}: it is not called with "
+                    "hidden_states/attention_mask keywords"
+                )
+            kind = module.config._attn_implementation
+            if kind not in ("sdpa", "eager"):
+                raise TokenlensError(f"cutting attention needs sdpa or eager attention, not {kind!r}")
+            batch, q = hidden.shape[:2]
+            allowed = torch.ones(batch, 1, q, q, dtype=torch.bool, device=hidden.device).tril()
+            allowed[rows, :, virtual:, :virtual] = False
+            mask = kwargs["attention_mask"]
+            if mask is None and kind == "sdpa":
+                mask = allowed
+            elif mask is None:
+                mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+                mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            elif mask.dtype == torch.bool:
+                mask = mask & allowed[..., -mask.shape[-1] :]
+            else:
+                mask = mask.masked_fill(~allowed[..., -mask.shape[-1] :], torch.finfo(mask.dtype).min)
+            return args, {**kwargs, "attention_mask": mask}
+
+        return hook
+
+    all_layers = spec.layer_list(model)
+    handles = []
+    try:
+        for i in layers:
+            attn = all_layers[i].get_submodule(spec.attn)
+            handles.append(attn.register_forward_pre_hook(hook_for(i), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

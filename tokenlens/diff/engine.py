@@ -47,7 +47,7 @@ from tokenlens.diff.result import (
     Telescope,
     mean_or_nan,
 )
-from tokenlens.diff.runs import Run, capture_run, divergences, patch_changes
+from tokenlens.diff.runs import PATCH_BATCH, Run, blocked_logits, capture_run, divergences, patch_changes
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
@@ -173,7 +173,7 @@ def _diff_probe(
     through_virtual: tuple[ComponentEffect, ...] = ()
     if virtual:
         notes += (f"the tuned model prepends {virtual} virtual tokens: compared at the real positions",)
-        through_virtual = _virtual_rows(pair, tuned, position, len(ids), readout_b)
+        through_virtual = _virtual_rows(pair, input_ids, tuned, position, tracked, readout_b)
     tracked_base, tracked_tuned = (
         _score(tokenizer, base.logits, base_probs, tracked),
         _score(tokenizer, tuned.logits, tuned_probs, tracked),
@@ -325,10 +325,13 @@ def _effects(
 
 
 def _virtual_rows(
-    pair: ModelPair, tuned: Run, position: int, seq: int, readout: Readout
+    pair: ModelPair, input_ids: torch.Tensor, tuned: Run, position: int, tracked: int, readout: Readout
 ) -> tuple[ComponentEffect, ...]:
     """Per layer ``L{i}.virtual``: the direct term (base readout) of the tuned attention write's part that
-    attends to the virtual positions, from the tuned run's source split at the probe position."""
+    attends to the virtual positions, from the tuned run's source split at the probe position; and, as
+    ``causal_reverse``, the tracked logit's change when the tuned run's prompt cannot attend to the virtual
+    positions in that layer (measured)."""
+    seq = input_ids.shape[1]
     shift, model = pair.virtual_tokens, pair.tuned.model
     rows = []
     for i in range(len(pair.spec.layer_list(model))):
@@ -343,8 +346,16 @@ def _virtual_rows(
             k=0,
             key_mask=torch.ones(shift + seq),
         )
-        rows.append(ComponentEffect(f"L{i}.virtual", float(per_head.sources[:, :shift].double().sum())))
-    return tuple(rows)
+        rows.append(float(per_head.sources[:, :shift].double().sum()))
+    undone = {}  # the tuned run with one layer's attention to the virtual positions cut, batched
+    layers = list(range(len(rows)))
+    for start in range(0, len(layers), PATCH_BATCH):
+        chunk = layers[start : start + PATCH_BATCH]
+        clean, *cut = blocked_logits(model, pair.spec, input_ids, position, [[]] + [[i] for i in chunk])
+        undone |= {i: float(row[tracked] - clean[tracked]) for i, row in zip(chunk, cut, strict=True)}
+    return tuple(
+        ComponentEffect(f"L{i}.virtual", direct, causal_reverse=undone[i]) for i, direct in enumerate(rows)
+    )
 
 
 def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:

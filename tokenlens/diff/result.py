@@ -123,7 +123,7 @@ class ComponentEffect:
     """How one component (a layer's attention or MLP, the embedding, a head, a neuron) moved the token.
 
     Attributes:
-        name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5`` or ``L3.N120``.
+        name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5``, ``L3.N120``, ``L3.E7`` or ``L3.virtual``.
         direct: Its term in the exact split (:class:`Telescope`), base readout frozen.
         causal: Exact: the tracked value's change when this component's tuned output is patched into the
             base run (everything downstream recomputed). ``None`` when not measured (see ``estimate``).
@@ -185,7 +185,8 @@ class ProbeDiff:
             expert's write change ``L{i}.E{e}`` (empty for a dense model).
         virtual: With a prompt-tuning adapter, per layer ``L{i}.virtual``: the direct term (base readout) of
             the part of the tuned attention write that comes from the virtual positions, a part of
-            ``L{i}.attn``'s direct term (empty otherwise).
+            ``L{i}.attn``'s direct term, and as ``causal_reverse`` the measured change when the tuned run's
+            prompt cannot attend to the virtual positions in that layer (empty otherwise).
         verdict: The check's judgement.
         notes: Caveats for this probe (virtual tokens, components without exact values, …).
     """

@@ -21,7 +21,7 @@ from torch import nn
 
 from tokenlens.capture.internals import LayerInternals, capture_internals
 from tokenlens.capture.residual import capture_residual, component_names
-from tokenlens.causal.interventions import Edit, record, replace
+from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.errors import TokenlensError
@@ -134,6 +134,20 @@ def patched_logits(
 
     batch = input_ids.expand(len(plans), -1)
     with torch.no_grad(), replace(model, spec, {site: merged(site) for site in sites}):
+        return _forward(model, spec, batch, position).logits[:, 0].double()
+
+
+def blocked_logits(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    position: int,
+    blocked: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """The logits ``(len(blocked), vocab)`` float64 at ``position`` of a prompt-tuned model, one row per set
+    of layers whose attention from the prompt to the virtual positions is cut (one batch)."""
+    batch = input_ids.expand(len(blocked), -1)
+    with torch.no_grad(), block_virtual_attention(model, spec, blocked, virtual_tokens(model)):
         return _forward(model, spec, batch, position).logits[:, 0].double()
 
 
