@@ -353,14 +353,15 @@ def _virtual_rows(
         chunk = layers[start : start + PATCH_BATCH]
         clean, *cut = blocked_logits(model, pair.spec, input_ids, position, [[]] + [[i] for i in chunk])
         undone |= {i: float(row[tracked] - clean[tracked]) for i, row in zip(chunk, cut, strict=True)}
-    return tuple(
-        ComponentEffect(f"L{i}.virtual", direct, causal_reverse=undone[i]) for i, direct in enumerate(rows)
+    return _sorted(
+        [ComponentEffect(f"L{i}.virtual", v, causal_reverse=undone[i]) for i, v in enumerate(rows)]
     )
 
 
 def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:
     def key(row: ComponentEffect) -> tuple:
-        causal = -abs(row.causal) if row.causal is not None else math.inf
+        measured = row.causal if row.causal is not None else row.causal_reverse
+        causal = -abs(measured) if measured is not None else math.inf
         estimate = -abs(row.estimate) if row.estimate is not None else math.inf
         return (causal, estimate, -abs(row.direct or 0.0))
 

@@ -71,13 +71,15 @@ def _magnitude(value: float | None) -> float | None:
 
 
 def sorted_effects(effects: Sequence[ComponentEffect]) -> list[ComponentEffect]:
-    """Largest measured |causal| first; unmeasured ones after, by |estimate|, then |direct|.
+    """Largest measured |causal| first (|reverse| for rows measured only that way, such as ``L{i}.virtual``);
+    unmeasured ones after, by |estimate|, then |direct|.
 
     A stable sort: the engine's order is kept among equal keys (so an already sorted list is unchanged).
     """
 
     def key(e: ComponentEffect) -> tuple:
-        causal, estimate, direct = _magnitude(e.causal), _magnitude(e.estimate), _magnitude(e.direct)
+        causal = _magnitude(e.causal if e.causal is not None else e.causal_reverse)
+        estimate, direct = _magnitude(e.estimate), _magnitude(e.direct)
         return (
             causal is None,
             -(causal or 0.0),
@@ -435,7 +437,8 @@ def _probe_detail(i: int, p: ProbeDiff, top: int) -> RenderableType:
 EFFECTS_KEY = (
     "Sorted by measured |causal|. direct: the exact split's term; causal / reverse: MEASURED by patching "
     "(tuned output into the base run / base output into the tuned run); ESTIMATE: first-order "
-    "attribution-patching estimate; KL: KL(base ‖ patched base), nats; —: not measured."
+    "attribution-patching estimate; KL: KL(base ‖ patched base), nats; —: not measured. L{i}.virtual "
+    "(prompt tuning): reverse is the tuned run with that layer's attention to the virtual tokens cut."
 )
 
 
