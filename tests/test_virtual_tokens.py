@@ -137,9 +137,10 @@ def test_cli_inspects_a_trained_prompt_tuning_folder(small_checkpoint, small_dat
     train(load(str(small_checkpoint)), "prompt", small_data, out, steps=2, options={"virtual_tokens": 2})
     report = tmp_path / "report.json"
     argv = ["inspect", "--model", str(out), "--prompt", "a b c", "--sources", "L1", "--ablate", "L0.mlp"]
-    assert main([*argv, "--format", "json", "--out", str(report)]) == 0
+    assert main([*argv, "--virtual", "--format", "json", "--out", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["virtual_tokens"] == 2 and data["sources"][0]["token"] == "<virtual 0>"
+    assert [e["name"] for e in data["virtual"]["each"]][:2] == ["L0.virtual", "L1.virtual"]
     assert abs(data["check"]["error"]) <= data["check"]["tolerance"]
     assert main(["inspect", "--model", str(out), "--prompt", "a b c", "--sources", "L1"]) == 0
     assert "'<virtual 1>'" in capsys.readouterr().out
@@ -213,3 +214,19 @@ def test_diff_measures_cutting_each_layers_attention_to_the_virtual_tokens(pair)
                 float(logits[0, -1, probe.tracked.id]) - full, abs=1e-5
             )
     assert any(abs(row.causal_reverse) > 1e-4 for row in probe.virtual)
+
+
+def test_virtual_ablation_cut_everywhere_is_the_bare_model(pair):
+    from tokenlens.causal import virtual_ablation
+
+    tuned, bare = pair
+    result = virtual_ablation(tuned, PROMPT)
+    assert [e.name for e in result.each] == ["L0.virtual", "L1.virtual", "L2.virtual"]
+    ids = torch.tensor([tuned.tokenizer(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        alone = float(bare.model(input_ids=ids).logits[0, -1, result.metric.target_id])
+    assert result.together.value == pytest.approx(alone, abs=1e-4)
+    assert abs(result.together.delta) > 1e-4
+    with pytest.raises(TokenlensError, match="no virtual tokens") as info:
+        virtual_ablation(bare, PROMPT)
+    assert "\n" not in str(info.value)

@@ -19,7 +19,14 @@ from tokenlens.causal.estimates import (
     estimate_check,
 )
 from tokenlens.causal.metrics import METRICS, Metric, metric_for
-from tokenlens.causal.nonadditive import ablate_norms, ablate_rope, norm_ablation, rope_ablation
+from tokenlens.causal.nonadditive import (
+    ablate_norms,
+    ablate_rope,
+    ablate_virtual,
+    norm_ablation,
+    rope_ablation,
+    virtual_ablation,
+)
 from tokenlens.causal.results import (
     Ablation,
     AttributionPatching,
@@ -47,6 +54,7 @@ __all__ = [
     "ablate",
     "ablate_norms",
     "ablate_rope",
+    "ablate_virtual",
     "ablation",
     "attribution_patch",
     "attribution_patching",
@@ -61,4 +69,5 @@ __all__ = [
     "patch",
     "patching",
     "rope_ablation",
+    "virtual_ablation",
 ]

@@ -1,4 +1,4 @@
-"""Effects of the parts with no additive share of the logit: the RMSNorm scales and RoPE.
+"""Effects of the parts with no additive share of the logit: the RMSNorm scales, RoPE, virtual tokens.
 
 The residual stream is a sum of writes, but two parts of the model act multiplicatively or on the
 attention pattern and write nothing to it:
@@ -9,26 +9,29 @@ attention pattern and write nothing to it:
   number) and rerunning.
 - **RoPE.** Rotary embeddings rotate queries and keys by position; there is no positional write. Its effect
   is measured by running a layer's (or every layer's) attention with the rotation switched off.
+- **Virtual tokens** of a prompt-tuning adapter. They reach the prompt only through attention; their effect
+  is measured by cutting a layer's (or every layer's) attention from the prompt to them.
 
-Both are reported as ablation effects (:class:`~tokenlens.causal.results.Ablation`), never as
+All are reported as ablation effects (:class:`~tokenlens.causal.results.Ablation`), never as
 contributions: they need not add up with anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 
 import torch
 from torch import nn
 
 from tokenlens.causal.effects import measure
-from tokenlens.causal.interventions import rescale_norm, without_rope
+from tokenlens.causal.interventions import block_virtual_attention, rescale_norm, without_rope
 from tokenlens.causal.metrics import Metric, encode, metric_for
 from tokenlens.causal.results import Ablation, Effect, NormAblation
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
-from tokenlens.models.specs import ArchitectureSpec
+from tokenlens.models.specs import ArchitectureSpec, virtual_tokens
 
 
 def norm_modules(
@@ -119,24 +122,94 @@ def ablate_rope(
     Raises:
         TokenlensError: An unknown layer index, or attention that does not take ``position_embeddings``.
     """
+    return _per_layer(
+        model,
+        spec,
+        input_ids,
+        metric,
+        partial(without_rope, model, spec),
+        layers=layers,
+        each=each,
+        together=together,
+        method="rope",
+        reference="cos=1, sin=0 (no rotation)",
+        what="RoPE ablation",
+    )
+
+
+def ablate_virtual(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    metric: Metric,
+    *,
+    layers: Sequence[int] | None = None,
+    each: bool = True,
+    together: bool = True,
+) -> Ablation:
+    """Cut the prompt's attention to a prompt-tuning adapter's virtual tokens, per layer and/or together.
+
+    The virtual tokens act on the prompt only through attention; each layer's effect is measured with its
+    prompt positions unable to attend to them (:func:`~tokenlens.causal.interventions.
+    block_virtual_attention`; effects named ``L{i}.virtual``). With every layer cut, the prompt computes what
+    the bare model computes on it alone. Arguments as in :func:`ablate_rope`.
+
+    Raises:
+        TokenlensError: The model has no virtual tokens, or an unknown layer index.
+    """
+    virtual = virtual_tokens(model)
+    if virtual == 0:
+        raise TokenlensError(
+            "the model has no virtual tokens: cutting attention to them needs a prompt-tuned model"
+        )
+    return _per_layer(
+        model,
+        spec,
+        input_ids,
+        metric,
+        lambda chosen: block_virtual_attention(model, spec, [chosen], virtual),
+        layers=layers,
+        each=each,
+        together=together,
+        method="virtual",
+        reference=f"the prompt cannot attend to the {virtual} virtual tokens",
+        what="virtual-token ablation",
+    )
+
+
+def _per_layer(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    metric: Metric,
+    cut: Callable[[list[int]], AbstractContextManager],
+    *,
+    layers: Sequence[int] | None,
+    each: bool,
+    together: bool,
+    method: str,
+    reference: str,
+    what: str,
+) -> Ablation:
+    """Measure ``cut(layers)`` (a context changing those layers) for each layer alone and all together."""
     n_layers = len(spec.layer_list(model))
     chosen = list(range(n_layers)) if layers is None else list(layers)
     bad = [i for i in chosen if not 0 <= i < n_layers]
     if bad or not chosen:
-        raise TokenlensError(f"RoPE ablation layers must be in 0..{n_layers - 1}, got {chosen}")
+        raise TokenlensError(f"{what} layers must be in 0..{n_layers - 1}, got {chosen}")
     baseline = measure(model, spec, input_ids, metric)
 
     def effect(name: str, which: list[int]) -> Effect:
-        value = measure(model, spec, input_ids, metric, contexts=[partial(without_rope, model, spec, which)])
+        value = measure(model, spec, input_ids, metric, contexts=[partial(cut, which)])
         return Effect(name, value, value - baseline)
 
     return Ablation(
         metric=metric,
-        method="rope",
-        reference="cos=1, sin=0 (no rotation)",
-        sites=tuple(f"L{i}.rope" for i in chosen),
+        method=method,
+        reference=reference,
+        sites=tuple(f"L{i}.{method}" for i in chosen),
         baseline=baseline,
-        each=tuple(effect(f"L{i}.rope", [i]) for i in chosen) if each else (),
+        each=tuple(effect(f"L{i}.{method}", [i]) for i in chosen) if each else (),
         together=effect("together", chosen) if together else None,
     )
 
@@ -170,3 +243,19 @@ def rope_ablation(
     ids = encode(loaded, prompt, chat=chat)
     metric = metric or metric_for(loaded, ids[0].tolist())
     return ablate_rope(loaded.model, loaded.spec, ids, metric, layers=layers, each=each, together=together)
+
+
+def virtual_ablation(
+    loaded: LoadedModel,
+    prompt: str,
+    *,
+    layers: Sequence[int] | None = None,
+    metric: Metric | None = None,
+    chat: bool = False,
+    each: bool = True,
+    together: bool = True,
+) -> Ablation:
+    """:func:`ablate_virtual` on a prompt; the metric defaults to the top-1 token's logit at the end."""
+    ids = encode(loaded, prompt, chat=chat)
+    metric = metric or metric_for(loaded, ids[0].tolist())
+    return ablate_virtual(loaded.model, loaded.spec, ids, metric, layers=layers, each=each, together=together)

@@ -52,16 +52,22 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "--rope", action="store_true", help="effect of removing rotary positions, per layer and all"
     )
     group.add_argument(
+        "--virtual",
+        action="store_true",
+        help="prompt tuning: effect of cutting the attention to the virtual tokens, per layer and all",
+    )
+    group.add_argument(
         "--norms", action="store_true", help="effect of replacing each norm's scale by its mean"
     )
 
 
 def wanted(args: argparse.Namespace) -> bool:
     """Whether any causal experiment was asked for (``--metric`` alone is refused: it measures nothing)."""
-    asked = bool(args.ablate or args.patch or args.estimate or args.rope or args.norms)
+    asked = bool(args.ablate or args.patch or args.estimate or args.rope or args.norms or args.virtual)
     if not asked and (args.metric or args.reference or args.patch_sites):
         raise TokenlensError(
-            "--metric, --reference, --patch-sites need one of --ablate, --patch, --estimate, --rope, --norms"
+            "--metric, --reference, --patch-sites need one of --ablate, --patch, --estimate, --rope, "
+            "--norms, --virtual"
         )
     return asked
 
@@ -121,6 +127,8 @@ def run(args: argparse.Namespace, loaded: Any, result: Any) -> list[tuple[str, A
         out.append(("rope", causal.rope_ablation(loaded, prompt, metric=metric, chat=args.chat)))
     if args.norms:
         out.append(("norms", causal.norm_ablation(loaded, prompt, metric=metric, chat=args.chat)))
+    if args.virtual:
+        out.append(("virtual", causal.virtual_ablation(loaded, prompt, metric=metric, chat=args.chat)))
     return out
 
 
@@ -134,6 +142,7 @@ def to_dict(key: str, value: Any) -> dict[str, Any]:
         "patching": render.patching_to_dict,
         "estimates": render.estimates_to_dict,
         "rope": render.ablation_to_dict,
+        "virtual": render.ablation_to_dict,
         "norms": render.norms_to_dict,
     }
     return converters[key](value)
@@ -147,6 +156,7 @@ def table(key: str, value: Any) -> Any:
         "patching": render.patching_table,
         "estimates": render.estimates_table,
         "rope": render.ablation_table,
+        "virtual": render.ablation_table,
         "norms": render.norms_table,
     }
     return tables[key](value)

@@ -502,6 +502,7 @@ def render_html(
         "lens": lambda _: _lens(lens),
         "ablation": _effects,
         "rope": _effects,
+        "virtual": _effects,
         "norms": lambda value: _effects(value.ablation, value),
         "patching": _patching,
         "estimates": _estimates,

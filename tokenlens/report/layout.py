@@ -19,6 +19,7 @@ from tokenlens.report.terminal import show_token
 SECTION_KINDS: dict[str, tuple[type, str]] = {
     "ablation": (Ablation, "Ablation (measured)"),
     "rope": (Ablation, "RoPE ablation (measured)"),
+    "virtual": (Ablation, "Attention to the virtual tokens cut (measured)"),
     "norms": (NormAblation, "Norm-scale ablation (measured)"),
     "patching": (Patching, "Activation patching (measured)"),
     "estimates": (EstimateCheck, "Attribution patching (estimates)"),
@@ -36,6 +37,7 @@ FIGURE_ALT = {
     "lens": "Logit lens: the target's probability and rank after each layer",
     "ablation": "The measured effect of ablating each site",
     "rope": "The measured effect of removing RoPE from each layer",
+    "virtual": "The measured effect of cutting each layer's attention to the virtual tokens",
     "norms": "The measured effect of replacing each norm's scale",
     "patching": "The measured effect of patching each site from the clean run",
     "estimates": "First-order estimates next to the exactly measured effects",

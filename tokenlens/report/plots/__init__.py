@@ -24,7 +24,7 @@ from tokenlens.report.plots.causal import effect_bars
 from tokenlens.report.plots.files import figure_png, figure_svg, save_figure
 from tokenlens.report.plots.lens import lens_grid
 
-SECTION_KEYS = ("lens", "ablation", "patching", "estimates", "rope", "norms")
+SECTION_KEYS = ("lens", "ablation", "patching", "estimates", "rope", "virtual", "norms")
 """The section keys :func:`attribution_figures` accepts (those of ``tokenlens inspect``)."""
 
 __all__ = [
@@ -49,7 +49,7 @@ def attribution_figures(
 
     ``waterfall`` and ``layers`` always; ``heads`` with a per-head split; ``sources-{name}`` per source
     split (``sources-L1.H0``, ``sources-L2``); then one per section, keyed by the section's key: ``lens``
-    (a :class:`LogitLens`), ``ablation``, ``patching``, ``estimates``, ``rope``, ``norms``.
+    (a :class:`LogitLens`), ``ablation``, ``patching``, ``estimates``, ``rope``, ``virtual``, ``norms``.
 
     Args:
         result: The attribution.

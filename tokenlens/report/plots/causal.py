@@ -34,6 +34,7 @@ _METHODS = {
     "mean": "Mean ablation",
     "resample": "Resample ablation",
     "rope": "RoPE ablation (rotation removed)",
+    "virtual": "Attention to the virtual tokens cut",
     "norm": "Norm-scale ablation",
 }
 
