@@ -76,9 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=10, help="how many alternative tokens to list (default 10)")
     p.add_argument(
         "--format",
-        choices=("table", "json", "html", "markdown"),
+        choices=("table", "json", "html", "markdown", "md"),
         default="table",
-        help="table (terminal), json, html (one self-contained file) or markdown (images beside it)",
+        help="table (terminal), json, html (one self-contained file) or markdown / md (images beside it)",
     )
     p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise TokenlensError("--top-k must be at least 1")
     if not args.prompt.strip():  # fail before loading a model
         raise TokenlensError("the prompt is empty: give some text to predict from")
+    args.format = "markdown" if args.format == "md" else args.format  # as `tokenlens diff` spells it
     if args.format in ("html", "markdown") and not args.out:
         raise TokenlensError(f"--format {args.format} writes a file: give --out PATH")
     if args.out:
