@@ -224,9 +224,7 @@ def norm_ablation(
     chat: bool = False,
 ) -> NormAblation:
     """:func:`ablate_norms` on a prompt; the metric defaults to the top-1 token's logit at the end."""
-    ids = encode(loaded, prompt, chat=chat)
-    metric = metric or metric_for(loaded, ids[0].tolist())
-    return ablate_norms(loaded.model, loaded.spec, ids, metric, reference=reference, layers=layers)
+    return _on_prompt(ablate_norms, loaded, prompt, metric, chat, reference=reference, layers=layers)
 
 
 def rope_ablation(
@@ -240,9 +238,7 @@ def rope_ablation(
     together: bool = True,
 ) -> Ablation:
     """:func:`ablate_rope` on a prompt; the metric defaults to the top-1 token's logit at the end."""
-    ids = encode(loaded, prompt, chat=chat)
-    metric = metric or metric_for(loaded, ids[0].tolist())
-    return ablate_rope(loaded.model, loaded.spec, ids, metric, layers=layers, each=each, together=together)
+    return _on_prompt(ablate_rope, loaded, prompt, metric, chat, layers=layers, each=each, together=together)
 
 
 def virtual_ablation(
@@ -256,6 +252,14 @@ def virtual_ablation(
     together: bool = True,
 ) -> Ablation:
     """:func:`ablate_virtual` on a prompt; the metric defaults to the top-1 token's logit at the end."""
+    return _on_prompt(
+        ablate_virtual, loaded, prompt, metric, chat, layers=layers, each=each, together=together
+    )
+
+
+def _on_prompt(fn: Callable, loaded: LoadedModel, prompt: str, metric: Metric | None, chat: bool, **kwargs):
+    """``fn(model, spec, ids, metric, **kwargs)`` on ``prompt``'s ids; the metric defaults to the top-1
+    token's logit at the last position."""
     ids = encode(loaded, prompt, chat=chat)
     metric = metric or metric_for(loaded, ids[0].tolist())
-    return ablate_virtual(loaded.model, loaded.spec, ids, metric, layers=layers, each=each, together=together)
+    return fn(loaded.model, loaded.spec, ids, metric, **kwargs)

@@ -5,8 +5,9 @@ the logits (as float64 copies), plus every site's activation over the whole prom
 layer internals the head/neuron drill-down reads. A patched run replaces activations through
 :func:`tokenlens.causal.interventions.replace` and returns the logits at the probe position.
 
-Positions are addressed from the end of the sequence, so the virtual positions prompt tuning prepends to
-the tuned run do not shift them.
+Positions are the prompt's. A prompt-tuned model runs its virtual positions first: the captures shift by
+them (:func:`tokenlens.models.specs.virtual_tokens`) and the logits are kept counting from the end, so both
+sides are read at the same prompt position.
 """
 
 from __future__ import annotations
