@@ -16,9 +16,12 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 
-SETUP = """import warnings
+SETUP = """import logging
+import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # transformers' tqdm without ipywidgets
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")  # peft asks a renamed attribute
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional CPU kernel cannot be fetched offline
 import transformers
 
 import tokenlens
@@ -116,6 +119,67 @@ NOTEBOOKS = {
             "code",
             'patched = causal.patching(model, PROMPT, "The capital of Italy is", metric=metric)\n'
             "show(plots.effect_bars(patched))",
+        ),
+    ],
+    "prompt_tuning.ipynb": [
+        (
+            "md",
+            "# Explain a prompt-tuned edit\n\nThe method map (`tokenlens sweep`, reports/sweep/) recommends "
+            'prompt tuning for the fact edit *"The capital of France is" → " Lyon"*. Train it (8 learned '
+            "virtual tokens before the prompt, 20 steps on the edit plus control sentences), then ask where "
+            "the edit lives: which layers read the virtual tokens, and what the model does without them.",
+        ),
+        ("code", SETUP),
+        (
+            "code",
+            "import tempfile\nfrom pathlib import Path\n\n"
+            "from tokenlens.tasks import get_task\nfrom tokenlens.training.trainer import train\n\n"
+            'task = get_task("fact-edit")\nout = Path(tempfile.mkdtemp()) / "prompt-tuned"\n'
+            'run = train(tokenlens.load(), "prompt", task.train_careful, out, steps=20, seed=0)\n'
+            "tuned = tokenlens.load(str(out))  # the adapter folder: base model + 8 virtual tokens\n"
+            'print(f"loss {run.losses[0]:.3f} -> {run.losses[-1]:.3f}")',
+        ),
+        (
+            "md",
+            "The virtual tokens reach the prompt only through attention, so they appear as **source positions** "
+            "(`'<virtual 0>'` … `'<virtual 7>'`, before the prompt's own tokens) in the source split of a layer:",
+        ),
+        (
+            "code",
+            'result = tokenlens.attribute(tuned, PROMPT, target=" Lyon", sources=["L23"])\n'
+            "split = result.sources[0]\n"
+            "show(plots.source_heat(result, split))\n"
+            "{t: round(float(v), 3) for t, v in zip(result.source_tokens, split.contributions) if abs(float(v)) > 0.1}",
+        ),
+        (
+            "md",
+            "## Cut the virtual tokens out, layer by layer\n\nA measured effect: each layer's attention from the "
+            "prompt to the virtual tokens is cut in turn, then in every layer at once — which must give the "
+            "base model back exactly (RoPE only sees relative positions).",
+        ),
+        (
+            "code",
+            "import tokenlens.causal as causal\n\n"
+            'metric = causal.metric_for(tuned, PROMPT, target=" Lyon")\n'
+            "cut = causal.virtual_ablation(tuned, PROMPT, metric=metric)\n"
+            'base_logit = tokenlens.attribute(model, PROMPT, target=" Lyon").target.logit\n'
+            'print(f"tuned {cut.baseline:.4f}; every layer cut {cut.together.value:.4f}; base model {base_logit:.4f}")\n'
+            "show(plots.effect_bars(cut))",
+        ),
+        (
+            "md",
+            "## Diff against the base model\n\nThe intended prompt and a control: what moved, and each layer's "
+            "attention to the virtual tokens (`direct`: its share of the change; `reverse`: measured, that "
+            "layer cut in the tuned run).",
+        ),
+        (
+            "code",
+            "from tokenlens.diff import DiffOptions, diff, pair_models, prompt_probes\n\n"
+            'probes = prompt_probes([PROMPT, "The capital of Germany is"])\n'
+            "report = diff(pair_models(str(out)), probes, DiffOptions(drill=1))\n"
+            "for p in report.probes:\n"
+            "    rows = [(r.name, round(r.direct, 2), round(r.causal_reverse, 2)) for r in p.virtual[:3]]\n"
+            '    print(f"{p.probe.prompt!r}: {p.base_top[0].token!r} -> {p.tuned_top[0].token!r}, KL {p.kl:.2f}", rows)',
         ),
     ],
 }
