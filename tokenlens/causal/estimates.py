@@ -21,7 +21,7 @@ from torch import nn
 
 from tokenlens.causal.activation_patching import check_same_tokenizer, clean_source, patch
 from tokenlens.causal.effects import ablate, record_values, resolve_sites, same_length
-from tokenlens.causal.experts import routed_inputs
+from tokenlens.causal.experts import ExpertTaps, expert_taps
 from tokenlens.causal.interventions import Parts, hooks, install
 from tokenlens.causal.metrics import Metric, encode, metric_for, run_metric
 from tokenlens.causal.results import AttributionPatching, CheckedEstimate, EstimateCheck
@@ -93,22 +93,23 @@ def attribution_patch(
     experts = [s for s in sites if s.kind == "expert"]
     others = [s for s in sites if s.kind != "expert"]
     blocks = [Site(f"L{i}.mlp", "mlp", i) for i in sorted({s.layer for s in experts})]  # experts' gradient
-    clean_values, source = None, None
+    clean_values, clean_taps = None, None
     if clean_ids is not None:
         same_length(clean_ids, input_ids, "attribution patching")
         source, source_spec = clean_source(model, spec, clean_model)
-        clean_values = record_values(source, source_spec, clean_ids, others)
+        with expert_taps(source, source_spec, experts) as clean_taps:  # the experts' inputs, same forward
+            clean_values = record_values(source, source_spec, clean_ids, others)
     needed = others + [block for block in blocks if block not in others]
-    value, pairs = activation_gradients(model, spec, input_ids, metric, needed)
+    with expert_taps(model, spec, experts) as taps:
+        value, pairs = activation_gradients(model, spec, input_ids, metric, needed)
     found = {}
     for site in others:
         activation, grad = pairs[site.name]
         patched = torch.zeros(()) if clean_values is None else clean_values[site.name].float()
         found[site.name] = ((patched.to(activation.device) - activation) * grad).sum()
     if experts:
-        clean = None if source is None else (source, source_spec, clean_ids)
-        grads = {block.layer: pairs[f"L{block.layer}.mlp"][1] for block in blocks}
-        found |= _expert_estimates(model, spec, input_ids, experts, grads, clean)
+        grads = {block.layer: pairs[block.name][1] for block in blocks}
+        found |= _expert_estimates(experts, grads, taps, clean_taps)
     estimates = [found[site.name] for site in sites]
     return AttributionPatching(
         metric=metric,
@@ -120,25 +121,19 @@ def attribution_patch(
 
 
 def _expert_estimates(
-    model: nn.Module,
-    spec: ArchitectureSpec,
-    input_ids: torch.Tensor,
-    sites: Sequence[Site],
-    grads: dict[int, torch.Tensor],
-    clean: tuple[nn.Module, ArchitectureSpec, torch.Tensor] | None,
+    sites: Sequence[Site], grads: dict[int, torch.Tensor], taps: ExpertTaps, clean_taps: ExpertTaps | None
 ) -> dict[str, torch.Tensor]:
     """``Σ (a' − a) · g`` for expert sites, one term at a time: ``g`` is the block output's gradient (an
-    expert's term enters it with coefficient one) and each term is computed from the routed tokens of one
-    more forward pass per run, so no ``(sites × seq × d_model)`` stack is ever held (6,144 expert sites of a
-    48-layer, 128-expert model would be 13 GB at 256 tokens)."""
-    taps = routed_inputs(model, spec, input_ids, sites)
-    clean_taps = None if clean is None else routed_inputs(*clean, sites)
+    expert's term enters it with coefficient one) and each term is computed from the experts' inputs the
+    runs' own forward passes were tapped for, so no ``(sites × seq × d_model)`` stack is ever held (6,144
+    expert sites of a 48-layer, 128-expert model would be 13 GB at 256 tokens)."""
     out = {}
-    for site in sites:
-        grad = grads[site.layer]  # (1, seq, d_model)
-        term = taps.term(site, grad).float()
-        patched = torch.zeros(()) if clean_taps is None else clean_taps.term(site, grad).float()
-        out[site.name] = ((patched.to(grad.device) - term) * grad).sum()
+    with torch.no_grad():
+        for site in sites:
+            grad = grads[site.layer]  # (1, seq, d_model)
+            term = taps.term(site, grad).float()
+            patched = torch.zeros(()) if clean_taps is None else clean_taps.term(site, grad).float()
+            out[site.name] = ((patched.to(grad.device) - term) * grad).sum()
     return out
 
 

@@ -76,14 +76,3 @@ def expert_taps(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site])
     finally:
         for handle in handles:
             handle.remove()
-
-
-def routed_inputs(
-    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, sites: Sequence[Site]
-) -> ExpertTaps:
-    """The experts' inputs of one plain forward pass of ``input_ids`` ``(1, seq)``, for computing the
-    ``expert`` sites' terms afterwards (one at a time, :meth:`ExpertTaps.term`)."""
-    device = spec.module(model, spec.embed).weight.device
-    with torch.no_grad(), expert_taps(model, spec, sites) as taps:
-        model(input_ids=input_ids.to(device), use_cache=False, logits_to_keep=1)
-    return taps

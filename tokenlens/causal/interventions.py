@@ -85,12 +85,13 @@ class Parts:
             return self.taps.term(site, x)
         return x[..., self.slice(site, x.shape[-1])]
 
-    def put(self, site: Site, x: torch.Tensor, new: torch.Tensor, value: torch.Tensor) -> None:
-        """Make ``value`` the site's activation in ``new``, a copy of ``x`` being edited in place."""
+    def put(self, site: Site, new: torch.Tensor, old: torch.Tensor, value: torch.Tensor) -> None:
+        """Make ``value`` the site's activation in ``new`` (a copy being edited in place) instead of ``old``,
+        the activation :meth:`get` read."""
         if site.kind == "expert":
-            new += value - self.taps.term(site, x)
+            new += value - old
         else:
-            new[..., self.slice(site, x.shape[-1])] = value
+            new[..., self.slice(site, new.shape[-1])] = value
 
 
 @contextmanager
@@ -141,7 +142,8 @@ def replace(model: nn.Module, spec: ArchitectureSpec, edits: Mapping[Site, Edit]
         def fn(x: torch.Tensor) -> torch.Tensor:
             new = x.clone()
             for site in group:
-                parts.put(site, x, new, edits[site](parts.get(site, x)))
+                old = parts.get(site, x)
+                parts.put(site, new, old, edits[site](old))
             return new
 
         return fn
