@@ -46,6 +46,7 @@ from tokenlens.diff.result import (
     ProbeDiff,
     Telescope,
     mean_or_nan,
+    sorted_effects,
 )
 from tokenlens.diff.runs import PATCH_BATCH, Run, blocked_logits, capture_run, divergences, patch_changes
 from tokenlens.diff.weights import weight_summary
@@ -297,7 +298,7 @@ def _effects(
     direct = dict(zip(split.names, split.direct.tolist(), strict=True))
     if not options.causal:
         rows = [ComponentEffect(n, direct[n]) for n in split.names]
-        return _sorted(rows), (), (), (), ("causal effects not measured (--no-causal)",)
+        return tuple(sorted_effects(rows)), (), (), (), ("causal effects not measured (--no-causal)",)
     sites = {s.name: s for s in layer_sites(bare_model(pair.tuned.model), pair.spec)}
     estimates, grads = _estimates(pair, input_ids, position, tracked, base, tuned, list(sites.values()))
     chosen = list(split.names)
@@ -311,7 +312,7 @@ def _effects(
     for name in split.names:
         causal, kl, reverse = exact.get(name, (None, None, None))
         rows.append(ComponentEffect(name, direct[name], causal, kl, reverse, estimates[name]))
-    components = _sorted(rows)
+    components = tuple(sorted_effects(rows))
     if options.drill < 1:
         return components, (), (), (), notes
     args = (pair, input_ids, position, tracked, base, tuned)
@@ -321,7 +322,8 @@ def _effects(
     mlp_layers = drill.top_layers(components, "mlp", options.drill)
     neurons = drill.drill_neurons(*args, mlp_layers, grads, readout_b, options.neurons, options.reverse)
     experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse)
-    return components, _sorted(heads), _sorted(neurons), _sorted(experts), notes
+    drilled = (tuple(sorted_effects(rows)) for rows in (heads, neurons, experts))
+    return components, *drilled, notes
 
 
 def _virtual_rows(
@@ -333,7 +335,7 @@ def _virtual_rows(
     positions in that layer (measured)."""
     seq = input_ids.shape[1]
     shift, model = pair.virtual_tokens, pair.tuned.model
-    rows = []
+    direct = []
     for i in range(len(pair.spec.layer_list(model))):
         per_head = finer.layer_sources(
             model,
@@ -346,26 +348,15 @@ def _virtual_rows(
             k=0,
             key_mask=torch.ones(shift + seq),
         )
-        rows.append(float(per_head.sources[:, :shift].double().sum()))
+        direct.append(float(per_head.sources[:, :shift].double().sum()))
     undone = {}  # the tuned run with one layer's attention to the virtual positions cut, batched
-    layers = list(range(len(rows)))
+    layers = list(range(len(direct)))
     for start in range(0, len(layers), PATCH_BATCH):
         chunk = layers[start : start + PATCH_BATCH]
         clean, *cut = blocked_logits(model, pair.spec, input_ids, position, [[]] + [[i] for i in chunk])
         undone |= {i: float(row[tracked] - clean[tracked]) for i, row in zip(chunk, cut, strict=True)}
-    return _sorted(
-        [ComponentEffect(f"L{i}.virtual", v, causal_reverse=undone[i]) for i, v in enumerate(rows)]
-    )
-
-
-def _sorted(rows: list[ComponentEffect]) -> tuple[ComponentEffect, ...]:
-    def key(row: ComponentEffect) -> tuple:
-        measured = row.causal if row.causal is not None else row.causal_reverse
-        causal = -abs(measured) if measured is not None else math.inf
-        estimate = -abs(row.estimate) if row.estimate is not None else math.inf
-        return (causal, estimate, -abs(row.direct or 0.0))
-
-    return tuple(sorted(rows, key=key))
+    rows = [ComponentEffect(f"L{i}.virtual", v, causal_reverse=undone[i]) for i, v in enumerate(direct)]
+    return tuple(sorted_effects(rows))
 
 
 def _estimates(

@@ -9,6 +9,7 @@ and the pass/fail verdicts of the check.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -328,6 +329,31 @@ class DiffReport:
     def judged(self) -> int:
         """How many probes had an expectation."""
         return sum(p.verdict.passed is not None for p in self.probes)
+
+
+def sorted_effects(effects: Iterable[ComponentEffect]) -> list[ComponentEffect]:
+    """Largest measured |causal| first (|reverse| for rows measured only that way, such as ``L{i}.virtual``);
+    unmeasured ones after, by |estimate|, then |direct|; a missing, NaN or infinite value counts as absent.
+
+    A stable sort: the given order is kept among equal keys (so an already sorted list is unchanged).
+    """
+
+    def size(value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else abs(value)
+
+    def key(e: ComponentEffect) -> tuple:
+        causal = size(e.causal if e.causal is not None else e.causal_reverse)
+        estimate, direct = size(e.estimate), size(e.direct)
+        return (
+            causal is None,
+            -(causal or 0.0),
+            estimate is None,
+            -(estimate or 0.0),
+            direct is None,
+            -(direct or 0.0),
+        )
+
+    return sorted(effects, key=key)
 
 
 def mean_or_nan(values: list[float]) -> float:

@@ -6,9 +6,9 @@ causal effect, an unused estimate) are ``null``, never a made-up zero. Two kinds
 are kept apart everywhere: *direct* terms of the exact telescoping split, *causal* effects MEASURED by
 patching, and first-order ESTIMATES from attribution patching, always labelled as estimates.
 
-The helpers :func:`sorted_effects`, :func:`verdict_summary`, :func:`layer_ranges` and
-:func:`detail_probes` are shared by the Markdown and HTML renderers, so every format orders and judges
-the same way.
+The helpers :func:`sorted_effects` (from :mod:`tokenlens.diff.result`; the engine orders with it too),
+:func:`verdict_summary`, :func:`layer_ranges` and :func:`detail_probes` are shared by the Markdown and HTML
+renderers, so every format orders and judges the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tokenlens.diff.result import (
     DiffReport,
     ProbeDiff,
     Telescope,
+    sorted_effects,
 )
 from tokenlens.report.terminal import show_token
 
@@ -63,33 +64,6 @@ def number(value: float | None) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _magnitude(value: float | None) -> float | None:
-    value = number(value)
-    return None if value is None else abs(value)
-
-
-def sorted_effects(effects: Sequence[ComponentEffect]) -> list[ComponentEffect]:
-    """Largest measured |causal| first (|reverse| for rows measured only that way, such as ``L{i}.virtual``);
-    unmeasured ones after, by |estimate|, then |direct|.
-
-    A stable sort: the engine's order is kept among equal keys (so an already sorted list is unchanged).
-    """
-
-    def key(e: ComponentEffect) -> tuple:
-        causal = _magnitude(e.causal if e.causal is not None else e.causal_reverse)
-        estimate, direct = _magnitude(e.estimate), _magnitude(e.direct)
-        return (
-            causal is None,
-            -(causal or 0.0),
-            estimate is None,
-            -(estimate or 0.0),
-            direct is None,
-            -(direct or 0.0),
-        )
-
-    return sorted(effects, key=key)
 
 
 def verdict_summary(report: DiffReport) -> str:
