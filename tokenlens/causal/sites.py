@@ -168,15 +168,13 @@ def head_sites(model: nn.Module, spec: ArchitectureSpec) -> tuple[Site, ...]:
 
 
 def expert_sites(model: nn.Module, spec: ArchitectureSpec) -> tuple[Site, ...]:
-    """Every routed expert of every mixture-of-experts layer (none for a dense model or layer)."""
-    sites: list[Site] = []
-    for i in range(len(spec.layer_list(model)) if spec.moe else 0):
-        try:
-            count = _n_experts(model, spec, i)
-        except TokenlensError:
-            continue  # a dense layer of a partly routed model (Qwen3-MoE ``mlp_only_layers``)
-        sites += [Site(f"L{i}.E{e}", "expert", i, e) for e in range(count)]
-    return tuple(sites)
+    """Every routed expert of every mixture-of-experts layer, ``L0.E0, L0.E1, …`` (none for a dense model)."""
+    if not spec.moe:
+        return ()
+    try:
+        return parse_sites("L*.E*", model, spec)  # the wildcard skips dense layers (``mlp_only_layers``)
+    except TokenlensError:  # a routed family whose every layer is dense
+        return ()
 
 
 def hook_point(model: nn.Module, spec: ArchitectureSpec, site: Site) -> tuple[nn.Module, bool]:
