@@ -16,21 +16,45 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`)."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`).
+
+    Raises:
+        TokenlensError: The file could not be written (disk full, permission denied …); the message says
+            that a previous file at ``path`` is intact (or that nothing was written).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_error(path: str | Path, exc: OSError, what: str = "file"):
+    """The one-line :class:`~tokenlens.errors.TokenlensError` for a failed write of ``path``.
+
+    It names the path and the reason (``No space left on device`` …) and says whether an earlier ``what``
+    there is intact (writes go through a temporary file, so it always is) or nothing was written.
+    """
+    from tokenlens.errors import TokenlensError
+
+    path = Path(path)
+    kept = f"the previous {what} there is intact" if path.exists() else "nothing was written"
+    return TokenlensError(f"could not write {path}: {exc.strerror or exc}; {kept}")
 
 
 def check_output_path(path: str | Path, *, force: bool) -> Path:
