@@ -1,8 +1,9 @@
 """Speed and memory of attribution against a plain forward pass and the TransformerLens bridge.
 
 Measured side by side in one process (time) and in one subprocess per job (peak memory), on a
-random-initialised model with the real Qwen3-0.6B shape (design.md §4), fp32, CPU. Writes a Markdown table
-to ``reports/benchmarks.md`` (or ``--out``). Run from the repository root:
+random-initialised model with the real Qwen3-0.6B shape (vocab 151,936, hidden 1,024, 28 layers, 16 query
+and 8 key/value heads), fp32, CPU. Writes a Markdown table to ``reports/benchmarks.md`` (or ``--out``).
+Run from the repository root:
 
     .venv/bin/python benchmarks/attribution_speed.py                 # 0.6B shape, 256 tokens (~10 min)
     .venv/bin/python benchmarks/attribution_speed.py --quick         # tiny shape, for a smoke run

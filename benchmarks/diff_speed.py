@@ -1,6 +1,6 @@
 """Speed and memory of the diff engine against plain forward passes of base and tuned.
 
-A random-initialised model with the real Qwen3-0.6B shape (design.md §4), fp32, CPU, with a LoRA adapter
+A random-initialised model with the real Qwen3-0.6B shape, fp32, CPU, with a LoRA adapter
 (r=8 on every linear, non-zero) held toggled: one model in memory. Jobs over the same probes, interleaved,
 medians of ``--repeats``:
 

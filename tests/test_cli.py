@@ -176,7 +176,7 @@ def test_models_lists_zoo_and_architectures(capsys):
 @pytest.mark.parametrize(
     ("raised", "code", "expected"),
     [
-        (RuntimeError("kaboom\nsecond line"), 1, "internal error: RuntimeError: kaboom"),
+        (RuntimeError("kaboom\nsecond line"), 3, "internal error: RuntimeError: kaboom"),
         (KeyboardInterrupt(), 130, "interrupted"),
     ],
 )

@@ -31,7 +31,7 @@ def test_multi_token_target_is_refused_and_names_the_first_token(loaded):
     with pytest.raises(TokenlensError) as exc:
         attribute(loaded, "The capital of France is", target=" Parisianism")
     message = one_line(exc)
-    assert "tokens" in message and "--first-token" in message and "' Paris'" in message
+    assert "tokens" in message and "first_token=True" in message and "' Paris'" in message
 
 
 def test_first_token_opt_in(loaded):

@@ -211,7 +211,7 @@ def qwen3(tiny_loaded):
         (PROMPT, {"positions": []}, "no positions"),
         (PROMPT, {"target": " Rome", "target_id": 3}, "not both"),
         (PROMPT, {"target_id": 151700}, "outside the vocabulary"),
-        (PROMPT, {"target": " Parisianism"}, "--first-token"),
+        (PROMPT, {"target": " Parisianism"}, "first_token=True"),
         (PROMPT, {"k": 0}, "at least 1"),
     ],
 )

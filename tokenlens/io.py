@@ -57,12 +57,21 @@ def write_error(path: str | Path, exc: OSError, what: str = "file"):
     return TokenlensError(f"could not write {path}: {exc.strerror or exc}; {kept}")
 
 
-def check_output_path(path: str | Path, *, force: bool) -> Path:
+def figures_folder(path: str | Path) -> Path:
+    """The folder a Markdown report at ``path`` keeps its figures in: ``<name>_files/`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + "_files")
+
+
+def check_output_path(path: str | Path, *, force: bool, figures: bool = False) -> Path:
     """Refuse, before any work is done, an output path that exists (unless ``force``) or cannot be written.
 
+    With ``figures`` (a Markdown report) its :func:`figures_folder` is refused the same way when it exists:
+    the report would overwrite figures of that name in it.
+
     Raises:
-        TokenlensError: The file exists and ``force`` is false, the path is a folder, or its folder cannot be
-            created or written to.
+        TokenlensError: The file (or figures folder) exists and ``force`` is false, the path is a folder, or
+            its folder cannot be created or written to.
     """
     from tokenlens.errors import TokenlensError
 
@@ -71,6 +80,11 @@ def check_output_path(path: str | Path, *, force: bool) -> Path:
         raise TokenlensError(f"{path} is a folder: give a file name")
     if path.exists() and not force:
         raise TokenlensError(f"{path} exists: pass --force to overwrite it")
+    folder = figures_folder(path)
+    if figures and folder.exists() and not force:
+        raise TokenlensError(f"{folder} exists (the report's figures go there): pass --force to overwrite it")
+    if figures and folder.exists() and not folder.is_dir():
+        raise TokenlensError(f"{folder} is a file, not a folder for the report's figures")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tokenlens.attribution import finer, inputs
-from tokenlens.attribution.readout import Readout, make_readout
+from tokenlens.attribution.readout import Readout, make_readout, stream_logits
 from tokenlens.attribution.result import Decomposition, LogitAttribution, SourceSplit, TokenScore
 from tokenlens.capture.internals import InternalsRecorder, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
@@ -156,7 +156,11 @@ def decompose(
     if logprob and contrast_id is not None:
         raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
     k = _kept_index(capture, position)
-    row = logits[batch_index, k].float()
+    own = logits[batch_index, k].double()  # the softmax and entropy of a log-probability need float64
+    if capture.increments:  # a 16-bit model: the whole is the float32 readout of its own final stream
+        row = stream_logits(model, spec, capture.final_input[batch_index, k]).double()
+    else:
+        row = own
     probs = row.softmax(-1) if logprob else None
     readout = make_readout(model, spec, capture.final_input[batch_index, k], target_id, contrast_id, probs)
     device = readout.direction.device
@@ -184,24 +188,29 @@ def decompose(
         names.append("logit_bias")
         contributions = torch.cat([contributions, torch.tensor([readout.bias], device=device)])
     if probs is not None:
-        log_probs = row.log_softmax(-1)
         names.append("entropy")  # −H(p): what the softmax's normaliser takes away beyond E_p[logit]
-        negative_entropy = (probs * log_probs).nan_to_num().sum()
-        contributions = torch.cat([contributions, negative_entropy.reshape(1).to(device)])
-        logit = log_probs[target_id]
-    else:
-        logit = row[target_id] - (row[contrast_id] if contrast_id is not None else 0.0)
+        negative_entropy = (probs * row.log_softmax(-1)).nan_to_num().sum()
+        contributions = torch.cat([contributions, negative_entropy.reshape(1).to(device, torch.float32)])
+    logit = _explained(row, target_id, contrast_id, logprob)
     return Decomposition(
         names=tuple(names),
         contributions=contributions.cpu(),
         target_id=int(target_id),
         position=int(position),
-        logit=float(logit),
+        logit=logit,
         scale=readout.scale,
         stream_error=float((writes.sum(0) - h_final).abs().max()),
         contrast_id=None if contrast_id is None else int(contrast_id),
         quantity="logprob" if logprob else "logit" if contrast_id is None else "logit_difference",
+        model_value=_explained(own, target_id, contrast_id, logprob) if capture.increments else None,
     )
+
+
+def _explained(logits: torch.Tensor, target_id: int, contrast_id: int | None, logprob: bool) -> float:
+    """The explained number from a row of ``(vocab,)`` float64 logits."""
+    if logprob:
+        return float(logits.log_softmax(-1)[target_id])
+    return float(logits[target_id] - (logits[contrast_id] if contrast_id is not None else 0.0))
 
 
 def decompose_logit(
@@ -322,8 +331,10 @@ def attribute_batch(
         raise TokenlensError("give the contrast as text or as an id, not both")
     if padding_side not in ("left", "right"):
         raise TokenlensError(f"padding side must be left or right, not {padding_side!r}")
-    if neurons < 0:
-        raise TokenlensError("the number of neurons must be 0 or more")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise TokenlensError(f"top_k must be an integer of at least 1, not {top_k!r}")
+    if isinstance(neurons, bool) or not isinstance(neurons, int) or neurons < 0:
+        raise TokenlensError(f"the number of neurons must be an integer of 0 or more, not {neurons!r}")
     if logprob and (vs is not None or vs_id is not None):
         raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
     model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.spec
@@ -388,7 +399,7 @@ def attribute_batch(
             spec=spec,
             logprob=logprob,
         )
-        weights = probs if logprob else None
+        weights = scores.double().softmax(-1) if logprob else None  # as decompose computes them
         fine = _finer(
             model,
             spec,

@@ -8,12 +8,13 @@ rows, 151,669 ids); the extra rows are padding, so default targets are chosen am
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import MultiTokenTarget, TokenlensError
 
 
 def decodable_vocab(tokenizer: Any, vocab_size: int) -> int:
@@ -26,6 +27,27 @@ def decode_token(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
+def check_text(text: Any, what: str) -> str:
+    """``text`` if it is a ``str`` that can be encoded as UTF-8.
+
+    Command-line arguments with invalid UTF-8 bytes reach Python as lone surrogates (``\\udcff``), which no
+    tokenizer accepts; the same holds for such strings built in Python.
+
+    Raises:
+        TokenlensError: ``text`` is not a string, or holds characters UTF-8 cannot encode.
+    """
+    if not isinstance(text, str):
+        raise TokenlensError(f"the {what} must be text (str), not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TokenlensError(
+            f"the {what} is not valid UTF-8 text: character {exc.object[exc.start]!r} at offset {exc.start} "
+            "(an invalid byte, or a lone surrogate)"
+        ) from None
+    return text
+
+
 def encode_prompt(
     tokenizer: Any, prompt: str, *, chat: bool = False, max_positions: int | None = None
 ) -> list[int]:
@@ -35,7 +57,8 @@ def encode_prompt(
         TokenlensError: The prompt is empty, the tokenizer has no chat template when ``chat`` is asked
             for, or the prompt is longer than the model's context.
     """
-    if not prompt or not prompt.strip():
+    check_text(prompt, "prompt")
+    if not prompt.strip():
         raise TokenlensError("the prompt is empty: give some text to predict from")
     if chat:
         if not getattr(tokenizer, "chat_template", None):
@@ -56,12 +79,20 @@ def encode_prompt(
 
 
 def check_prompt_ids(ids: Sequence[int], vocab_size: int, max_positions: int | None = None) -> list[int]:
-    """Token ids given directly as a prompt, checked: non-empty, within the vocabulary and the context.
+    """Token ids given directly as a prompt, checked: integers, not empty, within the vocabulary and context.
+
+    Python ints, NumPy integers and integer tensor elements are ids; ``bytes``, floats and booleans are not
+    (``b"abc"`` is not three token ids, and ``1.5`` is no id).
 
     Raises:
-        TokenlensError: The ids are empty, one is outside ``0 .. vocab_size - 1``, or there are too many.
+        TokenlensError: The ids are not a sequence of integers, are empty, one is outside
+            ``0 .. vocab_size - 1``, or there are too many.
     """
-    ids = [int(i) for i in ids]
+    if isinstance(ids, (bytes, bytearray, str)):
+        raise TokenlensError(
+            f"a prompt must be text (str) or a sequence of integer token ids, not {type(ids).__name__}"
+        )
+    ids = [_token_id(i) for i in ids]
     if not ids:
         raise TokenlensError("the prompt is empty: give at least one token id")
     bad = [i for i in ids if not 0 <= i < vocab_size]
@@ -74,6 +105,16 @@ def check_prompt_ids(ids: Sequence[int], vocab_size: int, max_positions: int | N
             f"the prompt is {len(ids)} tokens, longer than the model's context of {max_positions}"
         )
     return ids
+
+
+def _token_id(value: Any) -> int:
+    """One token id as an ``int``; booleans and non-integers are refused."""
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")).endswith("bool"):
+        raise TokenlensError(f"token ids must be integers, not the boolean {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TokenlensError(f"token ids must be integers, not {type(value).__name__} {value!r}") from None
 
 
 def resolve_position(position: int, seq_len: int) -> int:
@@ -93,9 +134,10 @@ def target_from_text(tokenizer: Any, text: str, *, first_token: bool = False) ->
     """The id of the single token ``text`` encodes to.
 
     Raises:
-        TokenlensError: ``text`` is empty, or encodes to several tokens and ``first_token`` is false (the
-            message names the pieces and the token that ``first_token`` would use).
+        TokenlensError: ``text`` is empty or not valid UTF-8 text.
+        MultiTokenTarget: ``text`` encodes to several tokens and ``first_token`` is false.
     """
+    check_text(text, "target")
     if text == "":
         raise TokenlensError(
             "the target is empty: give a token's text, e.g. ' Paris' (leading space included)"
@@ -104,11 +146,7 @@ def target_from_text(tokenizer: Any, text: str, *, first_token: bool = False) ->
     if not ids:
         raise TokenlensError(f"the target {text!r} encodes to no tokens")
     if len(ids) > 1 and not first_token:
-        pieces = ", ".join(repr(decode_token(tokenizer, i)) for i in ids)
-        raise TokenlensError(
-            f"the target {text!r} is {len(ids)} tokens ({pieces}); pass --first-token (first_token=True) "
-            f"to explain its first token {decode_token(tokenizer, ids[0])!r}"
-        )
+        raise MultiTokenTarget(text, [decode_token(tokenizer, i) for i in ids])
     return int(ids[0])
 
 

@@ -51,6 +51,10 @@ class Decomposition:
         scale: The final norm's scale ``s = 1/sqrt(mean(h_L²) + ε)`` at the position.
         stream_error: ``max |Σ writes − h_L|``: how far the captured writes are from the stream the final
             norm actually received (0 up to rounding when every write was captured).
+        model_value: For a 16-bit model, the explained value as its own 16-bit forward computed it; ``logit``
+            is then the float32 readout of the model's own final stream (which the writes, the stream's
+            increments, sum to exactly), and the two differ by the 16-bit rounding of the final norm and
+            the head (:attr:`readout_rounding`). ``None`` for float32 models, whose ``logit`` is their own.
     """
 
     names: tuple[str, ...]
@@ -62,6 +66,7 @@ class Decomposition:
     stream_error: float
     contrast_id: int | None = None
     quantity: str = "logit"
+    model_value: float | None = None
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
@@ -87,6 +92,11 @@ class Decomposition:
     def tolerance(self) -> float:
         """The allowed error: ``TOLERANCE · max(1, max_c |c|)``."""
         return TOLERANCE * max(1.0, float(self.contributions.abs().max()))
+
+    @property
+    def readout_rounding(self) -> float | None:
+        """``model_value − logit``: what a 16-bit model's own readout rounding added (``None`` in float32)."""
+        return None if self.model_value is None else self.model_value - self.logit
 
     @property
     def exact(self) -> bool:

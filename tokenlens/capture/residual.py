@@ -12,6 +12,14 @@ also when the forward raises.
 A prompt-tuning adapter runs the layers on ``virtual + seq`` positions but calls the embedding on the
 prompt's ``seq`` tokens only (its virtual embeddings are parameters, not embedding lookups): the layer hooks
 then keep ``position + virtual`` and the embedding hook ``position``, so every kept row is the same token.
+
+A 16-bit model (bfloat16, float16) rounds the stream after every addition: ``h ← round(h + w)``, so in
+bfloat16 ``Σ writes`` can be several units away from ``h_L`` in the large dimensions. For such a model the
+hooks also record the stream itself, entering each layer's two norms, and each component's write is its
+**increment** of the stream, ``round(h + w) − h``, taken in float32: the write as the stream received it,
+rounding included (it differs from the module's output by at most half a 16-bit unit of the stream). The
+increments telescope, so they sum to ``h_L`` exactly, and a split of them is exact against the float32
+readout of the stream the model really had.
 """
 
 from __future__ import annotations
@@ -32,15 +40,18 @@ class ResidualCapture:
 
     Attributes:
         names: Component names in model order: ``embed``, ``L0.attn``, ``L0.mlp``, ``L1.attn``, …
-        writes: ``(component, batch, pos, d_model)`` each component's write, in the model's dtype.
+        writes: ``(component, batch, pos, d_model)`` each component's write: the module's output in the
+            model's dtype, or for a 16-bit model (``increments``) its float32 increment of the stream.
         final_input: ``(batch, pos, d_model)`` the stream entering the final norm (``h_L``).
         positions: ``(pos,)`` the sequence positions kept, ascending.
+        increments: The writes are the stream's float32 increments (a 16-bit model; see the module text).
     """
 
     names: tuple[str, ...]
     writes: torch.Tensor
     final_input: torch.Tensor
     positions: torch.Tensor
+    increments: bool = False
 
     def __post_init__(self) -> None:
         if self.writes.shape[0] != len(self.names):
@@ -58,6 +69,7 @@ class _Recorder:
     positions: torch.Tensor | None
     writes: dict[str, torch.Tensor] = field(default_factory=dict)
     final_input: torch.Tensor | None = None
+    stream: dict[str, torch.Tensor] = field(default_factory=dict)  # "L{i}.attn"/"L{i}.mlp" -> its input
 
     def keep(self, tensor: torch.Tensor, shift: int = 0) -> torch.Tensor:
         """The kept positions of ``tensor`` ``(batch, seq, d)``; ``shift`` virtual positions come first."""
@@ -73,10 +85,22 @@ class _Recorder:
         if missing or self.final_input is None:
             raise RuntimeError(f"hooks did not fire for: {', '.join(missing) or 'final norm'}")
         device = self.final_input.device
-        writes = torch.stack([self.writes[n].to(device) for n in names])  # (component, batch, pos, d)
         seq = self.final_input.shape[1]
         positions = self.positions if self.positions is not None else torch.arange(seq)
-        return ResidualCapture(names, writes, self.final_input, positions.cpu())
+        if not self.stream:
+            writes = torch.stack([self.writes[n].to(device) for n in names])  # (component, batch, pos, d)
+            return ResidualCapture(names, writes, self.final_input, positions.cpu())
+        # the stream entering each write's norm, then h_L: embed is the first state, each write a difference
+        states = [self.stream[n].to(device, torch.float32) for n in names[1:]]
+        states.append(self.final_input.to(torch.float32))
+        steps = [after - before for before, after in zip(states, states[1:])]
+        writes = torch.stack([states[0], *steps])  # (component, batch, pos, d) float32
+        return ResidualCapture(names, writes, self.final_input, positions.cpu(), increments=True)
+
+
+def rounds_stream(model: nn.Module, spec: ArchitectureSpec) -> bool:
+    """Whether ``model`` keeps its residual stream in a 16-bit float type (the embedding's dtype)."""
+    return spec.module(model, spec.embed).weight.dtype in (torch.float16, torch.bfloat16)
 
 
 def component_names(spec: ArchitectureSpec, model: nn.Module) -> tuple[str, ...]:
@@ -117,11 +141,22 @@ def capture_residual(
     def save_final(_module: nn.Module, inputs: tuple) -> None:
         recorder.final_input = recorder.keep(inputs[0], virtual)
 
+    def save_stream(name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            recorder.stream[name] = recorder.keep(inputs[0], virtual)
+
+        return hook
+
+    increments = rounds_stream(model, spec)
     try:
         handles.append(spec.module(model, spec.embed).register_forward_hook(save("embed", 0)))
         for i, layer in enumerate(spec.layer_list(model)):
             handles.append(layer.get_submodule(spec.attn).register_forward_hook(save(f"L{i}.attn", virtual)))
             handles.append(layer.get_submodule(spec.mlp).register_forward_hook(save(f"L{i}.mlp", virtual)))
+            if increments:  # the stream entering the norm before each write
+                for part, norm in (("attn", spec.attn_norm), ("mlp", spec.mlp_norm)):
+                    hook = save_stream(f"L{i}.{part}")
+                    handles.append(layer.get_submodule(norm).register_forward_pre_hook(hook))
         handles.append(spec.module(model, spec.final_norm).register_forward_pre_hook(save_final))
         yield recorder
     finally:

@@ -4,6 +4,15 @@ Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``ru
 here imports torch: ``tokenlens --help`` answers at once, and the model stack loads only when a subcommand
 runs. Every user-facing problem ends as one line on stderr and a non-zero exit code, never a traceback
 (set ``TOKENLENS_DEBUG=1`` to see one).
+
+Exit codes, the same for every subcommand, so that a script or CI job can tell a verdict from a crash:
+
+* 0: done (``check``: every probe as expected);
+* 1: ``check`` only: probes violated their expectation — never anything else;
+* 2: bad input or environment (a missing path, an unsupported model, out of memory …), one line saying what;
+* 3: internal error: an unexpected exception, i.e. a bug in tokenlens or a library (one line; the traceback
+  with ``TOKENLENS_DEBUG=1``);
+* 130 / 143: interrupted by Ctrl-C (SIGINT) / terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
 from tokenlens.errors import TokenlensError, first_line
 
+EXIT_OK = 0
+EXIT_VIOLATIONS = 1
 EXIT_USAGE = 2
-EXIT_FAILURE = 1
+EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 EPILOG = """examples:
@@ -36,6 +47,9 @@ EPILOG = """examples:
   tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 20
   tokenlens diff --tuned runs/lora --probes probes.jsonl
   tokenlens check --tuned runs/lora --probes probes.jsonl      (exit 0 pass, 1 fail, 2 bad input)
+
+exit codes: 0 done, 1 check found violations (only), 2 bad input or environment, 3 internal error,
+  130 interrupted (Ctrl-C), 143 terminated (SIGTERM)
   tokenlens sweep --quick --out sweep-quick      (the method map: which method, where; a few minutes)
 """
 
@@ -79,18 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TOKENLENS_DEBUG"):
             raise
         message = first_line(exc)
-        if type(exc).__name__ == "OutOfMemoryError":
+        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
             print(
                 f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)",
                 file=sys.stderr,
             )
-        else:
-            print(
-                f"tokenlens: internal error: {type(exc).__name__}: {message} "
-                "(rerun with TOKENLENS_DEBUG=1 for the traceback)",
-                file=sys.stderr,
-            )
-        return EXIT_FAILURE
+            return EXIT_USAGE
+        print(
+            f"tokenlens: internal error: {type(exc).__name__}: {message} "
+            "(rerun with TOKENLENS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def console_main() -> None:

@@ -72,15 +72,21 @@ def wanted(args: argparse.Namespace) -> bool:
     return asked
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Check the causal options that need no model (called before one loads)."""
+    wanted(args)
+    if args.estimate < 0:
+        raise TokenlensError("--estimate must be 0 or more")
+    if args.metric == "logit_diff" and args.vs is None and args.vs_id is None:
+        raise TokenlensError("--metric logit_diff needs a contrast token: add --vs TOKEN")
+
+
 def run(args: argparse.Namespace, loaded: Any, result: Any) -> list[tuple[str, Any]]:
     """Run the causal experiments asked for; ``[(json key, result object)]`` in display order."""
     import tokenlens.causal as causal
 
-    if args.estimate < 0:
-        raise TokenlensError("--estimate must be 0 or more")
+    validate(args)
     kind = args.metric or ("logit_diff" if result.contrast is not None else "logit")
-    if kind == "logit_diff" and result.contrast is None:
-        raise TokenlensError("--metric logit_diff needs a contrast token: add --vs TOKEN")
     metric = causal.metric_for(
         loaded,
         list(result.token_ids),

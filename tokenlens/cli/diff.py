@@ -85,7 +85,7 @@ def compute(args: argparse.Namespace):
     if args.out:
         from tokenlens.io import check_output_path
 
-        check_output_path(args.out, force=args.force)
+        check_output_path(args.out, force=args.force, figures=args.format in ("md", "markdown"))
     probes = load_probes(args.probes) if args.probes else prompt_probes(args.prompt, args.target)
     _quiet_transformers()
     with progress(f"loading {args.tuned}"):
@@ -127,14 +127,12 @@ def render(args: argparse.Namespace, report) -> str | None:
 
         return render_diff_html(report)
     if args.format in ("md", "markdown"):
-        from pathlib import Path
-
+        from tokenlens.io import figures_folder
         from tokenlens.report.diff_markdown import render_diff_markdown
         from tokenlens.report.plots import save_figure
         from tokenlens.report.plots.diff import diff_figures
 
-        out = Path(args.out)
-        folder = out.with_name(out.stem + "_files")
+        folder = figures_folder(args.out)
         paths = {}
         for key, figure in diff_figures(report).items():
             png, _ = save_figure(figure, folder / key)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tokenlens.cli import causal_options
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import MultiTokenTarget, TokenlensError
 
 EPILOG = """examples:
   tokenlens inspect --prompt "The capital of France is"
@@ -129,7 +129,16 @@ def load_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise TokenlensError("--top-k must be at least 1")
-    if not args.prompt.strip():  # fail before loading a model
+    if args.neurons < 0:
+        raise TokenlensError("--neurons must be 0 or more")
+    causal_options.validate(args)  # everything that needs no model is checked before one loads
+    from tokenlens.attribution.inputs import check_text
+
+    texts = {"prompt": args.prompt, "target": args.target, "--vs": args.vs, "--patch prompt": args.patch}
+    for what, text in texts.items():
+        if text is not None:
+            check_text(text, what)  # fail before loading a model
+    if not args.prompt.strip():
         raise TokenlensError("the prompt is empty: give some text to predict from")
     args.format = "markdown" if args.format == "md" else args.format  # as `tokenlens diff` spells it
     if args.format in ("html", "markdown") and not args.out:
@@ -137,11 +146,32 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from tokenlens.io import check_output_path
 
-        check_output_path(args.out, force=args.force)
-    from tokenlens.attribution.direct import attribute
-
+        check_output_path(args.out, force=args.force, figures=args.format == "markdown")
     with progress(f"loading {args.model}"):
         loaded = load_from_args(args)
+    try:
+        result, lens, sections = _compute(args, loaded)
+    except MultiTokenTarget as exc:
+        hint = f"pass --first-token to explain its first token {exc.pieces[0]!r}"
+        raise TokenlensError(f"{exc.base}; {hint}") from exc
+    with progress("rendering"):
+        text = render(args, result, lens, sections)
+    if text is None:
+        return 0
+    if args.out:
+        from tokenlens.io import atomic_write_text
+
+        atomic_write_text(args.out, text)
+        print(f"tokenlens: wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _compute(args: argparse.Namespace, loaded):
+    """The attribution, the logit lens (or ``None``) and the causal sections ``args`` ask for."""
+    from tokenlens.attribution.direct import attribute
+
     with progress("attributing"):
         result = attribute(
             loaded,
@@ -163,18 +193,7 @@ def run(args: argparse.Namespace) -> int:
     with progress("measuring"):
         lens = _lens(args, loaded, result)
         sections = causal_options.run(args, loaded, result) if causal_options.wanted(args) else []
-    with progress("rendering"):
-        text = render(args, result, lens, sections)
-    if text is None:
-        return 0
-    if args.out:
-        from tokenlens.io import atomic_write_text
-
-        atomic_write_text(args.out, text)
-        print(f"tokenlens: wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return result, lens, sections
 
 
 def _lens(args: argparse.Namespace, loaded, result):
@@ -207,13 +226,11 @@ def render(args: argparse.Namespace, result, lens, sections: list) -> str | None
         images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
         return render_html(result, lens=lens, sections=sections, images=images, settings=_settings(args))
     if args.format == "markdown":
-        from pathlib import Path
-
+        from tokenlens.io import figures_folder
         from tokenlens.report.markdown import render_markdown
         from tokenlens.report.plots import attribution_figures, save_figure
 
-        out = Path(args.out)
-        folder = out.with_name(out.stem + "_files")
+        folder = figures_folder(args.out)
         paths = {}
         for key, figure in attribution_figures(result, lens=lens, sections=sections).items():
             png, _ = save_figure(figure, folder / key)

@@ -4,8 +4,8 @@ For each probe both models run once with the residual stream captured at the pro
 
 * **distribution** — KL(base‖tuned), Jensen-Shannon, top-k before/after, top-1 flip, and the tracked token's
   (the probe's target, else the tuned top-1) probability and rank on both sides;
-* **direct** — the exact split of the tracked logit's change (:class:`~tokenlens.diff.result.Telescope`,
-  design.md §2): one term per component with the base readout frozen, plus the readout's own change, so a
+* **direct** — the exact split of the tracked logit's change (:class:`~tokenlens.diff.result.Telescope`):
+  one term per component with the base readout frozen, plus the readout's own change, so a
   head-only fine-tune shows up as ``readout.head``, not as every layer moving;
 * **causal** — each component's tuned output patched into the base run (``causal``, and ``causal_kl`` the
   KL it causes), and the base output into the tuned run (``causal_reverse``), measured exactly. An
@@ -252,8 +252,9 @@ def _telescope(
     parts_b: ReadoutParts,
     parts_t: ReadoutParts,
 ) -> Telescope:
-    """The exact split of ``logit[target] (− logit[contrast])``'s change, in design.md §2's fixed order;
-    ``parts_b``/``parts_t`` are each side's readout for that same target and contrast."""
+    """The exact split of ``logit[target] (− logit[contrast])``'s change, in the fixed order of
+    :class:`~tokenlens.diff.result.Telescope`; ``parts_b``/``parts_t`` are each side's readout for that same
+    target and contrast."""
     u_b, g_b, b_b, eps_b = parts_b
     u_t, g_t, b_t, eps_t = parts_t
     s_b, s_t = _scale(base, eps_b), _scale(tuned, eps_t)

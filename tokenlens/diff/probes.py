@@ -20,7 +20,7 @@ from typing import Any
 
 from tokenlens.attribution import inputs
 from tokenlens.diff.result import Probe
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import MultiTokenTarget, TokenlensError
 
 EXPECT = ("changed", "unchanged")
 _KEYS = {"prompt", "messages", "target", "expect", "group", "position"}
@@ -52,7 +52,10 @@ def prompt_probes(prompts: Sequence[str], target: str | None = None) -> tuple[Pr
     """Probes from command-line prompts (not judged), all tracking ``target`` when given."""
     if not prompts:
         raise TokenlensError("give --probes FILE or at least one --prompt")
+    if target is not None:
+        inputs.check_text(target, "target")
     for prompt in prompts:
+        inputs.check_text(prompt, "prompt")
         if not prompt.strip():
             raise TokenlensError("a --prompt is empty: give some text to predict from")
     return tuple(Probe(prompt=p, target=target) for p in prompts)
@@ -146,5 +149,9 @@ def target_id(tokenizer: Any, probe: Probe, vocab_size: int) -> int | None:
     try:
         token = inputs.target_from_text(tokenizer, probe.target)
         return inputs.check_target_id(tokenizer, token, vocab_size)
+    except MultiTokenTarget as exc:
+        raise TokenlensError(
+            f"{probe.where}: {exc.base}; a probe tracks one token: use its first, {exc.pieces[0]!r}"
+        ) from exc
     except TokenlensError as exc:
         raise TokenlensError(f"{probe.where}: {exc}") from exc

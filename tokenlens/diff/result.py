@@ -17,7 +17,7 @@ import torch
 from tokenlens.attribution.result import TOLERANCE, TokenScore
 
 READOUT_TERMS = ("readout.scale", "readout.norm", "readout.head", "readout.logit_bias")
-"""The readout's own change, in the fixed telescoping order of design.md §2."""
+"""The readout's own change, in the fixed telescoping order of :class:`Telescope`."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Probe:
 
 @dataclass(frozen=True)
 class Telescope:
-    """The exact split of one readout value's change from base to tuned (design.md §2).
+    """The exact split of one readout value's change from base to tuned.
 
     With ``u`` the head row (minus the contrast's), ``g`` the final-norm weight, ``s`` the norm's scale and
     ``b`` the head bias, in this fixed order (base readout frozen first)::

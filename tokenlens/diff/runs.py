@@ -2,8 +2,10 @@
 
 A captured run keeps, at the probe position, every residual write, the stream entering the final norm and
 the logits (as float64 copies), plus every site's activation over the whole prompt (for patching) and the
-layer internals the head/neuron drill-down reads. A patched run replaces activations through
-:func:`tokenlens.causal.interventions.replace` and returns the logits at the probe position.
+layer internals the head/neuron drill-down reads. For a 16-bit model the writes are the stream's increments
+and the logits the float32 readout of its final stream, so the split of their change is exact. A patched run
+replaces activations through :func:`tokenlens.causal.interventions.replace` and returns the logits at the
+probe position.
 
 Positions are the prompt's. A prompt-tuned model runs its virtual positions first: the captures shift by
 them (:func:`tokenlens.models.specs.virtual_tokens`) and the logits are kept counting from the end, so both
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tokenlens.attribution.readout import stream_logits
 from tokenlens.capture.internals import LayerInternals, capture_internals
 from tokenlens.capture.residual import capture_residual, component_names
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
@@ -84,6 +87,8 @@ def capture_run(
         output = _forward(model, spec, input_ids, position)
     capture = residual.result(component_names(spec, bare_model(model)))
     logits = output.logits[0, 0].double()
+    if capture.increments:  # a 16-bit model: the float32 readout of its stream, which the writes sum to
+        logits = stream_logits(model, spec, capture.final_input[0, 0]).double()
     writes = capture.writes[:, 0, 0].double()
     if not (torch.isfinite(writes).all() and torch.isfinite(logits).all()):
         raise TokenlensError(

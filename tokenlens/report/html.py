@@ -26,7 +26,6 @@ from tokenlens.causal.metrics import Metric
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
 from tokenlens.report.layout import (
     HOW_TO_READ,
-    QUANTITY_WORDS,
     figure_alt,
     metric_words,
     plan_report,
@@ -34,6 +33,7 @@ from tokenlens.report.layout import (
     visible,
 )
 from tokenlens.report.terminal import show_token
+from tokenlens.report.words import QUANTITY_WORDS, rounding_note
 
 _EMPTY: Mapping = MappingProxyType({})
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -210,6 +210,7 @@ def _components(r: LogitAttribution) -> str:
         f"(tolerance {_num(d.tolerance, '.1e', False, 'span')}) {verdict}</p>"
         f'<p class="note">final-norm scale s = {_num(d.scale, ".5f", False, "span")}; captured writes vs the '
         f"stream the final norm received: max error {_num(d.stream_error, '.1e', False, 'span')}.</p>"
+        + (f'<p class="note">{_e(rounding_note(r))}</p>' if d.model_value is not None else "")
     )
 
 

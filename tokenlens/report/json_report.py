@@ -45,6 +45,7 @@ def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
             "tolerance": d.tolerance,
             "exact": d.exact,
             "stream_error": d.stream_error,
+            "model_value": d.model_value,
         },
         "final_norm_scale": d.scale,
         "top": [_score(s) for s in result.top],

@@ -73,14 +73,6 @@ HOW_TO_READ = (
 )
 
 
-QUANTITY_WORDS = {
-    "logit": ("logit", "logit units"),
-    "logit_difference": ("logit difference", "logit units"),
-    "logprob": ("log-probability", "nats"),
-}
-"""How reports name each explained quantity (``result.QUANTITIES``): ``(what, units)``."""
-
-
 def visible(text: str) -> str:
     """``text`` with every non-printable character (newline, zero-width, bidi control) as its escape."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

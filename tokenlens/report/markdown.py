@@ -23,7 +23,6 @@ from tokenlens.causal.metrics import Metric
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
 from tokenlens.report.layout import (
     HOW_TO_READ,
-    QUANTITY_WORDS,
     figure_alt,
     metric_words,
     plan_report,
@@ -31,6 +30,7 @@ from tokenlens.report.layout import (
     visible,
 )
 from tokenlens.report.terminal import show_token
+from tokenlens.report.words import QUANTITY_WORDS, rounding_note
 
 _EMPTY: Mapping = MappingProxyType({})
 
@@ -114,6 +114,7 @@ def _components(r: LogitAttribution) -> str:
         + _table(["component", "logit", "share"], rows)
         + f"\n\nCheck: sum of components {d.total:.6f}; model {what} {d.logit:.6f}; error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) {verdict}. Final-norm scale s = {d.scale:.5f}."
+        + (f" {rounding_note(r)}" if d.model_value is not None else "")
     )
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tokenlens.attribution.result import LogitAttribution, SourceSplit
+from tokenlens.report.words import rounding_note
 
 BAR_WIDTH = 16
 
@@ -80,6 +81,7 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
         f"(tolerance {d.tolerance:.1e}) ",
         verdict,
         f"\nfinal-norm scale s = {d.scale:.5f}; direct attribution: each component's own path to the logit.",
+        f"\n{rounding_note(result)}" if d.model_value is not None else "",
     )
     return Group(header, table, check, *_drilldowns(result))
 
