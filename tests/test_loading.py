@@ -1,17 +1,21 @@
 """Every way to name a model, offline: zoo, checkpoint folder, PEFT adapter folder, hub id (from its
 cache), GGUF, bitsandbytes quantisation; and the refusals (missing path, not a model, unsupported,
-pickle-only, bad adapter)."""
+pickle-only, bad adapter, corrupt GGUF, weights that do not fit the config), each one line naming what is
+wrong."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny
 
 from tokenlens.attribution.direct import attribute, decompose_logit
 from tokenlens.errors import TokenlensError
@@ -156,12 +160,194 @@ def test_file_that_is_not_gguf(tmp_path):
         load(str(tmp_path / "weights.txt"))
 
 
-def test_corrupt_gguf_file(tmp_path, monkeypatch):
+def gguf_string(text: bytes) -> bytes:
+    """A GGUF metadata string: uint64 length, then the bytes."""
+    return struct.pack("<Q", len(text)) + text
+
+
+GGUF_HEADER = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)  # magic, version 3, no tensors, one metadata entry
+GGUF_STRING = struct.pack("<I", 8)  # the metadata value type of a string
+
+CORRUPT_GGUF = {
+    "empty": (b"", "the file is empty"),
+    "random bytes": (
+        bytes(range(7, 200)),
+        r"not a GGUF file \(bad magic: it starts with b'\\x07\\x08\\t\\n', not b'GGUF'\)",
+    ),
+    "text": (b"hello world, this is not a model", r"not a GGUF file \(bad magic: it starts with b'hell'"),
+    "cut in its header": (b"GGUF\x03", r"the file is truncated \(it ends inside its header\)"),
+    "version 0": (
+        b"GGUF" + b"\0" * 64,
+        r"GGUF version 0 \(a corrupt header\?\); versions 2 and 3 can be read",
+    ),
+    "metadata not UTF-8": (
+        GGUF_HEADER + gguf_string(b"general.architecture") + GGUF_STRING + gguf_string(b"\xff\xfe"),
+        r"its metadata is corrupt \(text that is not UTF-8: 'utf-8' codec can't decode byte 0xff",
+    ),
+    "cut in its metadata": (
+        GGUF_HEADER + b"\x14\0\0",
+        r"the file is truncated or corrupt \(unpack_from requires",
+    ),
+}
+
+
+@pytest.mark.parametrize("content, message", CORRUPT_GGUF.values(), ids=list(CORRUPT_GGUF))
+def test_corrupt_gguf_file(tmp_path, monkeypatch, content, message):
+    """A broken .gguf says what is wrong with it as a GGUF file (never "config file … not valid JSON")."""
     monkeypatch.setenv("TOKENLENS_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(TokenlensError, match="could not read GGUF file"):
-        load(str(tmp_path / "broken.gguf"))
-    assert not list((tmp_path / "cache" / "gguf").iterdir())  # nothing half-written left in the cache
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(content)
+    with pytest.raises(TokenlensError, match=rf"^could not read GGUF file {re.escape(str(path))}: {message}"):
+        load(str(path))
+    cache = tmp_path / "cache" / "gguf"
+    assert not cache.exists() or not list(cache.iterdir())  # nothing half-written left in the cache
+
+
+def write_tiny_gguf(path: Path, leave_out: str | None = None) -> Path:
+    """A 2-layer Llama GGUF file (float32 tensors, a byte-level tokenizer), optionally without one tensor."""
+    import numpy as np
+    from gguf import GGUFWriter
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    width, ffn, layers, heads, kv_heads, head_dim = 32, 64, 2, 4, 2, 8
+    tokens = [*bytes_to_unicode().values(), "Ġt"]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_merges(["Ġ t"])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(1)
+    shapes = {"token_embd.weight": (len(tokens), width), "output_norm.weight": (width,)}
+    for i in range(layers):
+        shapes |= {
+            f"blk.{i}.attn_norm.weight": (width,),
+            f"blk.{i}.attn_q.weight": (heads * head_dim, width),
+            f"blk.{i}.attn_k.weight": (kv_heads * head_dim, width),
+            f"blk.{i}.attn_v.weight": (kv_heads * head_dim, width),
+            f"blk.{i}.attn_output.weight": (width, heads * head_dim),
+            f"blk.{i}.ffn_norm.weight": (width,),
+            f"blk.{i}.ffn_gate.weight": (ffn, width),
+            f"blk.{i}.ffn_up.weight": (ffn, width),
+            f"blk.{i}.ffn_down.weight": (width, ffn),
+        }
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        if name != leave_out:
+            writer.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_file_is_converted_and_checked(tmp_path, monkeypatch):
+    """A whole GGUF converts (output head tied: no output.weight in the file); one lacking a tensor, or cut
+    short, is refused instead of running with random weights."""
+    monkeypatch.setenv("TOKENLENS_CACHE", str(tmp_path / "cache"))
+    loaded = load(str(write_tiny_gguf(tmp_path / "tiny.gguf")))
+    assert (loaded.source, loaded.spec.family) == ("gguf", "llama")
+    assert loaded.model.config.tie_word_embeddings
+    assert attribute(loaded, "the cat").decomposition.exact
+    holey = write_tiny_gguf(tmp_path / "holey.gguf", leave_out="blk.1.ffn_up.weight")
+    with pytest.raises(TokenlensError) as exc:
+        load(str(holey))
+    assert str(exc.value) == (
+        f"the weights of GGUF file {holey} do not fit its config: "
+        "1 tensor missing: model.layers.1.mlp.up_proj.weight"
+    )
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes((tmp_path / "tiny.gguf").read_bytes()[:-1000])
+    with pytest.raises(
+        TokenlensError, match=rf"^could not read GGUF file {re.escape(str(cut))}: the file is truncated"
+    ):
+        load(str(cut))
+    assert [p.name.startswith("tiny-") for p in (tmp_path / "cache" / "gguf").iterdir()] == [True]
+
+
+def copy_checkpoint(source: Path, folder: Path, edit=None) -> Path:
+    """A copy of the checkpoint folder ``source``, its tensors passed through ``edit`` (a dict -> dict)."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    for item in source.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    if edit is not None:
+        tensors = edit(load_file(folder / "model.safetensors"))
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_checkpoint_with_missing_or_foreign_tensors_is_refused(tiny_checkpoint, tmp_path):
+    """Once loaded silently: missing tensors got random values (a different answer every run)."""
+
+    def edit(tensors):
+        del tensors["model.layers.1.mlp.up_proj.weight"]
+        tensors["model.layers.9.extra.weight"] = torch.zeros(3)
+        return tensors
+
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "edited", edit)
+    with pytest.raises(TokenlensError) as exc:
+        load(str(folder))
+    assert str(exc.value) == (
+        f"the weights of {str(folder)!r} do not fit its config: "
+        "1 tensor missing: model.layers.1.mlp.up_proj.weight; "
+        "1 tensor unexpected: model.layers.9.extra.weight"
+    )
+
+    def drop_layer(tensors):
+        return {name: t for name, t in tensors.items() if not name.startswith("model.layers.2.")}
+
+    folder = copy_checkpoint(tiny_checkpoint, tmp_path / "short", drop_layer)
+    with pytest.raises(
+        TokenlensError, match=r"11 tensors missing: model\.layers\.2\.\S+, \S+, \S+ and 8 more$"
+    ):
+        load(str(folder))
+
+
+def test_tied_head_and_rotary_buffers_are_not_flagged(tiny_checkpoint, tmp_path, qwen_tokenizer):
+    """A tied head is legitimately absent from the file (and rotary inv_freq never is in one); an untied
+    head is a real tensor that must be there."""
+    from safetensors.torch import load_file
+
+    assert "lm_head.weight" not in load_file(tiny_checkpoint / "model.safetensors")
+    assert load(str(tiny_checkpoint)).model.config.tie_word_embeddings
+    untied = tmp_path / "untied"
+    build_tiny("llama").save_pretrained(untied)
+    qwen_tokenizer.save_pretrained(untied)
+    assert load(str(untied)).source == "directory"
+    headless = copy_checkpoint(
+        untied, tmp_path / "headless", lambda t: {k: v for k, v in t.items() if k != "lm_head.weight"}
+    )
+    with pytest.raises(TokenlensError, match=r"1 tensor missing: lm_head\.weight$"):
+        load(str(headless))
+
+
+def test_shape_mismatch_names_the_tensors(tmp_path, qwen_tokenizer):
+    """Once "… look at the above report!" with the report hidden by tokenlens's quiet logging."""
+    folder = tmp_path / "wide"
+    build_tiny("qwen3-tied-gqa", vocab_size=1024, hidden_size=48).save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 32}))
+    with pytest.raises(TokenlensError) as exc:
+        load(str(folder))
+    message = str(exc.value)
+    assert message == (
+        f"the weights of {str(folder)!r} do not fit its config: 29 tensors of the wrong shape: "
+        "model.embed_tokens.weight (1024x48 in the file, 1024x32 expected), "
+        "model.layers.0.input_layernorm.weight (48 in the file, 32 expected), "
+        "model.layers.0.mlp.down_proj.weight (48x64 in the file, 32x64 expected) and 26 more"
+    )
 
 
 def test_unsupported_architecture(tmp_path):

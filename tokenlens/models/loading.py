@@ -6,7 +6,8 @@ its manifest or is given), a PEFT adapter folder (``adapter_config.json``; its b
 or is given), or a HF checkpoint folder (``config.json``); otherwise a hub id (``org/name``), loaded with
 the standard ``from_pretrained`` from the hub or its local cache. Weights are read from safetensors only
 and no code from a checkpoint runs (``trust_remote_code=False``) unless the caller asks otherwise. The
-architecture is checked from the config before any weights are read.
+architecture is checked from the config before any weights are read, and the weights must then fill exactly
+the model the config builds (no tensor missing, unexpected or of the wrong shape).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def load(
 
     Raises:
         TokenlensError: Unknown reference, missing path, folder that is not a model, unsupported
-            architecture, pickle-only weights, unreadable files, unavailable device or package.
+            architecture, pickle-only weights, unreadable files, weights that do not fit the config (missing,
+            unexpected or mis-shaped tensors), unavailable device or package.
     """
     options = _Options(
         dtype=_check_dtype(dtype),
@@ -209,17 +211,76 @@ def _load_checkpoint(
     elif options.device_map is not None:
         kwargs["device_map"] = options.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        model, report = AutoModelForCausalLM.from_pretrained(
+            where, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        check_weights_fit(repr(ref), report)
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=options.trust_remote_code)
     except TokenlensError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise TokenlensError(f"could not load {ref!r}: {first_line(exc)}") from exc
+        raise TokenlensError(f"could not load {ref!r}: {_library_reason(exc)}") from exc
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
     local = location if isinstance(location, Path) else None
     return LoadedModel(model, tokenizer, spec, ref, source, path=path or local)
+
+
+def check_weights_fit(what: str, report: dict[str, Any]) -> None:
+    """Refuse weights that do not fill exactly the model their config builds.
+
+    ``report`` is what ``from_pretrained(..., output_loading_info=True)`` returns beside the model.
+    transformers gives a tensor that the file lacks random values, drops a tensor the model has no place for,
+    and (with ``ignore_mismatched_sizes=True``, which tokenlens passes so that it can name the tensors)
+    re-initialises one of the wrong shape, telling only its log: such a model loads and then answers
+    differently on every run. What a file legitimately lacks is not in the report: an output head tied to the
+    embedding (``tie_word_embeddings``) and non-persistent buffers such as rotary ``inv_freq``.
+
+    Args:
+        what: How to name the model in the message (its reference, or the GGUF file being converted).
+        report: The loading report (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``).
+
+    Raises:
+        TokenlensError: Naming the first few tensors of each kind and how many there are.
+    """
+    problems = []
+    mismatched = sorted(report["mismatched_keys"])
+    if mismatched:
+        shapes = [
+            f"{name} ({_shape(ckpt)} in the file, {_shape(need)} expected)" for name, ckpt, need in mismatched
+        ]
+        problems.append(f"{_tensors(len(shapes))} of the wrong shape: {_first_few(shapes)}")
+    for kind, names in (("missing", report["missing_keys"]), ("unexpected", report["unexpected_keys"])):
+        if names:
+            problems.append(f"{_tensors(len(names))} {kind}: {_first_few(sorted(names))}")
+    if problems:
+        raise TokenlensError(f"the weights of {what} do not fit its config: {'; '.join(problems)}")
+
+
+def _library_reason(exc: BaseException) -> str:
+    """The first line of a library's error, with its first entry when that line only introduces a list.
+
+    PyTorch and PEFT put the substance of a failed ``load_state_dict`` on the lines after
+    ``Error(s) in loading state_dict for X:``.
+    """
+    reason = first_line(exc)
+    details = [line.strip() for line in str(exc).strip().splitlines()[1:] if line.strip()]
+    return f"{reason} {details[0]}" if reason.endswith(":") and details else reason
+
+
+def _shape(size: Any) -> str:
+    return "x".join(str(n) for n in size) or "scalar"
+
+
+def _tensors(n: int) -> str:
+    return f"{n} tensor{'s' if n != 1 else ''}"
+
+
+def _first_few(names: list[str], shown: int = 3) -> str:
+    """``a, b, c and 26 more``: enough names to find the problem, on one line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _bnb_config(quantize: str, compute_dtype: Any) -> Any:
