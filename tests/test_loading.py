@@ -1,7 +1,7 @@
 """Every way to name a model, offline: zoo, checkpoint folder, PEFT adapter folder, hub id (from its
 cache), GGUF, bitsandbytes quantisation; and the refusals (missing path, not a model, unsupported,
-pickle-only, bad adapter, corrupt GGUF, weights that do not fit the config), each one line naming what is
-wrong."""
+pickle-only, bad adapter, corrupt GGUF, weights that do not fit the config, an adapter that does not fit its
+base), each one line naming what is wrong."""
 
 from __future__ import annotations
 
@@ -100,6 +100,93 @@ def test_corrupt_adapter_is_refused(tiny_checkpoint, tmp_path):
         load(str(adapter))
     (adapter / "adapter_config.json").write_text("{ not json")
     with pytest.raises(TokenlensError, match="not valid JSON"):
+        load(str(adapter))
+
+
+def rewrite_adapter_weights(adapter: Path, edit) -> Path:
+    """Pass the tensors of the adapter folder ``adapter`` through ``edit`` (a dict -> dict)."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter / "adapter_model.safetensors"
+    save_file(edit(load_file(path)), path)
+    return adapter
+
+
+def test_adapter_whose_tensors_match_no_module_is_refused(tiny_checkpoint, tmp_path):
+    """Once only a PEFT warning: the renamed tensors were skipped and the adapter changed nothing."""
+    adapter = make_adapter(tiny_checkpoint, tmp_path / "adapter")
+    rewrite_adapter_weights(adapter, lambda t: {k.replace(".layers.", ".blocks."): v for k, v in t.items()})
+    with pytest.raises(TokenlensError) as exc:
+        load(str(adapter))
+    assert str(exc.value) == (
+        f"could not apply the adapter {adapter} to {str(tiny_checkpoint)!r}: "
+        "its weights file lacks 18 tensors of this adapter ("
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight, "
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight, "
+        "base_model.model.model.layers.0.self_attn.v_proj.lora_A.default.weight and 15 more); "
+        "were they saved for another model, or renamed?"
+    )
+
+
+def test_adapter_with_missing_tensors_is_refused(tiny_checkpoint, tmp_path):
+    """Once a partly random adapter: the tensor the file lacked kept PEFT's initial value."""
+    adapter = make_adapter(tiny_checkpoint, tmp_path / "adapter")
+    lost = "base_model.model.model.layers.2.mlp.down_proj.lora_B.weight"
+    rewrite_adapter_weights(adapter, lambda t: {k: v for k, v in t.items() if k != lost})
+    with pytest.raises(
+        TokenlensError, match=r"lacks 1 tensor of this adapter \(\S+layers\.2\.mlp\.down_proj\.lora_B"
+    ):
+        load(str(adapter))
+
+
+@pytest.fixture(scope="module")
+def wide_checkpoint(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A tiny Qwen3 of width 48 (the ``tiny_checkpoint`` is 32 wide), with the real tokenizer."""
+    folder = tmp_path_factory.mktemp("wide") / "tiny"
+    build_tiny("qwen3-tied-gqa", vocab_size=1024, hidden_size=48).save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_adapter_for_another_width_names_the_tensor(tiny_checkpoint, wide_checkpoint, tmp_path):
+    """Once only "Error(s) in loading state_dict for PeftModel:" (the details were on the lines after)."""
+    adapter = make_adapter(tiny_checkpoint, tmp_path / "adapter")
+    with pytest.raises(TokenlensError) as exc:
+        load(str(adapter), base=str(wide_checkpoint))
+    assert str(exc.value) == (
+        f"could not apply the adapter {adapter} to {str(wide_checkpoint)!r}: "
+        "Error(s) in loading state_dict for PeftModel: size mismatch for "
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight: copying a param with shape "
+        "torch.Size([4, 32]) from checkpoint, the shape in current model is torch.Size([4, 48])."
+    )
+
+
+def test_prompt_tuning_adapter_checks(tiny_checkpoint, wide_checkpoint, tmp_path):
+    """A prompt adapter loads; one without its tensor, or on a base of another width, is refused at load time
+    (the width mismatch once surfaced only as a raw error in the first forward pass)."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    adapter = tmp_path / "prompt"
+    model = get_peft_model(
+        load(str(tiny_checkpoint)).model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+    )
+    model.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": str(tiny_checkpoint)})
+    )
+    assert load(str(adapter)).source == "peft"
+    with pytest.raises(TokenlensError) as exc:
+        load(str(adapter), base=str(wide_checkpoint))
+    assert str(exc.value) == (
+        f"could not apply the adapter {adapter} to {str(wide_checkpoint)!r}: "
+        "its virtual tokens are 32 wide, the base's token embeddings 48"
+    )
+    rewrite_adapter_weights(adapter, lambda t: {})
+    with pytest.raises(TokenlensError, match="its weights file has no tensor 'prompt_embeddings'$"):
+        load(str(adapter))
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "NO_SUCH_TYPE"}))
+    with pytest.raises(TokenlensError, match=r"unknown adapter type \(peft_type\) 'NO_SUCH_TYPE'$"):
         load(str(adapter))
 
 

@@ -7,7 +7,8 @@ or is given), or a HF checkpoint folder (``config.json``); otherwise a hub id (`
 the standard ``from_pretrained`` from the hub or its local cache. Weights are read from safetensors only
 and no code from a checkpoint runs (``trust_remote_code=False``) unless the caller asks otherwise. The
 architecture is checked from the config before any weights are read, and the weights must then fill exactly
-the model the config builds (no tensor missing, unexpected or of the wrong shape).
+the model the config builds (no tensor missing, unexpected or of the wrong shape), as an adapter's must fill
+the adapter.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def load(
     Raises:
         TokenlensError: Unknown reference, missing path, folder that is not a model, unsupported
             architecture, pickle-only weights, unreadable files, weights that do not fit the config (missing,
-            unexpected or mis-shaped tensors), unavailable device or package.
+            unexpected or mis-shaped tensors), an adapter that does not fit its base, unavailable device or
+            package.
     """
     options = _Options(
         dtype=_check_dtype(dtype),
@@ -299,7 +301,7 @@ def _bnb_config(quantize: str, compute_dtype: Any) -> Any:
 
 def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -> LoadedModel:
     """Load a PEFT adapter folder on top of its base model (not merged: the adapter can be toggled)."""
-    from peft import PeftModel
+    from peft import PeftType
 
     try:
         adapter_config = json.loads((folder / "adapter_config.json").read_text())
@@ -307,6 +309,9 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
         raise TokenlensError(f"{folder}/adapter_config.json is not valid JSON: {first_line(exc)}") from exc
     if not isinstance(adapter_config, dict):
         raise TokenlensError(f"{folder}/adapter_config.json is not a JSON object")
+    kind = adapter_config.get("peft_type")
+    if kind not in {t.value for t in PeftType}:
+        raise TokenlensError(f"{folder}/adapter_config.json: unknown adapter type (peft_type) {kind!r}")
     base = base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise TokenlensError(
@@ -322,10 +327,7 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
         if "adapter_model.bin" not in files:
             raise TokenlensError(f"{folder} has no adapter weights (adapter_model.safetensors)")
     loaded_base = load(base, **asdict(options))
-    try:
-        model = PeftModel.from_pretrained(loaded_base.model, str(folder), is_trainable=False)
-    except Exception as exc:  # noqa: BLE001 - shape mismatches, corrupt files, wrong base …
-        raise TokenlensError(f"could not apply the adapter {folder} to {base!r}: {first_line(exc)}") from exc
+    model = _apply_adapter(loaded_base.model, folder, base)
     model.eval()
     tokenizer = loaded_base.tokenizer
     if (folder / "tokenizer_config.json").is_file():
@@ -337,6 +339,56 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
                 f"the adapter {folder} ships a tokenizer that differs from its base {base!r}"
             )
     return LoadedModel(model, tokenizer, loaded_base.spec, ref, "peft", path=folder, base_ref=base)
+
+
+_MISSING_ADAPTER_TENSORS = "Found missing adapter keys"
+"""How the warning starts with which ``PeftModel.from_pretrained`` lists adapter tensors its file lacked."""
+_VIRTUAL_EMBEDDINGS = ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
+"""PEFT types that put learned embeddings, ``token_dim`` wide, before the prompt's token embeddings."""
+
+
+def _apply_adapter(base_model: Any, folder: Path, base: str) -> Any:
+    """``PeftModel.from_pretrained``, refusing an adapter that does not fit ``base_model`` exactly.
+
+    PEFT gives an adapter tensor that the weights file lacks its initial value and only warns, so a file
+    whose tensor names match no module of the base (saved for another model, or renamed) loads as a silent
+    no-op and a partial file as a partly random adapter: that warning is made an error here. A prompt-tuning
+    adapter's virtual tokens are built as wide as its config says (``token_dim``), so on a base of another
+    width it would load and fail only at the first forward pass: that width is compared with the base's.
+
+    Raises:
+        TokenlensError: Naming the adapter folder, the base and what does not fit.
+    """
+    import warnings
+
+    from peft import PeftModel
+
+    failure = f"could not apply the adapter {folder} to {base!r}"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_MISSING_ADAPTER_TENSORS)
+            model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=False)
+    except Exception as exc:  # noqa: BLE001 - shape mismatches, corrupt files, wrong base …
+        if isinstance(exc, UserWarning) and str(exc).startswith(_MISSING_ADAPTER_TENSORS):
+            missing = re.findall(r"'([^']+)'", str(exc))  # the warning lists the tensors the file lacked
+            reason = (
+                f"its weights file lacks {_tensors(len(missing))} of this adapter ({_first_few(missing)}); "
+                "were they saved for another model, or renamed?"
+            )
+        elif isinstance(exc, KeyError):  # PEFT looks a saved tensor up by name
+            reason = f"its weights file has no tensor {exc.args[0]!r}"
+        else:
+            reason = _library_reason(exc)
+        raise TokenlensError(f"{failure}: {reason}") from exc
+    config = model.active_peft_config
+    if config.peft_type in _VIRTUAL_EMBEDDINGS:
+        width = model.get_base_model().get_input_embeddings().embedding_dim
+        if config.token_dim != width:
+            raise TokenlensError(
+                f"{failure}: its virtual tokens are {config.token_dim} wide, "
+                f"the base's token embeddings {width}"
+            )
+    return model
 
 
 def _load_custom(folder: Path, ref: str, base: str | None, options: _Options) -> LoadedModel:
