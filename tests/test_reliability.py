@@ -57,6 +57,20 @@ def test_out_of_memory_is_an_environment_error(tiny_checkpoint, monkeypatch, cap
     assert "out of memory" in one_line_error(capsys)
 
 
+def test_a_rust_panic_is_one_line_not_a_traceback(tiny_checkpoint, monkeypatch, capsys):
+    import tokenlens.attribution.direct as direct
+
+    class PanicException(BaseException):  # what pyo3 extensions (tokenizers, safetensors) raise
+        pass
+
+    def explode(*args, **kwargs):
+        raise PanicException("called `Option::unwrap()` on a `None` value")
+
+    monkeypatch.setattr(direct, "attribute", explode)
+    assert main(["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT]) == 3
+    assert "internal error: PanicException" in one_line_error(capsys)
+
+
 # --- text that is not UTF-8 -------------------------------------------------------------------------------
 
 

@@ -90,21 +90,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tokenlens: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
-        if os.environ.get("TOKENLENS_DEBUG"):
+        return _unexpected(exc)
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":  # how Rust extensions (tokenizers …) fail
             raise
-        message = first_line(exc)
-        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-            print(
-                f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+        return _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> int:
+    """One line for an exception nobody expected (out of memory: exit 2; anything else: exit 3)."""
+    if os.environ.get("TOKENLENS_DEBUG"):
+        raise exc
+    message = first_line(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         print(
-            f"tokenlens: internal error: {type(exc).__name__}: {message} "
-            "(rerun with TOKENLENS_DEBUG=1 for the traceback)",
+            f"tokenlens: error: out of memory: {message} (try a smaller --dtype or --device cpu)",
             file=sys.stderr,
         )
-        return EXIT_INTERNAL
+        return EXIT_USAGE
+    print(
+        f"tokenlens: internal error: {type(exc).__name__}: {message} "
+        "(rerun with TOKENLENS_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 def console_main() -> None:

@@ -104,6 +104,10 @@ def _convert(path: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:  # noqa: BLE001
         raise TokenlensError(f"could not load GGUF file {path}: {_unreadable(exc)}") from exc
+    except BaseException as exc:  # the Rust tokenizer panics (a BaseException) on a corrupt merge list
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise TokenlensError(f"could not load GGUF file {path}: its tokenizer is corrupt ({exc})") from exc
     check_weights_fit(f"GGUF file {path}", report)  # checked before the cache entry exists
     settings = model.config.to_dict()
     settings.pop("quantization_config", None)  # the saved weights are plain float32
