@@ -94,3 +94,25 @@ def test_empty_and_missing_files(tmp_path, qwen_tokenizer):
 def test_ids_outside_the_vocabulary_are_refused(tmp_path, qwen_tokenizer):
     with pytest.raises(TokenlensError, match=r"d.jsonl:1: token id \d+ is outside"):
         load_jsonl(write(tmp_path, [{"text": "The capital"}]), qwen_tokenizer, 64, vocab_size=100)
+
+
+def test_non_utf8_bytes_are_refused_with_their_line(tmp_path, qwen_tokenizer):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "ok then"}\n{"text": "caf\xe9 au lait"}\n')
+    with pytest.raises(TokenlensError) as info:
+        load_jsonl(path, qwen_tokenizer, 64)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: not UTF-8 text (byte 0xe9 at byte 14 of the line)"), message
+    assert "\n" not in message
+
+
+def test_lines_end_at_newlines_only(tmp_path, qwen_tokenizer):
+    """A JSON string may hold U+2028 (a line separator to ``str.splitlines``): still one line, one example."""
+    path = tmp_path / "sep.jsonl"
+    path.write_text(
+        json.dumps({"text": "one\u2028two"}, ensure_ascii=False) + "\r\n" + '{"text": "three four"}\n',
+        encoding="utf-8",
+    )
+    data = load_jsonl(path, qwen_tokenizer, 64)
+    assert [e.line for e in data.examples] == [1, 2]
+    assert qwen_tokenizer.decode(data.examples[0].input_ids) == "one\u2028two"

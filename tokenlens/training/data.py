@@ -12,10 +12,11 @@ Each line is one example, in one of three shapes:
   template inserts before the content (Qwen3's empty ``<think>`` block on the last turn) is learned too.
 * ``{"text": str}`` — the loss covers every token.
 
-Every line is validated before anything trains; the first bad line raises a one-line :class:`TokenlensError`
-naming ``file:line``. Length rule: an example longer than the model's context (``max_length`` tokens) is
-**refused**, never truncated silently. Labels use ``-100`` for positions without loss (the HF convention;
-the model shifts labels by one itself).
+The file must be UTF-8 (other bytes are refused with their line, never replaced). Every line is validated
+before anything trains; the first bad line raises a one-line :class:`TokenlensError` naming ``file:line``.
+Length rule: an example longer than the model's context (``max_length`` tokens) is **refused**, never
+truncated silently. Labels use ``-100`` for positions without loss (the HF convention; the model shifts
+labels by one itself).
 """
 
 from __future__ import annotations
@@ -88,10 +89,13 @@ def load_jsonl(
     path = Path(path)
     if not path.is_file():
         raise TokenlensError(f"no such data file: {path}")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TokenlensError(f"cannot read data file {path}: {exc.strerror or exc}") from exc
     examples: list[Example] = []
     counts = dict.fromkeys(SHAPES, 0)
-    for number, text in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    for number, text in enumerate(_lines(raw, path), start=1):
         if not text.strip():
             continue
         where = f"{path}:{number}"
@@ -120,6 +124,27 @@ def load_jsonl(
         n_tokens=sum(len(e.input_ids) for e in examples),
         n_loss_tokens=sum(sum(1 for label in e.labels if label != IGNORE) for e in examples),
     )
+
+
+def _lines(raw: bytes, path: Path) -> list[str]:
+    """The file's lines, strictly UTF-8 (never decoded with replacement characters).
+
+    Lines end at line feeds only (a carriage return before one is dropped): a JSON string may hold U+2028
+    or other characters that :meth:`str.splitlines` would split at, and line numbers match an editor's.
+
+    Raises:
+        TokenlensError: The bytes are not UTF-8 (``file:line: …`` with the offending byte).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TokenlensError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {column} of the line); "
+            "save the file as UTF-8"
+        ) from exc
+    return [line.removesuffix("\r") for line in text.split("\n")]
 
 
 def _parse_line(text: str, where: str) -> dict:
