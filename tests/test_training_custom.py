@@ -201,7 +201,7 @@ def one_line_error(match: str):
         ("bias", {"layers": [0, 3]}, r"layers=\[0, 3\]: the model has layers 0..2"),
         ("adapter", {"size": 0}, "positive integer"),
         ("adapter", {"layers": "x"}, "must be layer indices"),
-        ("rope", {"kind": "theta"}, "choose freqs"),
+        ("rope", {"kind": "theta"}, "choose from freqs, base"),
         ("rope", {"base": 2}, "does not apply to method 'rope'"),
     ],
 )

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from tokenlens.cli.inspect import add_model_options, load_from_args
 from tokenlens.errors import TokenlensError
@@ -78,38 +85,59 @@ def _parse_value(value: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train, or print the menu; returns the exit code (130 after Ctrl-C, 143 after SIGTERM).
+
+    Every setting that needs no model (method, options, lengths, learning rate, seed, the output folder) is
+    checked before the model loads.
+    """
     if args.list_methods:
         return _list_methods(args)
     missing = [flag for flag in ("method", "data", "out") if not getattr(args, flag)]
     if missing:
         raise TokenlensError(f"train needs {', '.join('--' + m for m in missing)} (or --list-methods)")
     from tokenlens.training.methods import get_method
-    from tokenlens.training.trainer import train
+    from tokenlens.training.trainer import Interrupted, check_out_dir, check_settings, train
 
     record = get_method(args.method)  # fail fast, before loading a model
     options = parse_options(args.option)
-    record.resolve(options)
+    check_settings(
+        record,
+        options,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     if record.needs_quantized and not args.quantize:
         raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
-    loaded = load_from_args(args)
-    with _progress() as on_progress:
-        result = train(
-            loaded,
-            record,
-            args.data,
-            args.out,
-            steps=args.steps,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            options=options,
-            resume=args.resume,
-            force=args.force,
-            checkpoint_every=args.checkpoint_every,
-            gradient_checkpointing=args.gradient_checkpointing,
-            on_progress=on_progress,
-        )
+    check_out_dir(Path(args.out), resume=args.resume, force=args.force)
+    try:
+        with _sigterm_interrupts():
+            loaded = load_from_args(args)
+            with _progress() as on_progress:
+                result = train(
+                    loaded,
+                    record,
+                    args.data,
+                    args.out,
+                    steps=args.steps,
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    batch_size=args.batch_size,
+                    seed=args.seed,
+                    options=options,
+                    resume=args.resume,
+                    force=args.force,
+                    checkpoint_every=args.checkpoint_every,
+                    gradient_checkpointing=args.gradient_checkpointing,
+                    on_progress=on_progress,
+                )
+    except Interrupted as exc:
+        print(f"tokenlens: {exc}", file=sys.stderr)
+        return exc.exit_code
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data-parallel run: the main process reports
     print(
@@ -118,6 +146,27 @@ def run(args: argparse.Namespace) -> int:
         f"on {result.device}; wrote {result.out_dir}"
     )
     return 0
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into an exception, as Python does Ctrl-C, so that cleanup runs (the progress bar gives
+    the terminal its cursor back, the folder's lock is released). Inside the training loop the trainer defers
+    both signals to the end of a step and saves a checkpoint first."""
+    from tokenlens.training.trainer import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame) -> None:
+        raise Interrupted(signum, "terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _list_methods(args: argparse.Namespace) -> int:
@@ -131,19 +180,38 @@ def _list_methods(args: argparse.Namespace) -> int:
     for record in METHODS.values():
         options = {"token_ids": [0]} if "token_ids" in record.options else {}
         try:
-            count = f"{trainable_count(record.apply(copy.deepcopy(loaded.model), record.resolve(options))):,}"
+            with _silenced():  # PEFT warns about tied embeddings, unsupported layers …
+                model = record.apply(copy.deepcopy(loaded.model), record.resolve(options))
+            count = f"{trainable_count(model):,}"
             if options:
                 count += " per chosen token"
         except TokenlensError:
             count = "n/a"
         print(f"  {record.name:<11} {count:>22}  lr {record.lr:g}  {record.summary}")
-        for key, (default, help_text) in record.options.items():
-            print(f"      --option {key}=…  {help_text} (default {default!r})")
+        for key, option in record.options.items():
+            print(f"      --option {key}=…  {option.help} (default {option.default!r})")
     return 0
 
 
+@contextmanager
+def _silenced() -> Iterator[None]:
+    """Silence library warnings, from the ``warnings`` module and from loggers, for the block's duration."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 class _progress:
-    """A rich progress bar on stderr: step, loss, tokens/s, ETA (fed by ``train(on_progress=...)``)."""
+    """A rich progress bar on stderr: step, loss, tokens/s, ETA (fed by ``train(on_progress=...)``).
+
+    It appears with the first finished step and is always stopped on the way out (an error, Ctrl-C,
+    SIGTERM), which gives the terminal its cursor back.
+    """
 
     def __enter__(self):
         from rich.console import Console
@@ -159,13 +227,13 @@ class _progress:
             console=Console(file=sys.stderr),
             transient=True,
         )
-        self.bar.start()
         self.task = None
         return self.update
 
     def update(self, info) -> None:
         """Show one finished step (a :class:`tokenlens.training.trainer.StepInfo`)."""
         if self.task is None:
+            self.bar.start()
             self.task = self.bar.add_task(
                 "train", total=info.total, completed=info.step - 1, loss="…", rate="…"
             )

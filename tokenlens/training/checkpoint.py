@@ -1,34 +1,43 @@
 """The trainer's resumable checkpoint: trainable parameters, optimizer and RNG states, step and losses.
 
-It lives in ``out_dir/tokenlens-checkpoint`` and is replaced atomically: written to a temporary folder, then
-renamed over the old one, so a crash never leaves a half-written checkpoint. Only the trainable parameters
-are saved; the rest of the model is rebuilt from the base on resume.
+It is one file, ``out_dir/tokenlens-checkpoint/state.pt``, replaced atomically: written and synced under a
+temporary name beside the folder, then renamed over the old file, so a crash or a full disk never leaves a
+half-written checkpoint and the previous one stays readable until the new one is complete. Only the
+trainable parameters are saved; the rest of the model is rebuilt from the base on resume.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from tokenlens.errors import TokenlensError
+from tokenlens.io import write_error
 
 CHECKPOINT = "tokenlens-checkpoint"
 """The checkpoint folder's name inside the output folder."""
+STATE = "state.pt"
+"""The checkpoint file inside that folder."""
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def staging_file(folder: Path) -> Path:
+    """Where :func:`save` writes the next checkpoint before renaming it into ``folder`` (a sibling file)."""
+    return folder.with_name(f".{folder.name}.{STATE}.tmp")
+
+
 def save(folder: Path, model, optimizer, identity: dict, step: int, losses: list[float]) -> None:
-    """Write a checkpoint to ``folder.tmp`` and rename it over ``folder`` (never a half-written one)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Write a checkpoint of ``step`` into ``folder`` (never a half-written one; see the module docstring).
+
+    Raises:
+        TokenlensError: It could not be written (disk full, permission denied …); the message says that the
+            previous checkpoint, if any, is intact.
+    """
     state = {
         "identity": identity,
         "step": step,
@@ -38,14 +47,20 @@ def save(folder: Path, model, optimizer, identity: dict, step: int, losses: list
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as handle:
-        os.fsync(handle.fileno())
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = staging_file(folder)
+    try:
+        with open(tmp, "wb") as handle:  # a Python file: a full disk raises OSError, not a torch RuntimeError
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        folder.mkdir(exist_ok=True)
+        os.replace(tmp, folder / STATE)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(folder / STATE, exc, "checkpoint") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[float]]:
@@ -59,7 +74,7 @@ def load(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[floa
             read.
     """
     try:
-        state = torch.load(folder / "state.pt", weights_only=True)
+        state = torch.load(folder / STATE, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated file, a foreign pickle: one line either way
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise TokenlensError(

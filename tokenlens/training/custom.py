@@ -142,16 +142,20 @@ def _mark(model: nn.Module, method: str, options: dict, names: list[str]) -> nn.
     return model
 
 
-def _layer_indices(model: nn.Module, value: Any) -> list[int]:
+def layer_indices(model: nn.Module, layers: list[int] | None) -> list[int]:
+    """The chosen layer indices (``None``: every layer), checked against the model's layer count.
+
+    ``layers`` is already validated (integers from 0, sorted, each once) by the method's options.
+
+    Raises:
+        TokenlensError: An index beyond the model's last layer.
+    """
     n_layers = len(spec_for_model(model).layer_list(model))
-    if value is None:
+    if layers is None:
         return list(range(n_layers))
-    values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or not values:
-        raise TokenlensError(f"option layers must be layer indices, got {value!r}")
-    if any(not 0 <= i < n_layers for i in values):
-        raise TokenlensError(f"option layers={values}: the model has layers 0..{n_layers - 1}")
-    return sorted(set(values))
+    if any(i >= n_layers for i in layers):
+        raise TokenlensError(f"option layers={layers}: the model has layers 0..{n_layers - 1}")
+    return list(layers)
 
 
 def _float_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -172,10 +176,8 @@ def _linear(model: nn.Module, path: str) -> nn.Linear:
 
 def apply_bias(model: nn.Module, options: dict) -> nn.Module:
     """Give the chosen linears a zero-initialised trainable bias (or train the bias they already have)."""
-    targets = options["targets"] if isinstance(options["targets"], list) else [options["targets"]]
-    if not targets or any(t not in BIAS_TARGETS for t in targets):
-        raise TokenlensError(f"option targets={targets!r}: choose from {', '.join(BIAS_TARGETS)}")
-    layers = _layer_indices(model, options["layers"])
+    targets = options["targets"]
+    layers = layer_indices(model, options["layers"])
     spec = spec_for_model(model)
     paths = [
         f"{spec.layers}.{i}.{spec.attn_out if t == 'o_proj' else spec.mlp_out}"
@@ -198,9 +200,7 @@ def apply_bias(model: nn.Module, options: dict) -> nn.Module:
 def apply_adapter(model: nn.Module, options: dict) -> nn.Module:
     """Wrap each chosen layer's ``down_proj`` in an :class:`AdaptedLinear` with a fresh adapter."""
     size = options["size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise TokenlensError(f"option size={size!r}: the adapter width must be a positive integer")
-    layers = _layer_indices(model, options["layers"])
+    layers = layer_indices(model, options["layers"])
     spec = spec_for_model(model)
     paths = [f"{spec.layers}.{i}.{spec.mlp_out}" for i in layers]
     linears = {path: _linear(model, path) for path in paths}
@@ -219,8 +219,6 @@ def apply_adapter(model: nn.Module, options: dict) -> nn.Module:
 def apply_rope(model: nn.Module, options: dict) -> nn.Module:
     """Make the rotary inverse frequencies (``kind=freqs``) or the rotary base (``kind=base``) trainable."""
     kind = options["kind"]
-    if kind not in ("freqs", "base"):
-        raise TokenlensError(f"option kind={kind!r}: choose freqs (every frequency) or base (the RoPE base)")
     bare = bare_model(model)
     try:
         rotary = bare.get_submodule(ROTARY)

@@ -1,18 +1,25 @@
 """The post-training menu: one registry record per method.
 
 A :class:`Method` says what it changes (``summary``), its default learning rate, the options it accepts
-(with defaults), how to apply it (``apply(model, options) -> model``: every base weight frozen, only the
-method's own parameters trainable) and how to save the result (``save(model, out_dir)``). PEFT-backed
-methods return a ``peft.PeftModel`` and save an adapter folder that ``peft.PeftModel.from_pretrained`` and
-``tokenlens.load`` read; ``head`` and ``full`` save a plain HF checkpoint folder; the custom methods
-(``bias``, ``adapter``, ``rope``, :mod:`tokenlens.training.custom`) save their own parameters with a
-``tokenlens-method.json`` that ``tokenlens.load`` reads back onto the base.
+(each an :class:`Option` with a default and a validator), how to apply it (``apply(model, options) ->
+model``: every base weight frozen, only the method's own parameters trainable) and how to save the result
+(``save(model, out_dir)``). PEFT-backed methods return a ``peft.PeftModel`` and save an adapter folder that
+``peft.PeftModel.from_pretrained`` and ``tokenlens.load`` read; ``head`` and ``full`` save a plain HF
+checkpoint folder; the custom methods (``bias``, ``adapter``, ``rope``, :mod:`tokenlens.training.custom`)
+save their own parameters with a ``tokenlens-method.json`` that ``tokenlens.load`` reads back onto the base.
+
+Options are checked in one place, :meth:`Method.resolve`, before any model loads: each option's validator
+accepts only its declared type (an integer that is not a boolean, a real JSON ``true``/``false``, a list of
+integers, a string from a set of choices …) and returns the value in one canonical form (a single layer
+index becomes a one-element list), so what trains is exactly what the manifest records. What needs the
+model (a layer index beyond its layers, a token id beyond its vocabulary) is checked by ``apply``.
 
 Default learning rates: see the README's table and ``benchmarks/lr_search.py`` for the measured search.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +33,104 @@ from tokenlens.training import custom
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+Check = Callable[[str, Any], Any]
+"""An option validator: ``check(name, value)`` returns the value in canonical form or raises a one-line
+:class:`TokenlensError` naming the option."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a method accepts (``--option NAME=VALUE``).
+
+    Attributes:
+        default: The value when the option is not given (ignored when ``required``).
+        help: One line: what it sets.
+        check: Its validator (see :data:`Check`); the default is never checked.
+        required: The method cannot run without it (there is no sensible default).
+    """
+
+    default: Any
+    help: str
+    check: Check
+    required: bool = False
+
+
+def is_integer(value: Any) -> bool:
+    """A JSON integer: ``int`` but not ``bool`` (``true`` is not 1 here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_list(value: Any) -> list:
+    """A list as given, or a single value as a one-element list (``layers=0`` means ``[0]``)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _bad(name: str, value: Any, what: str) -> TokenlensError:
+    return TokenlensError(f"option {name}={value!r}: {what}")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """An integer of at least 1 (``2.5``, ``true`` and ``"abc"`` are refused, not rounded or cast)."""
+    if not is_integer(value) or value < 1:
+        raise _bad(name, value, "must be a positive integer")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """A JSON ``true`` or ``false`` (``maybe``, ``1`` and ``"yes"`` are refused)."""
+    if not isinstance(value, bool):
+        raise _bad(name, value, "must be true or false")
+    return value
+
+
+def layer_list(name: str, value: Any) -> list[int] | None:
+    """``None`` (every layer) or layer indices (integers >= 0), sorted and each once."""
+    if value is None:
+        return None
+    values = _as_list(value)
+    if not values or not all(is_integer(v) and v >= 0 for v in values):
+        raise _bad(name, value, "must be layer indices (integers from 0), e.g. 0,1")
+    return sorted(set(values))
+
+
+def token_list(name: str, value: Any) -> list[int]:
+    """Token ids (integers >= 0), sorted and each once; at least one."""
+    values = _as_list(value)
+    if not values or not all(is_integer(v) and v >= 0 for v in values):
+        raise _bad(name, value, "must be token ids (integers from 0), e.g. 42,7042")
+    return sorted(set(values))
+
+
+def name_list(name: str, value: Any) -> list[str]:
+    """Module names (non-empty strings), in the given order, each once; at least one."""
+    values = _as_list(value)
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise _bad(name, value, "must be module names, e.g. q_proj,v_proj")
+    return list(dict.fromkeys(values))
+
+
+def choice(*choices: str) -> Check:
+    """A validator for one string out of ``choices``."""
+
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise _bad(name, value, f"choose from {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def choices_list(*choices: str) -> Check:
+    """A validator for a list of strings out of ``choices`` (a single one becomes a list), each once."""
+
+    def check(name: str, value: Any) -> list[str]:
+        values = _as_list(value)
+        if not values or any(v not in choices for v in values):
+            raise _bad(name, value, f"choose from {', '.join(choices)}")
+        return list(dict.fromkeys(values))
+
+    return check
+
 
 @dataclass(frozen=True)
 class Method:
@@ -35,8 +140,9 @@ class Method:
         name: The ``--method`` name.
         summary: One line: what changes.
         lr: Default learning rate.
-        options: Accepted option name -> (default, one-line help).
-        apply: ``apply(model, options) -> model`` with only the method's parameters trainable.
+        options: Accepted option name -> :class:`Option` (default, help, validator).
+        apply: ``apply(model, options) -> model`` with only the method's parameters trainable; ``options``
+            as :meth:`resolve` returns them.
         save: ``save(model, out_dir)`` writes the trained result.
         output: ``adapter`` (PEFT folder), ``checkpoint`` (HF folder) or ``custom`` (method folder).
         needs_quantized: The base must be loaded quantised (``qlora``).
@@ -45,14 +151,19 @@ class Method:
     name: str
     summary: str
     lr: float
-    options: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    options: dict[str, Option] = field(default_factory=dict)
     apply: Callable[[torch.nn.Module, dict], torch.nn.Module] | None = None
     save: Callable[[torch.nn.Module, Path], None] | None = None
     output: str = "adapter"
     needs_quantized: bool = False
 
     def resolve(self, options: dict[str, Any] | None) -> dict[str, Any]:
-        """The method's options with defaults filled in; an option the method does not take is an error."""
+        """The method's options, each validated and in canonical form, with defaults filled in.
+
+        Raises:
+            TokenlensError: An option the method does not take, a value of the wrong type or range, or a
+                required option that is missing.
+        """
         options = dict(options or {})
         for key in options:
             if key not in self.options:
@@ -60,7 +171,15 @@ class Method:
                 raise TokenlensError(
                     f"option {key!r} does not apply to method {self.name!r} (it accepts: {accepted})"
                 )
-        return {key: options.get(key, default) for key, (default, _) in self.options.items()}
+        resolved = {}
+        for key, option in self.options.items():
+            if key in options:
+                resolved[key] = option.check(key, options[key])
+            elif option.required:
+                raise TokenlensError(f"method {self.name} needs --option {key}=… ({option.help})")
+            else:
+                resolved[key] = copy.deepcopy(option.default)  # a caller may change its copy
+        return resolved
 
 
 def _freeze(model: torch.nn.Module) -> None:
@@ -75,36 +194,17 @@ def _peft(model: torch.nn.Module, config: Any) -> torch.nn.Module:
     return peft.get_peft_model(model, config)
 
 
-def _int_list(value: Any, name: str) -> list[int] | None:
-    if value is None:
-        return None
-    values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise TokenlensError(f"option {name} must be integers, got {value!r}")
-    return values
-
-
-def _str_list(value: Any, name: str) -> list[str]:
-    values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, str) for v in values):
-        raise TokenlensError(f"option {name} must be module names, got {value!r}")
-    return values
-
-
 def _apply_lora(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
-    layers = _int_list(options["layers"], "layers")
-    n_layers = model.config.num_hidden_layers
-    if layers is not None and any(not 0 <= i < n_layers for i in layers):
-        raise TokenlensError(f"option layers={layers}: the model has layers 0..{n_layers - 1}")
+    layers = options["layers"]
     config = peft.LoraConfig(
         task_type="CAUSAL_LM",
-        r=int(options["r"]),
-        lora_alpha=int(options["alpha"]),
+        r=options["r"],
+        lora_alpha=options["alpha"],
         lora_dropout=0.0,
-        target_modules=_str_list(options["target_modules"], "target_modules"),
-        layers_to_transform=layers,
+        target_modules=options["target_modules"],
+        layers_to_transform=None if layers is None else custom.layer_indices(model, layers),
     )
     try:
         return _peft(model, config)
@@ -128,11 +228,9 @@ def _apply_head(model: torch.nn.Module, options: dict) -> torch.nn.Module:
 def _apply_embeddings(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
-    token_ids = _int_list(options["token_ids"], "token_ids")
-    if not token_ids:
-        raise TokenlensError("method embeddings needs --option token_ids=ID,ID,... (the rows to train)")
+    token_ids = options["token_ids"]
     vocab = model.get_input_embeddings().weight.shape[0]
-    if any(not 0 <= t < vocab for t in token_ids):
+    if any(t >= vocab for t in token_ids):
         raise TokenlensError(f"option token_ids: ids must be in 0..{vocab - 1}")
     return _peft(model, peft.TrainableTokensConfig(target_modules=["embed_tokens"], token_indices=token_ids))
 
@@ -150,28 +248,23 @@ def _apply_attention(model: torch.nn.Module, options: dict) -> torch.nn.Module:
         )
     if kind == "norm":
         return _peft(model, peft.LNTuningConfig(task_type="CAUSAL_LM", target_modules=["q_norm", "k_norm"]))
-    if kind == "ia3":
-        config = peft.IA3Config(
-            task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj"], feedforward_modules=[]
-        )
-        return _peft(model, config)
-    raise TokenlensError(
-        f"option kind={kind!r}: choose auto, norm (q_norm/k_norm scales) or ia3 (keys/values)"
-    )
+    ia3 = ["k_proj", "v_proj"]
+    config = peft.IA3Config(task_type="CAUSAL_LM", target_modules=ia3, feedforward_modules=[])
+    return _peft(model, config)
 
 
 def _apply_prompt(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
-    n = int(options["virtual_tokens"])
-    return _peft(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
+    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["virtual_tokens"])
+    return _peft(model, config)
 
 
 def _apply_prefix(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
-    n = int(options["virtual_tokens"])
-    return _peft(model, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n))
+    config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["virtual_tokens"])
+    return _peft(model, config)
 
 
 def _apply_full(model: torch.nn.Module, options: dict) -> torch.nn.Module:
@@ -194,11 +287,14 @@ def _save_checkpoint(model: torch.nn.Module, out_dir: Path) -> None:
 
 
 LORA_OPTIONS = {
-    "target_modules": (list(ALL_LINEAR), "modules to adapt (attention q/k/v/o, MLP gate/up/down)"),
-    "layers": (None, "layer indices to adapt (default: all), e.g. 0,1"),
-    "r": (8, "LoRA rank"),
-    "alpha": (16, "LoRA alpha (scale = alpha / r)"),
+    "target_modules": Option(
+        list(ALL_LINEAR), "modules to adapt (attention q/k/v/o, MLP gate/up/down)", name_list
+    ),
+    "layers": Option(None, "layer indices to adapt (default: all), e.g. 0,1", layer_list),
+    "r": Option(8, "LoRA rank", positive_int),
+    "alpha": Option(16, "LoRA alpha (scale = alpha / r)", positive_int),
 }
+VIRTUAL_TOKENS = {"virtual_tokens": Option(8, "number of virtual tokens", positive_int)}
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -224,7 +320,11 @@ METHODS: dict[str, Method] = {
             "head",
             "the output head only (untied from the embedding unless keep_tied)",
             1e-2,
-            {"keep_tied": (False, "train the shared head/embedding matrix instead of untying")},
+            {
+                "keep_tied": Option(
+                    False, "train the shared head/embedding matrix instead of untying", boolean
+                )
+            },
             _apply_head,
             _save_checkpoint,
             output="checkpoint",
@@ -233,7 +333,11 @@ METHODS: dict[str, Method] = {
             "embeddings",
             "chosen token-embedding rows only",
             1e-2,
-            {"token_ids": (None, "token ids whose embedding rows train, e.g. 42,7042")},
+            {
+                "token_ids": Option(
+                    None, "token ids whose embedding rows train, e.g. 42,7042", token_list, required=True
+                )
+            },
             _apply_embeddings,
             _save_adapter,
         ),
@@ -242,9 +346,10 @@ METHODS: dict[str, Method] = {
             "attention-score reweighting: q_norm/k_norm scales or (IA)3 on keys/values",
             1e-2,
             {
-                "kind": (
+                "kind": Option(
                     "auto",
                     "norm (q_norm/k_norm, LN tuning), ia3 (k/v), auto: norm where the model has it",
+                    choice("auto", "norm", "ia3"),
                 )
             },
             _apply_attention,
@@ -254,7 +359,7 @@ METHODS: dict[str, Method] = {
             "prompt",
             "prompt tuning: trainable virtual tokens before the input",
             1e-1,
-            {"virtual_tokens": (8, "number of virtual tokens")},
+            VIRTUAL_TOKENS,
             _apply_prompt,
             _save_adapter,
         ),
@@ -262,7 +367,7 @@ METHODS: dict[str, Method] = {
             "prefix",
             "prefix tuning: trainable keys/values at every layer",
             1e-2,
-            {"virtual_tokens": (8, "number of virtual tokens")},
+            VIRTUAL_TOKENS,
             _apply_prefix,
             _save_adapter,
         ),
@@ -272,8 +377,14 @@ METHODS: dict[str, Method] = {
             "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
             1e-2,
             {
-                "targets": (["o_proj", "down_proj"], "linears that get a bias: o_proj, down_proj, lm_head"),
-                "layers": (None, "layer indices for o_proj/down_proj (default: all), e.g. 0,1"),
+                "targets": Option(
+                    ["o_proj", "down_proj"],
+                    "linears that get a bias: o_proj, down_proj, lm_head",
+                    choices_list(*custom.BIAS_TARGETS),
+                ),
+                "layers": Option(
+                    None, "layer indices for o_proj/down_proj (default: all), e.g. 0,1", layer_list
+                ),
             },
             custom.apply_bias,
             custom.save,
@@ -284,8 +395,8 @@ METHODS: dict[str, Method] = {
             "bottleneck adapters (down, SiLU, zero-initialised up, residual) on MLP outputs",
             1e-3,
             {
-                "layers": (None, "layer indices to adapt (default: all), e.g. 0,1"),
-                "size": (16, "bottleneck width"),
+                "layers": Option(None, "layer indices to adapt (default: all), e.g. 0,1", layer_list),
+                "size": Option(16, "bottleneck width", positive_int),
             },
             custom.apply_adapter,
             custom.save,
@@ -295,7 +406,13 @@ METHODS: dict[str, Method] = {
             "rope",
             "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
             1e-2,
-            {"kind": ("freqs", "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)")},
+            {
+                "kind": Option(
+                    "freqs",
+                    "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)",
+                    choice("freqs", "base"),
+                )
+            },
             custom.apply_rope,
             custom.save,
             output="custom",

@@ -1,11 +1,18 @@
-"""What a finished run leaves in its output folder.
+"""What a finished run leaves in its output folder, and how it gets there without losing anything.
 
 * the trained result: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, whose
   ``base_model_name_or_path`` is the base reference, so ``tokenlens.load(out_dir)`` finds the base) or, for
   ``head``/``full``, a HF checkpoint folder (config, safetensors, tokenizer);
 * ``tokenlens-manifest.json``: method, options, base reference and fingerprint, data hash, per-step and final
-  loss, trainable parameter count, wall time, device, library versions;
+  loss, trainable parameter count, wall time, device, library versions, and ``files``: every other file the
+  run wrote (paths relative to the folder);
 * ``loss.png``: the loss curve.
+
+:func:`publish` writes all of it into a staging folder inside the output folder, then moves it into place
+with the manifest last, so a folder with a manifest always holds one complete output. It replaces only
+tokenlens's own files: those the previous manifest lists (or, for a manifest from before that list, the
+names tokenlens writes); anything else in the folder (notes, evaluations) is left alone. A failure while
+staging (a full disk …) leaves the previous output as it was.
 
 The base fingerprint is a sha256 over every base parameter and buffer's name, dtype, shape and **full bytes**
 (sorted by name), taken before the method is applied.
@@ -16,16 +23,40 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import platform
-from pathlib import Path
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
+from tokenlens.errors import TokenlensError
 from tokenlens.io import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "tokenlens-manifest.json"
 LOSS_PNG = "loss.png"
+STAGING_PREFIX = ".tokenlens-staging-"
+"""Name prefix of the temporary folder a run's output is written into before it moves into place."""
+KNOWN_FILES = {
+    "adapter": ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"),
+    "custom": ("tokenlens-method.json", "method_weights.safetensors"),
+    "checkpoint": (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "vocab.json",
+        "merges.txt",
+    ),
+}
+"""The files tokenlens wrote per output kind, for a previous manifest that has no ``files`` list."""
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -64,7 +95,11 @@ def base_reference(loaded: Any) -> str:
 def write(
     model, record, loaded, out_dir: Path, identity: dict, data, losses, trainable: int, run: dict
 ) -> None:
-    """Save the trained model, the manifest and the loss curve into ``out_dir``."""
+    """Save the trained model, the loss curve and (last) the manifest into ``out_dir``.
+
+    The manifest's ``files`` lists every file in ``out_dir`` at that point, so write into an empty folder
+    (:func:`publish` does).
+    """
     base = base_reference(loaded)
     if record.output == "adapter":
         for config in model.peft_config.values():
@@ -73,6 +108,7 @@ def write(
     else:
         record.save(model, out_dir)
         loaded.tokenizer.save_pretrained(str(out_dir))
+    _plot(losses, out_dir / LOSS_PNG, record.name)
     manifest = {
         "method": record.name,
         "options": identity["options"],
@@ -93,9 +129,104 @@ def write(
         "trainable_parameters": trainable,
         **run,  # wall_s (this invocation), tokens_per_s (unpadded tokens), device
         "versions": versions(),
+        "files": _files(out_dir),
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    _plot(losses, out_dir / LOSS_PNG, record.name)
+
+
+def publish(
+    model, record, loaded, out_dir: Path, identity: dict, data, losses, trainable: int, run: dict
+) -> None:
+    """:func:`write` the output into a staging folder inside ``out_dir``, then move it into place.
+
+    The previous manifest goes first (from then on the folder is visibly incomplete, never a mix passing
+    for one output), then the previous run's files, then the new files, then the new manifest. Files that
+    are not tokenlens's own stay.
+
+    Raises:
+        TokenlensError: The output could not be written (disk full …): the previous output is intact; or
+            (rarely) it could not be moved into place: the folder has no manifest until a rerun.
+    """
+    had_output = (out_dir / MANIFEST).is_file()
+    staging: Path | None = None
+    try:
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+            write(model, record, loaded, staging, identity, data, losses, trainable, run)
+            new = _files(staging)
+            for name in [*new, MANIFEST]:
+                _sync(staging / name)
+        except (OSError, TokenlensError) as exc:
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            kept = "the previous output there is intact" if had_output else "nothing was written"
+            raise TokenlensError(
+                f"could not write the trained output into {out_dir}: {cause.strerror or cause}; {kept}"
+            ) from exc
+        try:
+            old = previous_files(out_dir)
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+            for name in sorted(set(old) - set(new)):
+                (out_dir / name).unlink(missing_ok=True)
+            for name in new:
+                (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, out_dir / name)
+            os.replace(staging / MANIFEST, out_dir / MANIFEST)
+            _sync(out_dir)
+        except OSError as exc:
+            raise TokenlensError(
+                f"could not move the trained output into {out_dir}: {exc.strerror or exc}; the folder has "
+                "no complete output until a rerun"
+            ) from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def previous_files(out_dir: Path) -> list[str]:
+    """The files of the output now in ``out_dir`` that a new output replaces (never the manifest itself).
+
+    Those its manifest lists; for a manifest without the list, the names tokenlens writes for its output
+    kind. Only plain relative paths inside ``out_dir`` count, whatever a manifest says.
+    """
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        return [LOSS_PNG]
+    listed = manifest.get("files")
+    if not isinstance(listed, list):
+        listed = [LOSS_PNG, *KNOWN_FILES.get(manifest.get("output"), ())]
+        if manifest.get("output") == "checkpoint":
+            listed += [p.name for p in out_dir.glob("model-*-of-*.safetensors")]
+    return [name for name in listed if _inside(out_dir, name) and (out_dir / name).is_file()]
+
+
+def _inside(folder: Path, name: Any) -> bool:
+    """``name`` is a relative path to something inside ``folder`` other than the manifest."""
+    if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or name == MANIFEST:
+        return False
+    return (folder / name).resolve().is_relative_to(folder.resolve())
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder`` but the manifest, as sorted POSIX paths relative to it."""
+    found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(name for name in found if name != MANIFEST)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder's entries) to disk, so a rename never publishes unwritten data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _head_tied(model) -> bool:

@@ -6,30 +6,42 @@ into batches; step ``k`` is the ``k``-th batch of that schedule. Because the sch
 the seed, a checkpoint needs only the step number, the trainable parameters, the optimizer state and the RNG
 states; resuming from it reaches bitwise the same weights as an uninterrupted run (on CPU).
 
-Checkpoints live in ``out_dir/tokenlens-checkpoint`` and are replaced atomically (written to a temporary
-folder, then renamed). Ctrl-C is deferred to the end of the running step, then saves one and re-raises
-``KeyboardInterrupt``. CPU runs in fp32; on CUDA an fp32 model runs under bf16 autocast (a model loaded in
-bf16/fp16 runs in its own dtype). When training ends the result is written to ``out_dir`` (see
-:mod:`tokenlens.training.output`) and the checkpoint is removed.
+Order of work, so that a bad input never costs the previous output: every setting is checked first (those
+that need no model in :func:`check_settings`, which the CLI runs before a model loads), then the data, then
+the method is applied (checking what needs the model, e.g. layer indices); only then is ``out_dir`` touched.
+For the whole run the folder is locked (``flock`` on the folder itself, released by the kernel when the
+process ends, even on SIGKILL), so a second run into it fails at once instead of replacing the first.
+
+Checkpoints live in ``out_dir/tokenlens-checkpoint`` and are replaced atomically (see
+:mod:`tokenlens.training.checkpoint`). Ctrl-C (SIGINT) and SIGTERM are deferred to the end of the running
+step, then a checkpoint is saved and :class:`Interrupted` (a ``KeyboardInterrupt``) is raised. A non-finite
+loss, gradient or weight stops the run with :class:`Diverged` before the optimizer applies the step's
+update (or, for a weight, before anything is saved): NaN weights are never written. CPU runs in fp32; on
+CUDA an fp32 model runs under bf16 autocast (a model loaded in bf16/fp16 runs in its own dtype). When
+training ends the result is staged and moved into ``out_dir`` (see :mod:`tokenlens.training.output`), and
+the checkpoint is removed.
 
 Data parallel: under ``accelerate launch`` or ``torchrun`` with more than one process (``WORLD_SIZE > 1``)
 the same ``train`` runs data-parallel through ``accelerate.Accelerator``. The schedule is unchanged (the
 *global* batch is ``batch_size`` examples); process ``r`` of ``P`` takes examples ``r, r+P, ...`` of each
 step's batch. Each process's loss is its share of the global token sum divided by the global count of loss
 tokens, so the all-reduced gradient is the single-process gradient (up to float summation order). Only the
-main process calls the progress callbacks and writes checkpoints and outputs; every process reads the
-checkpoint on ``resume``. A single process never touches ``torch.distributed`` (bitwise as before).
+main process locks the folder, calls the progress callbacks and writes checkpoints and outputs; every
+process reads the checkpoint on ``resume``. A single process never touches ``torch.distributed`` (bitwise
+as before).
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,13 +49,42 @@ from typing import Any
 
 import torch
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, first_line
 from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.training import checkpoint, output
 from tokenlens.training.checkpoint import CHECKPOINT
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
-from tokenlens.training.methods import Method, get_method, trainable_count
+from tokenlens.training.methods import Method, get_method, is_integer, trainable_count
 from tokenlens.training.parallel import Parallel, parallel_context
+
+SEED_LIMIT = 2**64
+"""Seeds are integers from 0 to ``SEED_LIMIT - 1``: what ``torch.manual_seed`` accepts."""
+DEFAULT_EPOCHS = 3
+"""Passes over the data when neither ``steps`` nor ``epochs`` is given."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (SIGINT) or SIGTERM at the end of a step, after saving a checkpoint.
+
+    A ``KeyboardInterrupt``, so whatever handles Ctrl-C handles both; its message is one line for the user.
+
+    Attributes:
+        signum: The signal that stopped it (``signal.SIGINT`` for a callback that raised
+            ``KeyboardInterrupt``).
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for death by this signal: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
+class Diverged(TokenlensError):
+    """A step produced a non-finite loss, gradient or weight; the run stopped and wrote no output."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +144,8 @@ def schedule(n_examples: int, batch_size: int, total_steps: int, seed: int) -> l
     batches: list[list[int]] = []
     epoch = 0
     while len(batches) < total_steps:
-        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        generator = torch.Generator().manual_seed((seed + epoch) % SEED_LIMIT)  # the largest seed wraps
+        order = torch.randperm(n_examples, generator=generator).tolist()
         batches += [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
         epoch += 1
     return batches[:total_steps]
@@ -138,13 +180,14 @@ def train(
         method: A method name or record (see ``tokenlens train --list-methods``).
         data_path: JSONL file (see :mod:`tokenlens.training.data`).
         out_dir: Output folder; must not exist (or be empty) unless ``force`` or ``resume``.
-        steps: Optimizer steps; or ``epochs`` (default: 3 epochs).
-        lr: Learning rate (default: the method's).
+        steps: Optimizer steps (at least 1); or ``epochs`` (at least 1; default: 3 epochs).
+        lr: Learning rate, finite and above 0 (default: the method's).
         batch_size: Examples per step (over all processes together).
-        seed: Seeds the data order and torch's RNG.
-        options: The method's options.
+        seed: Seeds the data order and torch's RNG (0 .. 2**64 - 1).
+        options: The method's options (see :meth:`Method.resolve`).
         resume: Continue from ``out_dir``'s last checkpoint.
-        force: Replace an existing tokenlens output folder.
+        force: Replace the tokenlens output in ``out_dir``: only tokenlens's own files are replaced, and
+            only once the new output is complete (other files in the folder stay).
         checkpoint_every: Steps between checkpoints.
         gradient_checkpointing: Recompute activations in the backward pass (HF activation checkpointing,
             non-reentrant): less memory, about one more forward pass of time, the same gradients.
@@ -155,34 +198,39 @@ def train(
         A :class:`TrainResult`.
 
     Raises:
-        TokenlensError: Bad method/options/data, an existing ``out_dir``, a mismatched resume folder.
-        KeyboardInterrupt: After saving a checkpoint.
+        TokenlensError: Bad method/options/settings/data, an existing ``out_dir``, a folder another run
+            holds, a mismatched resume folder, a failed write (disk full …); :class:`Diverged` for a
+            non-finite loss, gradient or weight. ``out_dir`` is left as it was (plus, after some steps,
+            a checkpoint).
+        Interrupted: Ctrl-C or SIGTERM, after saving a checkpoint (a ``KeyboardInterrupt``).
     """
     started = time.perf_counter()
     record = method if isinstance(method, Method) else get_method(method)
-    resolved = record.resolve(options)
-    if steps is not None and epochs is not None:
-        raise TokenlensError("give --steps or --epochs, not both")
-    if batch_size < 1 or checkpoint_every < 1:
-        raise TokenlensError("batch size and checkpoint interval must be at least 1")
-    if gradient_checkpointing and record.name == "prefix":
-        raise TokenlensError("gradient checkpointing cannot replay prefix tuning's key/value cache; drop it")
+    resolved = check_settings(
+        record,
+        options,
+        steps=steps,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     model = loaded.model
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
     if record.needs_quantized and not quantized:
         raise TokenlensError(f"method {record.name} needs a quantised base: load it with quantize='4bit'")
     if quantized and record.output == "checkpoint":
         raise TokenlensError(f"method {record.name} trains base weights, which a quantised base cannot do")
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, resume=resume, force=force)  # early; checked again under the folder's lock
     max_length = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
-    out_dir = Path(out_dir)
     parallel = parallel_context()
-    _prepare_out_dir(out_dir, resume=resume, force=force, parallel=parallel)
-
-    total = steps if steps is not None else (epochs or 3) * math.ceil(len(data.examples) / batch_size)
-    if total < 1:
-        raise TokenlensError("nothing to train: steps/epochs must be at least 1")
+    n_batches = math.ceil(len(data.examples) / batch_size)
+    total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * n_batches
     lr = record.lr if lr is None else float(lr)
     identity = {
         "method": record.name,
@@ -196,46 +244,51 @@ def train(
         "total_steps": total,
     }
     torch.manual_seed(seed)
-    core = record.apply(model, resolved)  # the trained model; ``model`` runs it (DDP-wrapped in parallel)
-    model = core if parallel.accelerator is None else parallel.accelerator.prepare(core)
-    device = next(core.parameters()).device
-    autocast = device.type == "cuda" and _float_dtype(core) == torch.float32
-    params = [p for p in core.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    start, losses = 0, []
-    if resume:
-        start, losses = checkpoint.load(out_dir / CHECKPOINT, core, optimizer, identity)
-    batches = schedule(len(data.examples), batch_size, total, seed)
-    pad = loaded.tokenizer.pad_token_id
-    pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
-    model.train()
-    with _checkpointing(core, gradient_checkpointing):
-        tokens = _loop(
-            model,
-            optimizer,
-            data,
-            batches,
-            losses,
-            start,
-            step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None),
-            parallel=parallel,
-            every=checkpoint_every,
-            save=partial(checkpoint.save, out_dir / CHECKPOINT, core, optimizer, identity),
-            report=partial(_report, on_step, on_progress),
-        )
-    core.eval()
-    wall = time.perf_counter() - started
-    run = {
-        "wall_s": wall,
-        "tokens_per_s": tokens / wall if wall > 0 else 0.0,
-        "device": str(device),
-        "processes": parallel.processes,
-        "gradient_checkpointing": gradient_checkpointing,
-    }
-    if parallel.main:
-        output.write(core, record, loaded, out_dir, identity, data, losses, trainable_count(core), run)
-        shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
-    parallel.barrier()  # every process returns once the output is complete
+    core = record.apply(model, resolved)  # checks what needs the model: before the folder is touched
+    with _claim(out_dir, resume=resume, force=force, parallel=parallel):
+        model = core if parallel.accelerator is None else parallel.accelerator.prepare(core)  # DDP-wrapped
+        device = next(core.parameters()).device
+        autocast = device.type == "cuda" and _float_dtype(core) == torch.float32
+        params = [p for p in core.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr)
+        start, losses = 0, []
+        if resume:
+            start, losses = checkpoint.load(out_dir / CHECKPOINT, core, optimizer, identity)
+        batches = schedule(len(data.examples), batch_size, total, seed)
+        pad = loaded.tokenizer.pad_token_id
+        pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
+        model.train()
+        with _signals_deferred() as interrupted:  # also through publishing: never half an output
+            with _checkpointing(core, gradient_checkpointing):
+                tokens = _loop(
+                    model,
+                    optimizer,
+                    data,
+                    batches,
+                    losses,
+                    start,
+                    step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None),
+                    parallel=parallel,
+                    every=checkpoint_every,
+                    save=partial(checkpoint.save, out_dir / CHECKPOINT, core, optimizer, identity),
+                    report=partial(_report, on_step, on_progress),
+                    interrupted=interrupted,
+                    folder=out_dir,
+                )
+            core.eval()
+            wall = time.perf_counter() - started
+            run = {
+                "wall_s": wall,
+                "tokens_per_s": tokens / wall if wall > 0 else 0.0,
+                "device": str(device),
+                "processes": parallel.processes,
+                "gradient_checkpointing": gradient_checkpointing,
+            }
+            if parallel.main:
+                trainable = trainable_count(core)
+                output.publish(core, record, loaded, out_dir, identity, data, losses, trainable, run)
+                shutil.rmtree(out_dir / CHECKPOINT, ignore_errors=True)
+            parallel.barrier()  # every process returns once the output is complete
     return TrainResult(
         out_dir,
         record.name,
@@ -247,6 +300,46 @@ def train(
         str(device),
         parallel.processes,
     )
+
+
+def check_settings(
+    record: Method,
+    options: dict[str, Any] | None,
+    *,
+    steps: int | None,
+    epochs: int | None,
+    lr: float | None,
+    batch_size: int,
+    seed: int,
+    checkpoint_every: int,
+    gradient_checkpointing: bool,
+) -> dict[str, Any]:
+    """Check every setting of a run that can be checked without a model; return the resolved options.
+
+    ``train`` calls it first; the CLI calls it before loading the model, so a typo costs no load.
+
+    Raises:
+        TokenlensError: A bad option (see :meth:`Method.resolve`), ``steps``/``epochs`` below 1 or both
+            given, a learning rate that is not a finite number above 0, a seed outside 0 .. 2**64 - 1, a
+            batch size or checkpoint interval below 1, gradient checkpointing with prefix tuning.
+    """
+    resolved = record.resolve(options)
+    if steps is not None and epochs is not None:
+        raise TokenlensError("give --steps or --epochs, not both")
+    for flag, value in (("--steps", steps), ("--epochs", epochs)):
+        if value is not None and (not is_integer(value) or value < 1):
+            raise TokenlensError(f"{flag} {value!r}: nothing to train; give at least 1")
+    if not all(is_integer(value) and value >= 1 for value in (batch_size, checkpoint_every)):
+        raise TokenlensError("batch size and checkpoint interval must be at least 1")
+    if lr is not None:
+        number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        if not number or not math.isfinite(lr) or lr <= 0:
+            raise TokenlensError(f"--lr {lr!r}: the learning rate must be a finite number above 0")
+    if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
+        raise TokenlensError(f"--seed {seed!r}: a seed is an integer from 0 to 2**64 - 1")
+    if gradient_checkpointing and record.name == "prefix":
+        raise TokenlensError("gradient checkpointing cannot replay prefix tuning's key/value cache; drop it")
+    return resolved
 
 
 def _loop(
@@ -262,37 +355,56 @@ def _loop(
     every,
     save,
     report,
+    interrupted: Callable[[], int | None],
+    folder: Path,
 ) -> int:
     """Run steps ``start..len(batches)`` (appending to ``losses``); return the tokens they trained on.
 
     ``_step(..., *step_args)`` runs one step; ``report(step, total, loss, tokens, tokens_so_far, since)``
-    calls the callbacks; ``save(step, losses)`` writes a checkpoint every ``every`` steps and on Ctrl-C
-    (deferred to the end of the step; data parallel, every process stops after the same step and only the
-    main process saves).
+    calls the callbacks; ``save(step, losses)`` writes a checkpoint every ``every`` steps and when
+    ``interrupted()`` names a signal (checked at the end of each step; data parallel, every process stops
+    after the same step and only the main process saves), then :class:`Interrupted` is raised. A
+    :class:`Diverged` step stops the run at once, saving nothing (the last checkpoint, of step ``saved``,
+    stays as it was).
     """
     total, tokens, started = len(batches), 0, time.perf_counter()
-    with _interrupt_at_step_boundary() as interrupted:
-        try:
-            for step in range(start, total):
+    saved = start  # the step of the checkpoint on disk (0: none)
+    try:
+        for step in range(start, total):
+            try:
                 loss = _step(model, optimizer, data, batches[step], *step_args)
-                losses.append(loss)
-                step_tokens = _tokens(data, batches[step])
-                tokens += step_tokens
-                stop = interrupted()
-                if parallel.main:
-                    try:
-                        report(step + 1, total, loss, step_tokens, tokens, started)
-                    except KeyboardInterrupt:  # a callback stops the run: every process stops here
-                        stop = True
-                if parallel.any(stop):
-                    raise KeyboardInterrupt
-                if parallel.main and (step + 1) % every == 0 and step + 1 < total:
-                    save(step + 1, losses)
-        except KeyboardInterrupt:
+            except Diverged as exc:
+                kept = f"; the checkpoint of step {saved} is kept" if saved else ""
+                raise Diverged(
+                    f"training stopped at step {step + 1} of {total}: {exc}; nothing was written{kept} "
+                    "(try a lower --lr)"
+                ) from None
+            losses.append(loss)
+            step_tokens = _tokens(data, batches[step])
+            tokens += step_tokens
+            signum = interrupted()
             if parallel.main:
-                save(len(losses), losses)
-            parallel.barrier()  # nobody leaves (and maybe resumes) before the checkpoint is complete
-            raise
+                try:
+                    report(step + 1, total, loss, step_tokens, tokens, started)
+                except KeyboardInterrupt:  # a callback stops the run: every process stops here
+                    signum = signum or signal.SIGINT
+            if parallel.any(signum is not None):
+                raise Interrupted(signum or signal.SIGINT, "")
+            if (step + 1) % every == 0 and step + 1 < total:
+                if parallel.main:
+                    save(step + 1, losses)
+                saved = step + 1
+    except KeyboardInterrupt as exc:
+        if parallel.main:
+            save(len(losses), losses)
+        parallel.barrier()  # nobody leaves (and maybe resumes) before the checkpoint is complete
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        how = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        raise Interrupted(
+            signum,
+            f"{how} after step {len(losses)} of {total}; checkpoint saved in {folder / CHECKPOINT}: "
+            "rerun with --resume to continue",
+        ) from None
     return tokens
 
 
@@ -344,55 +456,142 @@ def _checkpointing(model, enabled: bool) -> Iterator[None]:
             hf.disable_input_require_grads()
 
 
-def _prepare_out_dir(out_dir: Path, *, resume: bool, force: bool, parallel: Parallel) -> None:
-    """Check ``out_dir`` on every process, then (main process) replace or create it."""
-    replace = _check_out_dir(out_dir, resume=resume, force=force)
-    parallel.barrier()  # nobody checks a folder the main process is already replacing
-    if parallel.main and not resume:
-        if replace:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    parallel.barrier()
+def check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse an output folder this run may not use (it only reads the folder).
 
+    Without ``resume`` the folder must be missing or empty (leftovers of an interrupted write of ours do not
+    count), or hold a tokenlens output or checkpoint and ``force`` be set; with ``resume`` it must hold a
+    checkpoint.
 
-def _check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> bool:
-    """Whether ``out_dir`` must be removed first; raises when it may not be used."""
+    Raises:
+        TokenlensError: Not a folder, in use without ``force``, not ours, or nothing to resume.
+    """
     if resume:
         if not (out_dir / CHECKPOINT).is_dir():
             raise TokenlensError(f"nothing to resume: {out_dir} has no {CHECKPOINT} folder")
-        return False
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        return
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TokenlensError(f"{out_dir} is a file: --out needs a folder")
+    if out_dir.is_dir() and any(not _leftover(entry) for entry in out_dir.iterdir()):
         ours = (out_dir / output.MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
         if not force:
-            raise TokenlensError(f"{out_dir} already exists; pass --force to replace it or --resume")
+            raise TokenlensError(f"{out_dir} already exists; pass --force to replace its output or --resume")
         if not ours:
             raise TokenlensError(f"{out_dir} is not a tokenlens training output; remove it yourself")
-        return True
-    return False
+
+
+def _leftover(entry: Path) -> bool:
+    """A temporary file or folder that an interrupted write of ours left (a staging folder, a checkpoint
+    being written): removed by the next run that holds the folder's lock."""
+    return entry.name.startswith(output.STAGING_PREFIX) or entry == checkpoint.staging_file(
+        entry.parent / CHECKPOINT
+    )
 
 
 @contextmanager
-def _interrupt_at_step_boundary() -> Iterator[Callable[[], bool]]:
-    """Defer Ctrl-C (SIGINT) to the end of the current step, so a checkpoint never holds a half-applied step.
+def _claim(out_dir: Path, *, resume: bool, force: bool, parallel: Parallel) -> Iterator[None]:
+    """Hold ``out_dir`` for the run: create it, lock it, check it again under the lock, clear leftovers.
 
-    Yields a function telling whether Ctrl-C was pressed; the loop checks it after each step. Outside the
-    main thread (where signal handlers cannot be set) Ctrl-C is not deferred.
+    A folder it created is removed again when the run fails before writing anything into it.
+
+    Only the main process locks and checks; every process raises when it fails, so none waits for the
+    others at a barrier that will not come.
+
+    Raises:
+        TokenlensError: Another run holds the folder, it cannot be created, or :func:`check_out_dir`
+            refuses it.
     """
-    hit = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield hit.is_set
-        return
-    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: hit.set())
+    lock: int | None = None
+    failure: TokenlensError | None = None
+    created = parallel.main and not out_dir.exists()
     try:
-        yield hit.is_set
+        if parallel.main:
+            try:
+                lock = _lock(out_dir)
+                check_out_dir(out_dir, resume=resume, force=force)
+                for entry in out_dir.iterdir():
+                    if _leftover(entry):
+                        _remove(entry)
+            except TokenlensError as exc:
+                failure = exc
+        if parallel.any(failure is not None):
+            raise failure or TokenlensError(f"the main process cannot use {out_dir} (see its error)")
+        yield
+    except BaseException:
+        if created and lock is not None and not any(out_dir.iterdir()):
+            with suppress(OSError):
+                out_dir.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if lock is not None:
+            os.close(lock)  # releases the lock
+
+
+def _lock(out_dir: Path) -> int:
+    """Create ``out_dir`` if needed and take an exclusive ``flock`` on it; returns the descriptor to close.
+
+    The lock is on the folder itself (no lock file to leave behind) and belongs to this open descriptor, so
+    the kernel drops it when the process ends, however it ends.
+
+    Raises:
+        TokenlensError: The folder cannot be created or opened, or another process holds the lock.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise TokenlensError(f"cannot create or open the output folder {out_dir}: {reason}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise TokenlensError(
+            f"{out_dir} is in use by another tokenlens training run; wait for it to end or choose another "
+            "--out"
+        ) from exc
+    return fd
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[Callable[[], int | None]]:
+    """Defer Ctrl-C (SIGINT) and SIGTERM: the handler only notes the signal; the loop acts on it at the end
+    of a step, so a checkpoint never holds a half-applied step and an output is never half moved into place.
+
+    Yields a function returning the first signal received (``None`` while there is none). Outside the main
+    thread (where signal handlers cannot be set) nothing is deferred.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+
+    def note(signum: int, _frame: Any) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _step(
     model, optimizer, data: TrainingData, indices: list[int], pad: int, device, autocast=False, parallel=None
 ) -> float:
     """One AdamW step on the batch ``indices``; returns its loss (mean over the batch's loss tokens).
+
+    Raises :class:`Diverged` (without applying the update) when the loss or a gradient is not finite, and
+    when the update made a trained weight non-finite (every process decides alike: the loss is summed over
+    processes and the gradients are all-reduced).
 
     In a single process (``parallel`` None) the loss is HF's own mean. Data parallel, this process runs its
     share ``indices[rank::P]`` with HF's ``num_items_in_batch`` set to the whole batch's loss-token count
@@ -413,9 +612,30 @@ def _step(
             scaled = loss * parallel.processes
     optimizer.zero_grad(set_to_none=True)
     scaled.backward()
-    optimizer.step()
     value = float(loss.detach())
-    return value if parallel is None else parallel.total(value)
+    value = value if parallel is None else parallel.total(value)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not math.isfinite(value):
+        raise Diverged(f"the loss is {value}")
+    if not _finite([p.grad for p in params if p.grad is not None]):
+        raise Diverged("a gradient is not finite")
+    try:
+        optimizer.step()
+    except RuntimeError as exc:  # an lr too large for the weights' dtype (1e39 in float32)
+        if "without overflow" not in str(exc):
+            raise
+        raise Diverged(f"the update overflows the weights' dtype ({first_line(exc)})") from exc
+    if not _finite(params):
+        raise Diverged("the update made a trained weight non-finite")
+    return value
+
+
+def _finite(tensors: list[torch.Tensor]) -> bool:
+    """Every element of every tensor is finite (one device synchronisation per device, not per tensor)."""
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        flags.setdefault(tensor.device, []).append(torch.isfinite(tensor).all())
+    return all(bool(torch.stack(group).all()) for group in flags.values())
 
 
 def _pad(examples: list, pad: int, device) -> dict[str, torch.Tensor]:
