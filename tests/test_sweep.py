@@ -224,6 +224,9 @@ def test_effect_per_collateral_definition():
         (["--seeds", "0,x", "--out", "o"], "comma list of integers"),
         (["--quick"], "needs --out"),
         (["--steps", "0", "--out", "o"], "at least 1"),
+        (["--methods", "", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
+        (["--methods", ",", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
+        (["--seeds", f"0,{2**64}", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "to 2**64 - 1"),
     ],
 )
 def test_bad_inputs_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
@@ -234,3 +237,39 @@ def test_bad_inputs_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_lr_search_counts_a_diverged_run_as_infinite(small, tmp_path):
+    from tokenlens.sweep import jobs, runner
+    from tokenlens.training.trainer import Diverged
+
+    plan = _plan(small, tmp_path / "out", configs=("head",))
+    config = plan.configs[0]
+
+    def job(config, seed, lr, steps, folder, diff):
+        return {"lr": lr, "folder": folder}
+
+    def execute(j):  # the largest learning rate diverges: the trainer writes no manifest
+        if j["lr"] > config.lr:
+            raise Diverged("training stopped at step 1 of 2: the loss is nan; nothing was written")
+        j["folder"].mkdir(parents=True)
+        (j["folder"] / jobs.MANIFEST).write_text(json.dumps({"final_loss": j["lr"]}))
+
+    losses = runner._search_lr(plan, config, job, execute, lambda line: None)
+    assert sorted(losses.values()) == [pytest.approx(config.lr / 3, rel=1e-2), config.lr, math.inf]
+    assert min(losses, key=losses.get) < config.lr
+
+
+def test_a_diverging_child_run_is_reported_as_diverged(small, tmp_path):
+    from tokenlens.sweep import jobs, runner
+    from tokenlens.training.trainer import Diverged
+
+    folder, data, probes = small
+    job = jobs.Job(
+        config="bias", method="bias", options={}, seed=0, steps=2, lr=1e39, batch_size=4, data=str(data),
+        probes=str(probes), run_dir=str(tmp_path / "run"), base=str(folder.resolve()), dtype="float32",
+        device="cpu", diff=False,
+    )  # fmt: skip
+    with pytest.raises(Diverged, match="run bias seed 0 failed: training stopped at step 1 of 2"):
+        runner._run_child(job)
+    assert not (tmp_path / "run" / jobs.MANIFEST).exists()

@@ -82,12 +82,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _seeds(text: str) -> tuple[int, ...]:
+    from tokenlens.training.trainer import SEED_LIMIT
+
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError as exc:
         raise TokenlensError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1") from exc
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise TokenlensError(f"--seeds {text!r}: give distinct non-negative integers, e.g. 0,1")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= SEED_LIMIT:
+        raise TokenlensError(f"--seeds {text!r}: give distinct integers from 0 to 2**64 - 1, e.g. 0,1")
     return seeds
 
 
@@ -117,7 +119,11 @@ def plan_from_args(args: argparse.Namespace):
     if not args.out:
         raise TokenlensError("sweep needs --out DIR (runs and the map are written there)")
     names, seeds, steps = PRESETS["quick" if args.quick else "default"]
-    configs = select_configs(args.methods.split(",") if args.methods else names)
+    if args.methods is not None:  # given, even empty: never the preset instead
+        names = [name for name in args.methods.split(",") if name.strip()]
+        if not names:
+            raise TokenlensError("--methods is empty: name at least one configuration or method (lora,head)")
+    configs = select_configs(names)
     seeds = _seeds(args.seeds) if args.seeds else seeds
     steps = args.steps if args.steps is not None else steps
     if steps < 1 or args.batch_size < 1:

@@ -1,8 +1,9 @@
 """A sweep run in its own process, so its peak RSS is its own: ``python -m tokenlens.sweep.child JOB_JSON``.
 
 Trains the :class:`~tokenlens.sweep.jobs.Job` (loading the base itself), then diffs it. Exit codes: 0 done,
-2 a :class:`~tokenlens.errors.TokenlensError` (its one line on stderr), 130 interrupted (after the trainer
-saved a checkpoint).
+2 a :class:`~tokenlens.errors.TokenlensError` (its one line on stderr), 4 training diverged (a non-finite
+loss, :class:`~tokenlens.training.trainer.Diverged`; its line on stderr), 130 interrupted (after the
+trainer saved a checkpoint).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 EXIT_ERROR = 2
+EXIT_DIVERGED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -26,12 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet()
     from tokenlens.errors import TokenlensError, first_line
     from tokenlens.sweep.jobs import Job, diff_job, train_job
+    from tokenlens.training.trainer import Diverged
 
     try:
         job = Job.from_json(args[0])
         train_job(job, None)
         if job.diff:
             diff_job(job)
+    except Diverged as exc:
+        print(f"tokenlens: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except TokenlensError as exc:
         print(f"tokenlens: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -28,9 +28,11 @@ from typing import Any
 
 from tokenlens.errors import TokenlensError
 from tokenlens.sweep import jobs
+from tokenlens.sweep.child import EXIT_DIVERGED
 from tokenlens.sweep.configs import SweepConfig, sweep_facts
 from tokenlens.sweep.recommend import recommend
 from tokenlens.sweep.results import ConfigSummary, RunMetrics, SweepMap, run_metrics
+from tokenlens.training.trainer import Diverged
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 
@@ -181,14 +183,19 @@ def run_sweep(plan: SweepPlan, loaded: Any, on_event: Event | None = None) -> Sw
 
 def _search_lr(plan: SweepPlan, config: SweepConfig, job, execute, note: Event) -> dict[float, float]:
     """Final training loss per candidate learning rate (:data:`LR_FACTORS` × the default; the first seed;
-    a quarter of the step budget, at least 2 steps); a non-finite loss counts as ``inf``."""
+    a quarter of the step budget, at least 2 steps); a run that diverges (the trainer stops at a non-finite
+    loss) counts as ``inf``."""
     steps = max(2, plan.steps // 4)
     losses = {}
     for factor in LR_FACTORS:
         lr = float(f"{config.lr * factor:.3g}")
         folder = plan.out / "lr-search" / f"{config.name}-lr{lr:g}"
         note(f"lr search: {config.name} lr {lr:g} ({steps} steps)")
-        execute(job(config, plan.seeds[0], lr, steps, folder, diff=False))
+        try:
+            execute(job(config, plan.seeds[0], lr, steps, folder, diff=False))
+        except Diverged:  # the trainer stops at a non-finite loss and writes no output
+            losses[lr] = math.inf
+            continue
         loss = float(jobs.read_json(folder / jobs.MANIFEST)["final_loss"])
         losses[lr] = loss if math.isfinite(loss) else math.inf
     return losses
@@ -237,4 +244,5 @@ def _run_child(job: jobs.Job) -> None:
     if process.returncode != 0:
         lines = [line for line in err.splitlines() if line.strip()]
         last = lines[-1].removeprefix("tokenlens: error: ") if lines else f"exit code {process.returncode}"
-        raise TokenlensError(f"run {job.config} seed {job.seed} failed: {last}")
+        failed = Diverged if process.returncode == EXIT_DIVERGED else TokenlensError
+        raise failed(f"run {job.config} seed {job.seed} failed: {last}")
