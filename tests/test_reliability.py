@@ -71,6 +71,25 @@ def test_a_rust_panic_is_one_line_not_a_traceback(tiny_checkpoint, monkeypatch, 
     assert "internal error: PanicException" in one_line_error(capsys)
 
 
+def test_sigterm_is_143_for_every_subcommand(tiny_checkpoint, monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    import tokenlens.attribution.direct as direct
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM was not turned into an exception")
+
+    monkeypatch.setattr(direct, "attribute", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT]) == 143
+    assert one_line_error(capsys) == "tokenlens: terminated (SIGTERM)"
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
 # --- text that is not UTF-8 -------------------------------------------------------------------------------
 
 

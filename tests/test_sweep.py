@@ -239,6 +239,23 @@ def test_bad_inputs_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("mine", ["map.md", "map_files/effect-vs-collateral.png", "map.json"])
+def test_map_files_the_user_owns_are_not_overwritten_without_force(mine, tmp_path, monkeypatch, capsys):
+    from tokenlens.cli.sweep import _check_map_files, main
+
+    out = tmp_path / "o"
+    (out / mine).parent.mkdir(parents=True)
+    (out / mine).write_text("the user's own")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--methods", "head", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a map a tokenlens sweep wrote: pass --force" in err and len(err.splitlines()) == 1
+    assert (out / mine).read_text() == "the user's own"
+    _check_map_files(out, force=True)  # --force may overwrite
+    (out / "map.json").write_text('{"tool": "tokenlens 0.1.0"}')  # a map an earlier sweep wrote: rewritten
+    _check_map_files(out, force=False)
+
+
 def test_lr_search_counts_a_diverged_run_as_infinite(small, tmp_path):
     from tokenlens.sweep import jobs, runner
     from tokenlens.training.trainer import Diverged

@@ -33,6 +33,26 @@ class MultiTokenTarget(TokenlensError):
         super().__init__(f"{self.base}; set first_token=True to explain its first token {self.pieces[0]!r}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM (the trainer: at the end of a step, after a checkpoint).
+
+    A ``KeyboardInterrupt``, so whatever handles Ctrl-C handles both; its message is one line for the user.
+
+    Attributes:
+        signum: The signal that stopped it (``signal.SIGINT`` for a callback that raised
+            ``KeyboardInterrupt``).
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for death by this signal: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + self.signum
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty)."""
     text = str(exc).strip().splitlines()

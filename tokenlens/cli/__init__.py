@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from tokenlens import __version__
 from tokenlens.cli import diff as diff_cmd
@@ -30,7 +33,7 @@ from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
-from tokenlens.errors import TokenlensError, first_line
+from tokenlens.errors import Interrupted, TokenlensError, first_line
 
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1
@@ -82,13 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _quiet_libraries()
     try:
-        return int(args.run(args))
+        with _sigterm_interrupts():
+            return int(args.run(args))
     except TokenlensError as exc:
         print(f"tokenlens: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("tokenlens: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        message = str(exc) if isinstance(exc, Interrupted) and str(exc) else "interrupted"
+        print(f"tokenlens: {message}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         return _unexpected(exc)
     except BaseException as exc:
@@ -114,6 +119,25 @@ def _unexpected(exc: BaseException) -> int:
         file=sys.stderr,
     )
     return EXIT_INTERNAL
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into an exception, as Python does Ctrl-C, so that cleanup runs (a progress bar gives the
+    terminal its cursor back, a training folder's lock is released, a temporary file is removed). The trainer
+    defers both signals to the end of a step and saves a checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Interrupted(signum, "terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def console_main() -> None:

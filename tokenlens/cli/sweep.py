@@ -139,6 +139,7 @@ def plan_from_args(args: argparse.Namespace):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise TokenlensError(f"--out {out} is a file: give a folder")
+    _check_map_files(out, force=args.force)
     task, data, probes = _files(args)
     return SweepPlan(
         model=args.model,
@@ -156,6 +157,30 @@ def plan_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         device=args.device,
     )
+
+
+MAP_FILES = ("map.json", "map.md", "map.html", "map_files")
+"""What :func:`write_map` writes into the sweep's folder."""
+
+
+def _check_map_files(out: Path, *, force: bool) -> None:
+    """Refuse to overwrite map files in ``out`` that an earlier sweep did not write (unless ``force``).
+
+    A rerun of a sweep rewrites its own map (``map.json`` names tokenlens as its tool); a ``map.md`` or
+    ``map_files/`` of the user's own is not overwritten without ``--force``.
+    """
+    present = [name for name in MAP_FILES if (out / name).exists()]
+    if not present or force:
+        return
+    try:
+        tool = json.loads((out / "map.json").read_text(encoding="utf-8")).get("tool", "")
+    except (OSError, ValueError, AttributeError):
+        tool = ""
+    if not str(tool).startswith("tokenlens "):
+        raise TokenlensError(
+            f"{out / present[0]} exists and is not a map a tokenlens sweep wrote: pass --force to overwrite "
+            "it or choose another --out"
+        )
 
 
 def write_map(sweep_map, out: Path) -> dict[str, Path]:

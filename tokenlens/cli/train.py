@@ -6,9 +6,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise TokenlensError(f"train needs {', '.join('--' + m for m in missing)} (or --list-methods)")
     from tokenlens.training.methods import get_method
-    from tokenlens.training.trainer import Interrupted, check_out_dir, check_settings, train
+    from tokenlens.training.trainer import check_out_dir, check_settings, train
 
     record = get_method(args.method)  # fail fast, before loading a model
     options = parse_options(args.option)
@@ -114,30 +112,25 @@ def run(args: argparse.Namespace) -> int:
     if record.needs_quantized and not args.quantize:
         raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
     check_out_dir(Path(args.out), resume=args.resume, force=args.force)
-    try:
-        with _sigterm_interrupts():
-            loaded = load_from_args(args)
-            with _progress() as on_progress:
-                result = train(
-                    loaded,
-                    record,
-                    args.data,
-                    args.out,
-                    steps=args.steps,
-                    epochs=args.epochs,
-                    lr=args.lr,
-                    batch_size=args.batch_size,
-                    seed=args.seed,
-                    options=options,
-                    resume=args.resume,
-                    force=args.force,
-                    checkpoint_every=args.checkpoint_every,
-                    gradient_checkpointing=args.gradient_checkpointing,
-                    on_progress=on_progress,
-                )
-    except Interrupted as exc:
-        print(f"tokenlens: {exc}", file=sys.stderr)
-        return exc.exit_code
+    loaded = load_from_args(args)
+    with _progress() as on_progress:
+        result = train(
+            loaded,
+            record,
+            args.data,
+            args.out,
+            steps=args.steps,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            options=options,
+            resume=args.resume,
+            force=args.force,
+            checkpoint_every=args.checkpoint_every,
+            gradient_checkpointing=args.gradient_checkpointing,
+            on_progress=on_progress,
+        )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data-parallel run: the main process reports
     print(
@@ -146,27 +139,6 @@ def run(args: argparse.Namespace) -> int:
         f"on {result.device}; wrote {result.out_dir}"
     )
     return 0
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into an exception, as Python does Ctrl-C, so that cleanup runs (the progress bar gives
-    the terminal its cursor back, the folder's lock is released). Inside the training loop the trainer defers
-    both signals to the end of a step and saves a checkpoint first."""
-    from tokenlens.training.trainer import Interrupted
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, _frame) -> None:
-        raise Interrupted(signum, "terminated (SIGTERM)")
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _list_methods(args: argparse.Namespace) -> int:

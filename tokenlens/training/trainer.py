@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from tokenlens.errors import TokenlensError, first_line
+from tokenlens.errors import Interrupted, TokenlensError, first_line
 from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.training import checkpoint, output
 from tokenlens.training.checkpoint import CHECKPOINT
@@ -61,26 +61,6 @@ SEED_LIMIT = 2**64
 """Seeds are integers from 0 to ``SEED_LIMIT - 1``: what ``torch.manual_seed`` accepts."""
 DEFAULT_EPOCHS = 3
 """Passes over the data when neither ``steps`` nor ``epochs`` is given."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C (SIGINT) or SIGTERM at the end of a step, after saving a checkpoint.
-
-    A ``KeyboardInterrupt``, so whatever handles Ctrl-C handles both; its message is one line for the user.
-
-    Attributes:
-        signum: The signal that stopped it (``signal.SIGINT`` for a callback that raised
-            ``KeyboardInterrupt``).
-    """
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = int(signum)
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's status for death by this signal: 130 for Ctrl-C, 143 for SIGTERM."""
-        return 128 + self.signum
 
 
 class Diverged(TokenlensError):
