@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny
 
 from tokenlens.cli import main
-from tokenlens.training import custom
+from tokenlens.models import custom
 
 PROMPT = "The capital of France is"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tokenlens import files
 from tokenlens.models.loading import load
 from tokenlens.sweep import (
     CLEAR_GAIN,
@@ -257,7 +258,7 @@ def test_map_files_the_user_owns_are_not_overwritten_without_force(mine, tmp_pat
 
 
 def test_lr_search_counts_a_diverged_run_as_infinite(small, tmp_path):
-    from tokenlens.sweep import jobs, runner
+    from tokenlens.sweep import runner
     from tokenlens.training.trainer import Diverged
 
     plan = _plan(small, tmp_path / "out", configs=("head",))
@@ -270,7 +271,7 @@ def test_lr_search_counts_a_diverged_run_as_infinite(small, tmp_path):
         if j["lr"] > config.lr:
             raise Diverged("training stopped at step 1 of 2: the loss is nan; nothing was written")
         j["folder"].mkdir(parents=True)
-        (j["folder"] / jobs.MANIFEST).write_text(json.dumps({"final_loss": j["lr"]}))
+        (j["folder"] / files.MANIFEST).write_text(json.dumps({"final_loss": j["lr"]}))
 
     losses = runner._search_lr(plan, config, job, execute, lambda line: None)
     assert sorted(losses.values()) == [pytest.approx(config.lr / 3, rel=1e-2), config.lr, math.inf]
@@ -289,4 +290,4 @@ def test_a_diverging_child_run_is_reported_as_diverged(small, tmp_path):
     )  # fmt: skip
     with pytest.raises(Diverged, match="run bias seed 0 failed: training stopped at step 1 of 2"):
         runner._run_child(job)
-    assert not (tmp_path / "run" / jobs.MANIFEST).exists()
+    assert not (tmp_path / "run" / files.MANIFEST).exists()

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import CHECKPOINT
 from tokenlens.models.loading import load
 from tokenlens.training.methods import METHODS, get_method
-from tokenlens.training.trainer import CHECKPOINT, train
+from tokenlens.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORISE = [

@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import CHECKPOINT
 from tokenlens.models.loading import load
-from tokenlens.training.trainer import CHECKPOINT, StepInfo, train
+from tokenlens.training.trainer import StepInfo, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tokenize (real Qwen3 tokenizer) to ids below 1024. Five examples with batch_size 4: the schedule's batches

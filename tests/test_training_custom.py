@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 
 from tokenlens.attribution.direct import attribute
 from tokenlens.errors import TokenlensError
+from tokenlens.files import CHECKPOINT, METHOD_FILE
+from tokenlens.files import METHOD_WEIGHTS as WEIGHTS_FILE
+from tokenlens.models.custom import AdaptedLinear, custom_parameters
 from tokenlens.models.loading import load
-from tokenlens.training.custom import METHOD_FILE, WEIGHTS_FILE, AdaptedLinear, custom_parameters
 from tokenlens.training.methods import get_method
-from tokenlens.training.trainer import CHECKPOINT, train
+from tokenlens.training.trainer import train
 
 PROBE = torch.tensor([[64, 293, 272, 294, 384, 282, 293]])
 

@@ -20,9 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import CHECKPOINT, MANIFEST
 from tokenlens.models.loading import load
-from tokenlens.training import output
-from tokenlens.training.checkpoint import CHECKPOINT
 from tokenlens.training.methods import get_method
 from tokenlens.training.trainer import Diverged, train
 
@@ -173,18 +172,18 @@ def test_force_replaces_only_tokenlens_files(trained, small_checkpoint, small_da
     (trained / "eval" / "scores.json").write_text("{}")
     outside = tmp_path / "outside.txt"
     outside.write_text("not the trainer's")
-    manifest = json.loads((trained / output.MANIFEST).read_text())
+    manifest = json.loads((trained / MANIFEST).read_text())
     assert "adapter_model.safetensors" in manifest["files"] and "loss.png" in manifest["files"]
     manifest["files"] += ["../outside.txt", str(outside)]  # a tampered list cannot reach outside
-    (trained / output.MANIFEST).write_text(json.dumps(manifest))
+    (trained / MANIFEST).write_text(json.dumps(manifest))
 
     train(load(str(small_checkpoint)), "head", small_data, trained, steps=2, force=True)
     assert (trained / "NOTES.txt").read_text() == "mine" and (trained / "eval" / "scores.json").is_file()
     assert outside.read_text() == "not the trainer's"
     assert not (trained / "adapter_model.safetensors").exists() and not (trained / "README.md").exists()
-    new = json.loads((trained / output.MANIFEST).read_text())
+    new = json.loads((trained / MANIFEST).read_text())
     assert new["method"] == "head"
-    mine = {"NOTES.txt", "eval/scores.json", output.MANIFEST}
+    mine = {"NOTES.txt", "eval/scores.json", MANIFEST}
     assert sorted(set(snapshot(trained)) - mine) == new["files"]
     assert not [p for p in trained.iterdir() if p.name.startswith(".")]  # no staging or temporary files
     assert load(str(trained)).source != "peft"
@@ -193,9 +192,9 @@ def test_force_replaces_only_tokenlens_files(trained, small_checkpoint, small_da
 def test_force_over_a_manifest_without_the_file_list(small_checkpoint, small_data, tmp_path):
     out = tmp_path / "out"
     train(load(str(small_checkpoint)), "head", small_data, out, steps=1)
-    manifest = json.loads((out / output.MANIFEST).read_text())
+    manifest = json.loads((out / MANIFEST).read_text())
     del manifest["files"]  # as an older tokenlens wrote it
-    (out / output.MANIFEST).write_text(json.dumps(manifest))
+    (out / MANIFEST).write_text(json.dumps(manifest))
     (out / "NOTES.txt").write_text("mine")
     train(load(str(small_checkpoint)), "lora", small_data, out, steps=1, force=True)
     names = set(snapshot(out))

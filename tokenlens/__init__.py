@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tokenlens import display
 from tokenlens.errors import TokenlensError
-
-__version__ = "0.1.0"
+from tokenlens.version import __version__
 
 __all__ = [
     "TokenlensError",
@@ -41,16 +41,21 @@ _LAZY = {
     "attribute": "tokenlens.attribution.direct",
     "attribute_batch": "tokenlens.attribution.direct",
     "logit_lens": "tokenlens.attribution.lens",
-    "LogitLens": "tokenlens.attribution.lens",
+    "LogitLens": "tokenlens.attribution.result",
     "decompose_logit": "tokenlens.attribution.direct",
     "LogitAttribution": "tokenlens.attribution.result",
     "Decomposition": "tokenlens.attribution.result",
 }
 
+# In a notebook, an attribution shows itself as the report's tables (rendered only when first displayed).
+display.register_html(
+    "tokenlens.attribution.result.LogitAttribution", "tokenlens.report.notebook:attribution_html"
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
-    from tokenlens.attribution.lens import LogitLens, logit_lens
-    from tokenlens.attribution.result import Decomposition, LogitAttribution
+    from tokenlens.attribution.lens import logit_lens
+    from tokenlens.attribution.result import Decomposition, LogitAttribution, LogitLens
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
 

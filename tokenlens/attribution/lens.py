@@ -22,6 +22,7 @@ from torch import nn
 from tokenlens.attribution import inputs
 from tokenlens.attribution.direct import run_with_capture
 from tokenlens.attribution.readout import final_norm_eps
+from tokenlens.attribution.result import LogitLens
 from tokenlens.capture.residual import ResidualCapture
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
@@ -50,62 +51,6 @@ class LensTensors:
     target_rank: torch.Tensor
     scale: torch.Tensor
     stream_error: float
-
-
-@dataclass(frozen=True)
-class LogitLens:
-    """The model's guess at the next token after the embedding and after every layer, per prompt position.
-
-    Depth ``embed`` decodes ``h_0``; depth ``L{i}`` decodes the stream after layer ``i``; the last depth is
-    exactly what the final norm receives, so its numbers are the model's own output.
-
-    Attributes:
-        model: The model reference the user gave.
-        prompt: The prompt text as given (before any chat template).
-        chat: Whether the prompt was wrapped with the model's chat template.
-        token_ids: The prompt's token ids, as fed to the model.
-        tokens: Each prompt token's decoded text.
-        depths: ``("embed", "L0", …, "L{n-1}")``.
-        positions: ``(pos,)`` the prompt positions shown, ascending (each predicts the token after it).
-        target_id: The tracked token.
-        target: Its decoded text.
-        top_ids: ``(depth, pos, k)`` top-k token ids among decodable ids, best first.
-        top_probs: ``(depth, pos, k)`` their probabilities (softmax over the head's full vocabulary).
-        top_tokens: ``(depth, pos, k)`` nested tuples of the top tokens' decoded text.
-        target_logit: ``(depth, pos)`` the target's logit.
-        target_prob: ``(depth, pos)`` the target's probability.
-        target_rank: ``(depth, pos)`` the target's rank among decodable ids (0 = top-1).
-        scale: ``(depth, pos)`` the final-norm scale each depth was decoded with.
-        stream_error: ``max |h_L − final-norm input|`` (0 up to rounding).
-    """
-
-    model: str
-    prompt: str
-    chat: bool
-    token_ids: tuple[int, ...]
-    tokens: tuple[str, ...]
-    depths: tuple[str, ...]
-    positions: torch.Tensor
-    target_id: int
-    target: str
-    top_ids: torch.Tensor
-    top_probs: torch.Tensor
-    top_tokens: tuple[tuple[tuple[str, ...], ...], ...]
-    target_logit: torch.Tensor
-    target_prob: torch.Tensor
-    target_rank: torch.Tensor
-    scale: torch.Tensor
-    stream_error: float
-
-    def __post_init__(self) -> None:
-        grid = (len(self.depths), len(self.positions))
-        for name in ("target_logit", "target_prob", "target_rank", "scale"):
-            if tuple(getattr(self, name).shape) != grid:
-                raise ValueError(f"{name} has shape {tuple(getattr(self, name).shape)}, expected {grid}")
-        if self.top_ids.shape != self.top_probs.shape or tuple(self.top_ids.shape[:2]) != grid:
-            raise ValueError(f"top_ids {tuple(self.top_ids.shape)} / top_probs do not match {grid}")
-        if len(self.top_tokens) != grid[0] or any(len(row) != grid[1] for row in self.top_tokens):
-            raise ValueError(f"top_tokens does not match {grid}")
 
 
 def depth_names(capture: ResidualCapture) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from tokenlens.causal.estimates import (
     check_estimates,
     estimate_check,
 )
-from tokenlens.causal.metrics import METRICS, Metric, metric_for
+from tokenlens.causal.metrics import metric_for
 from tokenlens.causal.nonadditive import (
     ablate_norms,
     ablate_rope,
@@ -28,11 +28,13 @@ from tokenlens.causal.nonadditive import (
     virtual_ablation,
 )
 from tokenlens.causal.results import (
+    METRICS,
     Ablation,
     AttributionPatching,
     CheckedEstimate,
     Effect,
     EstimateCheck,
+    Metric,
     NormAblation,
     PatchEffect,
     Patching,

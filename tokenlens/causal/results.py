@@ -12,7 +12,69 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenlens.causal.metrics import Metric
+from tokenlens.errors import TokenlensError
+
+METRICS = ("logit", "logprob", "prob", "logit_diff")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A scalar read off the logits at one position.
+
+    Attributes:
+        kind: ``logit``, ``logprob``, ``prob`` or ``logit_diff`` (``logit[target] - logit[contrast]``).
+        target_id: The token whose score is read.
+        position: The non-negative sequence position whose next-token prediction is read.
+        contrast_id: The token subtracted by ``logit_diff`` (``None`` for the other kinds).
+        target_text: The target's decoded text, for labels (``None`` when unknown).
+        contrast_text: The contrast's decoded text, for labels.
+
+    Raises:
+        TokenlensError: Unknown kind, a ``logit_diff`` without a contrast, a contrast equal to the target,
+            or a contrast given for another kind.
+    """
+
+    kind: str
+    target_id: int
+    position: int
+    contrast_id: int | None = None
+    target_text: str | None = None
+    contrast_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in METRICS:
+            raise TokenlensError(f"unknown metric {self.kind!r}: use one of {', '.join(METRICS)}")
+        if self.kind == "logit_diff" and self.contrast_id is None:
+            raise TokenlensError("the logit_diff metric needs a contrast token (the answer to compare with)")
+        if self.kind != "logit_diff" and self.contrast_id is not None:
+            raise TokenlensError(f"a contrast token only applies to logit_diff, not to {self.kind}")
+        if self.contrast_id is not None and self.contrast_id == self.target_id:
+            raise TokenlensError(
+                f"the contrast token is the target itself (id {self.target_id}): pick another"
+            )
+        if self.position < 0:
+            raise ValueError(f"metric position must be non-negative, got {self.position}")
+
+    def of(self, logits: torch.Tensor) -> torch.Tensor:
+        """The metric (a float32 scalar, differentiable) of one position's logits ``(vocab,)``."""
+        row = logits.float()
+        if self.kind == "logit":
+            return row[self.target_id]
+        if self.kind == "logprob":
+            return row.log_softmax(-1)[self.target_id]
+        if self.kind == "prob":
+            return row.softmax(-1)[self.target_id]
+        return row[self.target_id] - row[self.contrast_id]
+
+    def describe(self) -> str:
+        """A short label, e.g. ``logit_diff(' Paris' - ' London') at position 5``."""
+        target = repr(self.target_text) if self.target_text is not None else f"id {self.target_id}"
+        if self.contrast_id is not None:
+            contrast = (
+                repr(self.contrast_text) if self.contrast_text is not None else f"id {self.contrast_id}"
+            )
+            target = f"{target} - {contrast}"
+        return f"{self.kind}({target}) at position {self.position}"
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from tokenlens import __version__
 from tokenlens.cli import diff as diff_cmd
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
 from tokenlens.errors import Interrupted, TokenlensError, first_line
+from tokenlens.version import __version__
 
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1

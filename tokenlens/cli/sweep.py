@@ -159,16 +159,14 @@ def plan_from_args(args: argparse.Namespace):
     )
 
 
-MAP_FILES = ("map.json", "map.md", "map.html", "map_files")
-"""What :func:`write_map` writes into the sweep's folder."""
-
-
 def _check_map_files(out: Path, *, force: bool) -> None:
     """Refuse to overwrite map files in ``out`` that an earlier sweep did not write (unless ``force``).
 
     A rerun of a sweep rewrites its own map (``map.json`` names tokenlens as its tool); a ``map.md`` or
     ``map_files/`` of the user's own is not overwritten without ``--force``.
     """
+    from tokenlens.files import MAP_FILES
+
     present = [name for name in MAP_FILES if (out / name).exists()]
     if not present or force:
         return

@@ -26,10 +26,10 @@ from typing import Any
 from torch import nn
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import MANIFEST
 from tokenlens.models.loading import LoadedModel, load
 from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_keys, virtual_tokens
 
-MANIFEST = "tokenlens-manifest.json"
 SHAPE_FIELDS = (
     "num_hidden_layers",
     "hidden_size",

@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 from tokenlens.errors import TokenlensError, first_line
+from tokenlens.files import CONFIG, GGUF_SOURCE, MODEL_WEIGHTS
 from tokenlens.models.assets import cache_dir
 from tokenlens.models.cachedir import build_once
 from tokenlens.models.specs import spec_for_config
@@ -111,7 +112,7 @@ def _convert(path: Path, out: Path) -> None:
     check_weights_fit(f"GGUF file {path}", report)  # checked before the cache entry exists
     settings = model.config.to_dict()
     settings.pop("quantization_config", None)  # the saved weights are plain float32
-    (out / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
-    save_model(model, str(out / "model.safetensors"))  # handles tied embedding/head storage
+    (out / CONFIG).write_text(json.dumps(settings, indent=2, sort_keys=True))
+    save_model(model, str(out / MODEL_WEIGHTS))  # handles tied embedding/head storage
     tokenizer.save_pretrained(out)
-    (out / "tokenlens-source.json").write_text(json.dumps({"gguf": str(path)}, indent=2))
+    (out / GGUF_SOURCE).write_text(json.dumps({"gguf": str(path)}, indent=2))

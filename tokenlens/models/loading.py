@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from tokenlens.errors import TokenlensError, first_line
+from tokenlens.files import (
+    ADAPTER_CONFIG,
+    ADAPTER_PICKLE,
+    ADAPTER_WEIGHTS,
+    CONFIG,
+    MANIFEST,
+    METHOD_FILE,
+    MODEL_WEIGHTS_INDEX,
+)
 from tokenlens.models.specs import ArchitectureSpec, spec_for_config
 from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
 
@@ -107,11 +116,11 @@ def load(
 
         return _load_checkpoint(converted_gguf(path), ref, "gguf", options, path=path)
     if path.is_dir():
-        if (path / "tokenlens-method.json").is_file():
+        if (path / METHOD_FILE).is_file():
             return _load_custom(path, ref, base, options)
-        if (path / "adapter_config.json").is_file():
+        if (path / ADAPTER_CONFIG).is_file():
             return _load_adapter(path, ref, base, options)
-        if (path / "config.json").is_file():
+        if (path / CONFIG).is_file():
             return _load_checkpoint(path, ref, "directory", options)
         raise TokenlensError(f"{ref} is not a model folder: it has no config.json (nor adapter_config.json)")
     if _HUB_ID.match(ref) and not ref.startswith((".", "~")):
@@ -170,7 +179,7 @@ def _torch_dtype(dtype: str, device: str) -> Any:
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
     """Refuse a folder whose weights exist only as pickle files (unless allowed) or do not exist."""
     files = [p.name for p in folder.iterdir() if p.is_file()]
-    if any(name.endswith(".safetensors") or name == "model.safetensors.index.json" for name in files):
+    if any(name.endswith(".safetensors") or name == MODEL_WEIGHTS_INDEX for name in files):
         return
     pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES))
     if pickles and not allow_pickle:
@@ -304,7 +313,7 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
     from peft import PeftType
 
     try:
-        adapter_config = json.loads((folder / "adapter_config.json").read_text())
+        adapter_config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise TokenlensError(f"{folder}/adapter_config.json is not valid JSON: {first_line(exc)}") from exc
     if not isinstance(adapter_config, dict):
@@ -318,14 +327,14 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
             f"{folder} does not name its base model (base_model_name_or_path): pass --base REF"
         )
     files = {p.name for p in folder.iterdir()}
-    if "adapter_model.safetensors" not in files:
-        if "adapter_model.bin" in files and not options.allow_pickle:
+    if ADAPTER_WEIGHTS not in files:
+        if ADAPTER_PICKLE in files and not options.allow_pickle:
             raise TokenlensError(
                 f"{folder} has only a pickle adapter (adapter_model.bin), which can run code when loaded; "
                 "pass --allow-pickle if you trust the source"
             )
-        if "adapter_model.bin" not in files:
-            raise TokenlensError(f"{folder} has no adapter weights (adapter_model.safetensors)")
+        if ADAPTER_PICKLE not in files:
+            raise TokenlensError(f"{folder} has no adapter weights ({ADAPTER_WEIGHTS})")
     loaded_base = load(base, **asdict(options))
     model = _apply_adapter(loaded_base.model, folder, base)
     model.eval()
@@ -393,11 +402,11 @@ def _apply_adapter(base_model: Any, folder: Path, base: str) -> Any:
 
 def _load_custom(folder: Path, ref: str, base: str | None, options: _Options) -> LoadedModel:
     """Load a ``tokenlens train`` custom-method folder (bias, adapter, rope) onto a fresh copy of its base."""
-    from tokenlens.training import custom
+    from tokenlens.models import custom
 
     base = base or custom.base_of(folder)
     if not base:
-        raise TokenlensError(f"{folder} does not name its base model (no {custom.MANIFEST}): pass --base REF")
+        raise TokenlensError(f"{folder} does not name its base model (no {MANIFEST}): pass --base REF")
     loaded_base = load(base, **asdict(options))
     model = custom.restore(loaded_base.model, folder)
     tokenizer, spec = loaded_base.tokenizer, loaded_base.spec

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import MODEL_WEIGHTS
 from tokenlens.models import assets
 from tokenlens.models.cachedir import build_once
 
@@ -84,7 +85,7 @@ def _build_qwen3_tiny(out: Path) -> None:
     config = Qwen3Config(**QWEN3_TINY, architectures=["Qwen3ForCausalLM"])
     model = Qwen3ForCausalLM(config)
     config.save_pretrained(out)
-    save_model(model, str(out / "model.safetensors"))
+    save_model(model, str(out / MODEL_WEIGHTS))
     for item in tokenizer_dir.iterdir():
         if item.is_file():
             shutil.copy(item, out / item.name)

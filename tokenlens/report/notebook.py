@@ -1,6 +1,7 @@
-"""Jupyter helpers: show tokenlens figures inline.
+"""Jupyter helpers: results as HTML in a notebook, and tokenlens figures inline.
 
-Result objects render themselves in a notebook (``_repr_html_`` on :class:`LogitAttribution`); these
+A :class:`~tokenlens.attribution.result.LogitAttribution` in a notebook cell shows itself with
+:func:`attribution_html` (registered for it in :mod:`tokenlens.display` by the top-level package); the other
 helpers display the matplotlib figures of :mod:`tokenlens.report.plots` as inline PNG images without
 touching pyplot's global state.
 """
@@ -11,6 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+
+
+def attribution_html(result: Any) -> str:
+    """The report's tables for ``result`` as an HTML fragment whose styles are scoped to the output cell."""
+    from tokenlens.report.html import render_html_fragment
+
+    return render_html_fragment(result)
 
 
 def show(figure: Figure, dpi: int = 80) -> None:

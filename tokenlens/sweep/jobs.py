@@ -25,13 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import CHECKPOINT, DIFF_FILE, DIFF_SCHEMA, MANIFEST, RUN_RECORD
 from tokenlens.io import atomic_write_text
 
-MANIFEST = "tokenlens-manifest.json"
-CHECKPOINT = "tokenlens-checkpoint"
-RUN_RECORD = "sweep-run.json"
-DIFF_FILE = "diff.json"
-DIFF_SCHEMA = "tokenlens-sweep-diff/1"
 EXACT = 3
 """With ``--causal``: components patched exactly per probe (the top ones by attribution-patching estimate)."""
 

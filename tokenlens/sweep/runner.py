@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenlens import files
 from tokenlens.errors import TokenlensError
 from tokenlens.sweep import jobs
 from tokenlens.sweep.child import EXIT_DIVERGED
@@ -196,7 +197,7 @@ def _search_lr(plan: SweepPlan, config: SweepConfig, job, execute, note: Event) 
         except Diverged:  # the trainer stops at a non-finite loss and writes no output
             losses[lr] = math.inf
             continue
-        loss = float(jobs.read_json(folder / jobs.MANIFEST)["final_loss"])
+        loss = float(jobs.read_json(folder / files.MANIFEST)["final_loss"])
         losses[lr] = loss if math.isfinite(loss) else math.inf
     return losses
 
@@ -207,24 +208,24 @@ def _state(job: jobs.Job, force: bool) -> str:
         return "training"
     if jobs.finished(job):
         return "cached" if jobs.cached_diff(job) is not None else "diffing"
-    return "resuming" if (Path(job.run_dir) / jobs.CHECKPOINT).is_dir() else "training"
+    return "resuming" if (Path(job.run_dir) / files.CHECKPOINT).is_dir() else "training"
 
 
 def load_run(folder: Path) -> RunMetrics:
     """A finished run's :class:`~tokenlens.sweep.results.RunMetrics`, from its folder's files only."""
-    manifest = jobs.read_json(folder / jobs.MANIFEST)
-    record_path = folder / jobs.RUN_RECORD
+    manifest = jobs.read_json(folder / files.MANIFEST)
+    record_path = folder / files.RUN_RECORD
     record = (
         jobs.read_json(record_path) if record_path.is_file() else {"config": folder.name.rsplit("-s", 1)[0]}
     )
-    return run_metrics(manifest, record, jobs.read_json(folder / jobs.DIFF_FILE), str(folder))
+    return run_metrics(manifest, record, jobs.read_json(folder / files.DIFF_FILE), str(folder))
 
 
 def _clear(folder: Path) -> None:
     """``--force``: remove a run folder the sweep made (refusing one that is not a tokenlens run)."""
     if not folder.exists():
         return
-    ours = any((folder / name).exists() for name in (jobs.MANIFEST, jobs.CHECKPOINT, jobs.RUN_RECORD))
+    ours = any((folder / name).exists() for name in (files.MANIFEST, files.CHECKPOINT, files.RUN_RECORD))
     if not ours and any(folder.iterdir()):
         raise TokenlensError(f"{folder} is not a tokenlens run; remove it yourself")
     shutil.rmtree(folder)

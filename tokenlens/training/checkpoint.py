@@ -16,8 +16,6 @@ import torch
 from tokenlens.errors import TokenlensError
 from tokenlens.io import write_error
 
-CHECKPOINT = "tokenlens-checkpoint"
-"""The checkpoint folder's name inside the output folder."""
 STATE = "state.pt"
 """The checkpoint file inside that folder."""
 

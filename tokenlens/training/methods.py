@@ -5,7 +5,7 @@ A :class:`Method` says what it changes (``summary``), its default learning rate,
 model``: every base weight frozen, only the method's own parameters trainable) and how to save the result
 (``save(model, out_dir)``). PEFT-backed methods return a ``peft.PeftModel`` and save an adapter folder that
 ``peft.PeftModel.from_pretrained`` and ``tokenlens.load`` read; ``head`` and ``full`` save a plain HF
-checkpoint folder; the custom methods (``bias``, ``adapter``, ``rope``, :mod:`tokenlens.training.custom`)
+checkpoint folder; the custom methods (``bias``, ``adapter``, ``rope``, :mod:`tokenlens.models.custom`)
 save their own parameters with a ``tokenlens-method.json`` that ``tokenlens.load`` reads back onto the base.
 
 Options are checked in one place, :meth:`Method.resolve`, before any model loads: each option's validator
@@ -19,7 +19,6 @@ Default learning rates: see the README's table and ``benchmarks/lr_search.py`` f
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,107 +28,19 @@ from typing import Any
 import torch
 
 from tokenlens.errors import TokenlensError
-from tokenlens.training import custom
+from tokenlens.models import custom
+from tokenlens.options import (
+    Option,
+    boolean,
+    choice,
+    layer_list,
+    name_list,
+    positive_int,
+    resolve,
+    token_list,
+)
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-Check = Callable[[str, Any], Any]
-"""An option validator: ``check(name, value)`` returns the value in canonical form or raises a one-line
-:class:`TokenlensError` naming the option."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option a method accepts (``--option NAME=VALUE``).
-
-    Attributes:
-        default: The value when the option is not given (ignored when ``required``).
-        help: One line: what it sets.
-        check: Its validator (see :data:`Check`); the default is never checked.
-        required: The method cannot run without it (there is no sensible default).
-    """
-
-    default: Any
-    help: str
-    check: Check
-    required: bool = False
-
-
-def is_integer(value: Any) -> bool:
-    """A JSON integer: ``int`` but not ``bool`` (``true`` is not 1 here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _as_list(value: Any) -> list:
-    """A list as given, or a single value as a one-element list (``layers=0`` means ``[0]``)."""
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _bad(name: str, value: Any, what: str) -> TokenlensError:
-    return TokenlensError(f"option {name}={value!r}: {what}")
-
-
-def positive_int(name: str, value: Any) -> int:
-    """An integer of at least 1 (``2.5``, ``true`` and ``"abc"`` are refused, not rounded or cast)."""
-    if not is_integer(value) or value < 1:
-        raise _bad(name, value, "must be a positive integer")
-    return value
-
-
-def boolean(name: str, value: Any) -> bool:
-    """A JSON ``true`` or ``false`` (``maybe``, ``1`` and ``"yes"`` are refused)."""
-    if not isinstance(value, bool):
-        raise _bad(name, value, "must be true or false")
-    return value
-
-
-def layer_list(name: str, value: Any) -> list[int] | None:
-    """``None`` (every layer) or layer indices (integers >= 0), sorted and each once."""
-    if value is None:
-        return None
-    values = _as_list(value)
-    if not values or not all(is_integer(v) and v >= 0 for v in values):
-        raise _bad(name, value, "must be layer indices (integers from 0), e.g. 0,1")
-    return sorted(set(values))
-
-
-def token_list(name: str, value: Any) -> list[int]:
-    """Token ids (integers >= 0), sorted and each once; at least one."""
-    values = _as_list(value)
-    if not values or not all(is_integer(v) and v >= 0 for v in values):
-        raise _bad(name, value, "must be token ids (integers from 0), e.g. 42,7042")
-    return sorted(set(values))
-
-
-def name_list(name: str, value: Any) -> list[str]:
-    """Module names (non-empty strings), in the given order, each once; at least one."""
-    values = _as_list(value)
-    if not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise _bad(name, value, "must be module names, e.g. q_proj,v_proj")
-    return list(dict.fromkeys(values))
-
-
-def choice(*choices: str) -> Check:
-    """A validator for one string out of ``choices``."""
-
-    def check(name: str, value: Any) -> str:
-        if value not in choices:
-            raise _bad(name, value, f"choose from {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def choices_list(*choices: str) -> Check:
-    """A validator for a list of strings out of ``choices`` (a single one becomes a list), each once."""
-
-    def check(name: str, value: Any) -> list[str]:
-        values = _as_list(value)
-        if not values or any(v not in choices for v in values):
-            raise _bad(name, value, f"choose from {', '.join(choices)}")
-        return list(dict.fromkeys(values))
-
-    return check
 
 
 @dataclass(frozen=True)
@@ -164,22 +75,7 @@ class Method:
             TokenlensError: An option the method does not take, a value of the wrong type or range, or a
                 required option that is missing.
         """
-        options = dict(options or {})
-        for key in options:
-            if key not in self.options:
-                accepted = ", ".join(sorted(self.options)) or "none"
-                raise TokenlensError(
-                    f"option {key!r} does not apply to method {self.name!r} (it accepts: {accepted})"
-                )
-        resolved = {}
-        for key, option in self.options.items():
-            if key in options:
-                resolved[key] = option.check(key, options[key])
-            elif option.required:
-                raise TokenlensError(f"method {self.name} needs --option {key}=… ({option.help})")
-            else:
-                resolved[key] = copy.deepcopy(option.default)  # a caller may change its copy
-        return resolved
+        return resolve(self.name, self.options, options)
 
 
 def _freeze(model: torch.nn.Module) -> None:
@@ -296,129 +192,121 @@ LORA_OPTIONS = {
 }
 VIRTUAL_TOKENS = {"virtual_tokens": Option(8, "number of virtual tokens", positive_int)}
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method(
-            "lora",
-            "low-rank adapters on chosen modules and layers",
-            1e-3,
-            LORA_OPTIONS,
-            _apply_lora,
-            _save_adapter,
-        ),
-        Method(
-            "qlora",
-            "LoRA on a 4-bit/8-bit bitsandbytes base (load with quantize)",
-            1e-3,
-            LORA_OPTIONS,
-            _apply_lora,
-            _save_adapter,
-            needs_quantized=True,
-        ),
-        Method(
-            "head",
-            "the output head only (untied from the embedding unless keep_tied)",
-            1e-2,
-            {
-                "keep_tied": Option(
-                    False, "train the shared head/embedding matrix instead of untying", boolean
-                )
-            },
-            _apply_head,
-            _save_checkpoint,
-            output="checkpoint",
-        ),
-        Method(
-            "embeddings",
-            "chosen token-embedding rows only",
-            1e-2,
-            {
-                "token_ids": Option(
-                    None, "token ids whose embedding rows train, e.g. 42,7042", token_list, required=True
-                )
-            },
-            _apply_embeddings,
-            _save_adapter,
-        ),
-        Method(
-            "attention",
-            "attention-score reweighting: q_norm/k_norm scales or (IA)3 on keys/values",
-            1e-2,
-            {
-                "kind": Option(
-                    "auto",
-                    "norm (q_norm/k_norm, LN tuning), ia3 (k/v), auto: norm where the model has it",
-                    choice("auto", "norm", "ia3"),
-                )
-            },
-            _apply_attention,
-            _save_adapter,
-        ),
-        Method(
-            "prompt",
-            "prompt tuning: trainable virtual tokens before the input",
-            1e-1,
-            VIRTUAL_TOKENS,
-            _apply_prompt,
-            _save_adapter,
-        ),
-        Method(
-            "prefix",
-            "prefix tuning: trainable keys/values at every layer",
-            1e-2,
-            VIRTUAL_TOKENS,
-            _apply_prefix,
-            _save_adapter,
-        ),
-        Method("full", "all weights", 1e-4, {}, _apply_full, _save_checkpoint, output="checkpoint"),
-        Method(
-            "bias",
-            "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
-            1e-2,
-            {
-                "targets": Option(
-                    ["o_proj", "down_proj"],
-                    "linears that get a bias: o_proj, down_proj, lm_head",
-                    choices_list(*custom.BIAS_TARGETS),
-                ),
-                "layers": Option(
-                    None, "layer indices for o_proj/down_proj (default: all), e.g. 0,1", layer_list
-                ),
-            },
-            custom.apply_bias,
-            custom.save,
-            output="custom",
-        ),
-        Method(
-            "adapter",
-            "bottleneck adapters (down, SiLU, zero-initialised up, residual) on MLP outputs",
-            1e-3,
-            {
-                "layers": Option(None, "layer indices to adapt (default: all), e.g. 0,1", layer_list),
-                "size": Option(16, "bottleneck width", positive_int),
-            },
-            custom.apply_adapter,
-            custom.save,
-            output="custom",
-        ),
-        Method(
-            "rope",
-            "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
-            1e-2,
-            {
-                "kind": Option(
-                    "freqs",
-                    "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)",
-                    choice("freqs", "base"),
-                )
-            },
-            custom.apply_rope,
-            custom.save,
-            output="custom",
-        ),
-    )
-}
+METHODS: dict[str, Method] = {}
+"""The registry: every method by name, in menu order (:func:`register_method` adds one)."""
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the menu (``tokenlens train --method NAME``, the sweep, ``--list-methods``).
+
+    Raises:
+        ValueError: A method of that name is registered already.
+    """
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+for _method in (
+    Method(
+        "lora",
+        "low-rank adapters on chosen modules and layers",
+        1e-3,
+        LORA_OPTIONS,
+        _apply_lora,
+        _save_adapter,
+    ),
+    Method(
+        "qlora",
+        "LoRA on a 4-bit/8-bit bitsandbytes base (load with quantize)",
+        1e-3,
+        LORA_OPTIONS,
+        _apply_lora,
+        _save_adapter,
+        needs_quantized=True,
+    ),
+    Method(
+        "head",
+        "the output head only (untied from the embedding unless keep_tied)",
+        1e-2,
+        {"keep_tied": Option(False, "train the shared head/embedding matrix instead of untying", boolean)},
+        _apply_head,
+        _save_checkpoint,
+        output="checkpoint",
+    ),
+    Method(
+        "embeddings",
+        "chosen token-embedding rows only",
+        1e-2,
+        {
+            "token_ids": Option(
+                None, "token ids whose embedding rows train, e.g. 42,7042", token_list, required=True
+            )
+        },
+        _apply_embeddings,
+        _save_adapter,
+    ),
+    Method(
+        "attention",
+        "attention-score reweighting: q_norm/k_norm scales or (IA)3 on keys/values",
+        1e-2,
+        {
+            "kind": Option(
+                "auto",
+                "norm (q_norm/k_norm, LN tuning), ia3 (k/v), auto: norm where the model has it",
+                choice("auto", "norm", "ia3"),
+            )
+        },
+        _apply_attention,
+        _save_adapter,
+    ),
+    Method(
+        "prompt",
+        "prompt tuning: trainable virtual tokens before the input",
+        1e-1,
+        VIRTUAL_TOKENS,
+        _apply_prompt,
+        _save_adapter,
+    ),
+    Method(
+        "prefix",
+        "prefix tuning: trainable keys/values at every layer",
+        1e-2,
+        VIRTUAL_TOKENS,
+        _apply_prefix,
+        _save_adapter,
+    ),
+    Method("full", "all weights", 1e-4, {}, _apply_full, _save_checkpoint, output="checkpoint"),
+    Method(
+        "bias",
+        "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
+        1e-2,
+        custom.CUSTOM["bias"].options,
+        custom.CUSTOM["bias"].apply,
+        custom.save,
+        output="custom",
+    ),
+    Method(
+        "adapter",
+        "bottleneck adapters (down, SiLU, zero-initialised up, residual) on MLP outputs",
+        1e-3,
+        custom.CUSTOM["adapter"].options,
+        custom.CUSTOM["adapter"].apply,
+        custom.save,
+        output="custom",
+    ),
+    Method(
+        "rope",
+        "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
+        1e-2,
+        custom.CUSTOM["rope"].options,
+        custom.CUSTOM["rope"].apply,
+        custom.save,
+        output="custom",
+    ),
+):
+    register_method(_method)
 
 
 def get_method(name: str) -> Method:

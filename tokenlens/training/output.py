@@ -33,30 +33,8 @@ from typing import Any
 import torch
 
 from tokenlens.errors import TokenlensError
+from tokenlens.files import LOSS_PNG, MANIFEST, OUTPUT_FILES, STAGING_PREFIX
 from tokenlens.io import atomic_write_bytes, atomic_write_text
-
-MANIFEST = "tokenlens-manifest.json"
-LOSS_PNG = "loss.png"
-STAGING_PREFIX = ".tokenlens-staging-"
-"""Name prefix of the temporary folder a run's output is written into before it moves into place."""
-KNOWN_FILES = {
-    "adapter": ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"),
-    "custom": ("tokenlens-method.json", "method_weights.safetensors"),
-    "checkpoint": (
-        "config.json",
-        "generation_config.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "chat_template.jinja",
-        "vocab.json",
-        "merges.txt",
-    ),
-}
-"""The files tokenlens wrote per output kind, for a previous manifest that has no ``files`` list."""
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -201,7 +179,7 @@ def previous_files(out_dir: Path) -> list[str]:
         return [LOSS_PNG]
     listed = manifest.get("files")
     if not isinstance(listed, list):
-        listed = [LOSS_PNG, *KNOWN_FILES.get(manifest.get("output"), ())]
+        listed = [LOSS_PNG, *OUTPUT_FILES.get(manifest.get("output"), ())]
         if manifest.get("output") == "checkpoint":
             listed += [p.name for p in out_dir.glob("model-*-of-*.safetensors")]
     return [name for name in listed if _inside(out_dir, name) and (out_dir / name).is_file()]

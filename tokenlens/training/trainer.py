@@ -50,11 +50,12 @@ from typing import Any
 import torch
 
 from tokenlens.errors import Interrupted, TokenlensError, first_line
+from tokenlens.files import CHECKPOINT, MANIFEST, STAGING_PREFIX
 from tokenlens.models.specs import bare_model, virtual_tokens
+from tokenlens.options import is_integer
 from tokenlens.training import checkpoint, output
-from tokenlens.training.checkpoint import CHECKPOINT
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
-from tokenlens.training.methods import Method, get_method, is_integer, trainable_count
+from tokenlens.training.methods import Method, get_method, trainable_count
 from tokenlens.training.parallel import Parallel, parallel_context
 
 SEED_LIMIT = 2**64
@@ -453,7 +454,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise TokenlensError(f"{out_dir} is a file: --out needs a folder")
     if out_dir.is_dir() and any(not _leftover(entry) for entry in out_dir.iterdir()):
-        ours = (out_dir / output.MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
+        ours = (out_dir / MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
         if not force:
             raise TokenlensError(f"{out_dir} already exists; pass --force to replace its output or --resume")
         if not ours:
@@ -463,7 +464,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
 def _leftover(entry: Path) -> bool:
     """A temporary file or folder that an interrupted write of ours left (a staging folder, a checkpoint
     being written): removed by the next run that holds the folder's lock."""
-    return entry.name.startswith(output.STAGING_PREFIX) or entry == checkpoint.staging_file(
+    return entry.name.startswith(STAGING_PREFIX) or entry == checkpoint.staging_file(
         entry.parent / CHECKPOINT
     )
 

@@ -1,10 +1,12 @@
-"""Post-training methods PEFT does not offer for Qwen3: added biases, bottleneck adapters, learnable RoPE.
+"""Model structures PEFT does not offer for Qwen3: added biases, bottleneck adapters, learnable RoPE.
 
-Each method changes the model's structure a little (a bias where there was none, an adapter around a
-linear, a trainable frequency table) and trains only what it added, so its result is small: a folder with
-``tokenlens-method.json`` (method, options, format version, the parameters by full module path) and
-``method_weights.safetensors`` (only those parameters). :func:`restore` re-applies the structure to a fresh
-base and loads the tensors back; ``tokenlens.load`` does that for such a folder.
+The trainer's ``bias``, ``adapter`` and ``rope`` methods (:mod:`tokenlens.training.methods`) are these
+structures made trainable. Each changes the model's structure a little (a bias where there was none, an
+adapter around a linear, a trainable frequency table) and trains only what it added, so its result is small:
+a folder with ``tokenlens-method.json`` (method, options, format version, the parameters by full module
+path) and ``method_weights.safetensors`` (only those parameters). :func:`restore` re-applies the structure
+to a fresh base and loads the tensors back; ``tokenlens.load`` does that for such a folder. The structures
+live with the models, below the trainer, because loading such a folder needs them and nothing of training.
 
 * ``bias``: Qwen3 linears have no biases. A zero-initialised ``nn.Parameter`` becomes the ``bias`` of the real
   ``nn.Linear`` (``o_proj``, ``down_proj``, ``lm_head``), so the HF forward uses it unchanged and attribution
@@ -15,7 +17,8 @@ base and loads the tensors back; ``tokenlens.load`` does that for such a folder.
 * ``rope``: the rotary inverse frequencies (``kind=freqs``) or the rotary base (``kind=base``) become
   trainable (gradients reach them: the HF rotary forward computes cos/sin from ``inv_freq`` with autograd on).
 
-The model carries a :class:`CustomState` (attribute ``tokenlens_method``) saying which parameters are the
+Each structure is one :class:`CustomMethod` record (its options and how to apply it) in :data:`CUSTOM`. The
+model carries a :class:`CustomState` (attribute ``tokenlens_method``) saying which parameters are the
 method's; :func:`custom_parameters` returns them.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +35,11 @@ import torch
 from torch import nn
 
 from tokenlens.errors import TokenlensError, first_line
+from tokenlens.files import MANIFEST, METHOD_FILE, METHOD_FORMAT, METHOD_FORMAT_VERSION, METHOD_WEIGHTS
 from tokenlens.io import atomic_write_bytes, atomic_write_text
 from tokenlens.models.specs import bare_model, spec_for_model
+from tokenlens.options import Option, choice, choices_list, layer_list, positive_int, resolve
 
-METHOD_FILE = "tokenlens-method.json"
-WEIGHTS_FILE = "method_weights.safetensors"
-MANIFEST = "tokenlens-manifest.json"  # written by the trainer; names the base model
-FORMAT = "tokenlens-method"
-FORMAT_VERSION = 1
-CUSTOM_METHODS = ("bias", "adapter", "rope")
 BIAS_TARGETS = ("o_proj", "down_proj", "lm_head")
 ROTARY = "model.rotary_emb"
 _STATE = "tokenlens_method"
@@ -242,6 +242,63 @@ def apply_rope(model: nn.Module, options: dict) -> nn.Module:
     return _mark(model, "rope", options, [f"{ROTARY}.log_base"])
 
 
+@dataclass(frozen=True)
+class CustomMethod:
+    """One model structure the trainer can add and train, and ``tokenlens.load`` can restore.
+
+    Attributes:
+        name: The method's name (``bias``, ``adapter``, ``rope``).
+        options: Its options, each with a default and a validator (:mod:`tokenlens.options`).
+        apply: ``apply(model, options) -> model``: adds the structure (``options`` resolved), freezes every
+            other weight and leaves only the structure's parameters trainable.
+    """
+
+    name: str
+    options: dict[str, Option]
+    apply: Callable[[nn.Module, dict], nn.Module]
+
+
+CUSTOM: dict[str, CustomMethod] = {
+    record.name: record
+    for record in (
+        CustomMethod(
+            "bias",
+            {
+                "targets": Option(
+                    ["o_proj", "down_proj"],
+                    "linears that get a bias: o_proj, down_proj, lm_head",
+                    choices_list(*BIAS_TARGETS),
+                ),
+                "layers": Option(
+                    None, "layer indices for o_proj/down_proj (default: all), e.g. 0,1", layer_list
+                ),
+            },
+            apply_bias,
+        ),
+        CustomMethod(
+            "adapter",
+            {
+                "layers": Option(None, "layer indices to adapt (default: all), e.g. 0,1", layer_list),
+                "size": Option(16, "bottleneck width", positive_int),
+            },
+            apply_adapter,
+        ),
+        CustomMethod(
+            "rope",
+            {
+                "kind": Option(
+                    "freqs",
+                    "freqs (every inverse frequency) or base (one scalar: log of the RoPE base)",
+                    choice("freqs", "base"),
+                )
+            },
+            apply_rope,
+        ),
+    )
+}
+"""The structures by method name."""
+
+
 def method_state(model: nn.Module) -> CustomState:
     """The custom method ``model`` carries.
 
@@ -275,13 +332,13 @@ def save(model: nn.Module, out_dir: Path) -> None:
     state = method_state(model)
     tensors = {name: t.cpu().contiguous() for name, t in custom_parameters(model).items()}
     description = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": METHOD_FORMAT,
+        "format_version": METHOD_FORMAT_VERSION,
         "method": state.method,
         "options": state.options,
         "parameters": {name: list(t.shape) for name, t in tensors.items()},
     }
-    atomic_write_bytes(Path(out_dir) / WEIGHTS_FILE, to_bytes(tensors, metadata={"format": FORMAT}))
+    atomic_write_bytes(Path(out_dir) / METHOD_WEIGHTS, to_bytes(tensors, metadata={"format": METHOD_FORMAT}))
     atomic_write_text(Path(out_dir) / METHOD_FILE, json.dumps(description, indent=2) + "\n")
 
 
@@ -310,39 +367,40 @@ def restore(model: nn.Module, folder: Path) -> nn.Module:
     """
     from safetensors.torch import load_file
 
-    from tokenlens.training.methods import get_method
-
     folder = Path(folder)
     description = _read_json(folder / METHOD_FILE)
-    if description.get("format") != FORMAT or description.get("format_version") != FORMAT_VERSION:
+    if (
+        description.get("format") != METHOD_FORMAT
+        or description.get("format_version") != METHOD_FORMAT_VERSION
+    ):
         raise TokenlensError(
-            f"{folder / METHOD_FILE} is not a {FORMAT} v{FORMAT_VERSION} description "
+            f"{folder / METHOD_FILE} is not a {METHOD_FORMAT} v{METHOD_FORMAT_VERSION} description "
             f"(format {description.get('format')!r}, version {description.get('format_version')!r})"
         )
     method = description.get("method")
-    if method not in CUSTOM_METHODS:
+    if method not in CUSTOM:
         raise TokenlensError(f"{folder / METHOD_FILE}: unknown custom method {method!r}")
     options = description.get("options")
     if not isinstance(options, dict):
         raise TokenlensError(f"{folder / METHOD_FILE}: options must be a JSON object")
-    record = get_method(method)
+    record = CUSTOM[method]
     with torch.random.fork_rng(devices=[]):  # the adapter's throwaway init must not move the caller's RNG
-        model = record.apply(model, record.resolve(options))
+        model = record.apply(model, resolve(method, record.options, options))
     try:
-        saved = load_file(folder / WEIGHTS_FILE)
+        saved = load_file(folder / METHOD_WEIGHTS)
     except Exception as exc:  # noqa: BLE001 - missing file, truncated or corrupt safetensors
-        raise TokenlensError(f"cannot read {folder / WEIGHTS_FILE}: {first_line(exc)}") from exc
+        raise TokenlensError(f"cannot read {folder / METHOD_WEIGHTS}: {first_line(exc)}") from exc
     expected = custom_parameters(model)
     missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or extra:
         raise TokenlensError(
-            f"{folder / WEIGHTS_FILE} does not match method {method}: "
+            f"{folder / METHOD_WEIGHTS} does not match method {method}: "
             f"missing {missing[:3]}, extra {extra[:3]}"
         )
     for name, param in expected.items():
         if saved[name].shape != param.shape:
             raise TokenlensError(
-                f"{folder / WEIGHTS_FILE}: {name} has shape {tuple(saved[name].shape)}, this base needs "
+                f"{folder / METHOD_WEIGHTS}: {name} has shape {tuple(saved[name].shape)}, this base needs "
                 f"{tuple(param.shape)}"
             )
     with torch.no_grad():
