@@ -1,0 +1,206 @@
+"""Write a corpus of tokenlens outputs (every report format, every section kind) into a folder.
+
+A refactor of the renderers must not change a byte of what they write. Run this before the change and
+after it, then compare the two folders::
+
+    .venv/bin/python tests/golden_outputs.py /tmp/golden/before     # on the old code
+    .venv/bin/python tests/golden_outputs.py /tmp/golden/after      # on the new code
+    diff -r /tmp/golden/before /tmp/golden/after                    # must print nothing
+
+The tiny models (random weights, fixed seeds, the real Qwen3 tokenizer, as in ``tests/conftest.py``) are
+built once into ``--work`` (default ``/tmp/tokenlens-golden``) and reused, and every command runs there
+with the same arguments, so paths and the command line recorded in the HTML settings are the same on
+both runs. Nothing is downloaded; it takes about a minute on two CPU cores.
+
+The corpus: ``tokenlens inspect`` with every attribution and causal section (table, JSON, HTML, Markdown
+with its figure files), a MoE model with ``--experts``, a prompt-tuning adapter with ``--virtual``; the
+Python API for what the CLI never asks (repeated sections, the notebook fragment); ``tokenlens diff`` and
+``tokenlens check`` on a tiny base/tuned pair (one and many probes, groups) and on a prompt-tuned pair; and
+the shared HTML/Markdown helpers that ``tokenlens/sweep/report.py`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+PROMPT = "The capital of France is"
+FULL = [
+    "--prompt", PROMPT, "--target", " Paris", "--vs", " London", "--heads", "--neurons", "3",
+    "--sources", "L1,L0.H1", "--lens", "all", "--ablate", "L0.attn,L1.H0",
+    "--patch", "The capital of Italy is", "--estimate", "3", "--rope", "--norms",
+]  # fmt: skip
+FORMATS = {"table": "txt", "json": "json", "html": "html", "md": "md"}
+PROBES = [
+    {"prompt": PROMPT, "target": " Lyon", "expect": "changed", "group": "intended"},
+    {"prompt": "The capital of Germany is", "target": " Lyon", "expect": "changed", "group": "intended"},
+    {"prompt": "Hello, my name is", "expect": "unchanged", "group": "control"},
+    {"prompt": "The sun rises in the", "expect": "unchanged", "group": "control"},
+    {"prompt": "One, two,", "expect": "unchanged", "group": "control"},
+    {"prompt": "a b c", "group": "control"},
+    {"messages": [{"role": "user", "content": "Say | and `ticks`"}], "expect": "unchanged"},
+    {"prompt": "<b>x</b> $y$ \u202e", "expect": "unchanged"},
+]
+
+
+def build_models(models: Path) -> None:
+    """The checkpoints, once: tiny Qwen3, tiny MoE, a prompt-tuning adapter, a base/tuned bias pair."""
+    import torch
+    from conftest import build_tiny
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from tokenlens.models import custom
+    from tokenlens.models.assets import qwen3_tokenizer_dir
+
+    if (models / "done").exists():
+        return
+    shutil.rmtree(models, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
+    for name, kind in (("tiny", "qwen3-tied-gqa"), ("moe", "qwen3-moe"), ("base", "qwen3-untied-mha")):
+        build_tiny(kind).save_pretrained(models / name)
+        tokenizer.save_pretrained(models / name)
+    prompt = get_peft_model(
+        build_tiny("qwen3-tied-gqa"), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
+    with torch.no_grad():
+        ids = tokenizer(" alpha beta gamma")["input_ids"]
+        prompt.prompt_encoder["default"].embedding.weight.copy_(prompt.get_input_embeddings().weight[ids])
+    prompt.save_pretrained(models / "prompt")
+    tuned = custom.apply_bias(build_tiny("qwen3-untied-mha"), {"targets": ["lm_head"], "layers": None})
+    with torch.no_grad():
+        tuned.lm_head.bias[tokenizer(" Lyon")["input_ids"][0]] = 20.0
+    custom.save(tuned, models / "tuned")
+    (models / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(models / "base")}))
+    (models / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBES))
+    (models / "done").write_text("")
+
+
+def cli(out: Path, name: str, argv: list[str]) -> None:
+    """``tokenlens`` with ``argv`` (``sys.argv`` set as the installed script would see it); stdout to
+    ``{name}.stdout`` when it writes any, the exit code to ``{name}.exit`` when it is not 0."""
+    from tokenlens.cli import main
+
+    sys.argv = ["tokenlens", *argv]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(argv)
+    if buffer.getvalue():
+        (out / f"{name}.stdout").write_text(buffer.getvalue())
+    if code:
+        (out / f"{name}.exit").write_text(f"{code}\n")
+
+
+def inspect_corpus(models: Path, out: Path) -> None:
+    runs = {
+        "inspect-full": ["--model", str(models / "tiny"), *FULL],
+        "inspect-plain": ["--model", str(models / "tiny"), "--prompt", PROMPT],
+        "inspect-logprob": ["--model", str(models / "tiny"), "--prompt", PROMPT, "--logprob", "--heads",
+                            "--sources", "L2", "--ablate", "L1.mlp", "--ablate-mode", "mean",
+                            "--reference", "The capital of Spain is", "--metric", "logprob"],
+        "inspect-moe": ["--model", str(models / "moe"), "--prompt", PROMPT, "--experts", "--ablate",
+                        "L1.E0,L0.E3", "--estimate", "2", "--lens"],
+        "inspect-virtual": ["--model", str(models / "prompt"), "--base", str(models / "tiny"), "--prompt",
+                            PROMPT, "--sources", "L1", "--virtual", "--ablate", "L0.mlp"],
+    }  # fmt: skip
+    for name, argv in runs.items():
+        for fmt, suffix in FORMATS.items():
+            cli(out, f"{name}-{fmt}", ["inspect", *argv, "--format", fmt, "--out", f"{name}.{suffix}"])
+    cli(
+        out,
+        "inspect-full-stdout-json",
+        ["inspect", "--model", str(models / "tiny"), *FULL, "--format", "json"],
+    )
+
+
+def api_corpus(models: Path, out: Path) -> None:
+    """What only the Python API asks: repeated sections, a lens passed as a section, the notebook fragment."""
+    import tokenlens.causal as causal
+    from tokenlens.attribution.direct import attribute
+    from tokenlens.attribution.lens import logit_lens
+    from tokenlens.models.loading import load
+    from tokenlens.report.html import render_html
+    from tokenlens.report.markdown import render_markdown
+
+    loaded = load(str(models / "tiny"))
+    result = attribute(loaded, PROMPT, heads=True, sources=["L2.H0", "L2.H0"])
+    lens = logit_lens(loaded, PROMPT, target_id=result.target.id, k=3)
+    ablation = causal.ablation(loaded, PROMPT, "L1.H0,L2.mlp")
+    sections = [
+        ("ablation", ablation),
+        ("ablation", ablation),
+        ("patching", causal.patching(loaded, PROMPT, "The capital of Italy is")),
+    ]
+    settings = {"command": "tokenlens <b> \u202e", "model": "other"}
+    (out / "api.html").write_text(render_html(result, lens=lens, sections=sections, settings=settings))
+    paths = {"waterfall": "figs/water fall.png", "ablation": "figs/a.png", "extra": "x.png"}
+    (out / "api.md").write_text(render_markdown(result, lens=lens, sections=sections, image_paths=paths))
+    (out / "api-fragment.html").write_text(result._repr_html_())
+
+
+def diff_corpus(models: Path, out: Path) -> None:
+    tuned, probes = ["--tuned", str(models / "tuned")], ["--probes", str(models / "probes.jsonl")]
+    runs = {
+        "diff-one": ["diff", *tuned, "--prompt", PROMPT, "--target", " Lyon"],
+        "diff-many": ["diff", *tuned, *probes, "--exact", "3"],
+        "diff-virtual": ["diff", "--tuned", str(models / "prompt"), "--base", str(models / "tiny"),
+                         "--prompt", PROMPT, "--prompt", "Hello, my name is"],
+        "diff-same": ["diff", "--base", str(models / "base"), "--tuned", str(models / "base"), *probes,
+                      "--no-causal"],
+        "check-many": ["check", *tuned, *probes, "--no-causal"],
+    }  # fmt: skip
+    for name, argv in runs.items():
+        for fmt, suffix in FORMATS.items():
+            cli(out, f"{name}-{fmt}", [*argv, "--format", fmt, "--out", f"{name}.{suffix}"])
+    cli(out, "check-stdout", ["check", *tuned, *probes, "--no-causal"])
+
+
+def kit_corpus(out: Path) -> None:
+    """The helpers ``tokenlens/sweep/report.py`` imports from the report modules, on sample values."""
+    from tokenlens.report import html as h
+    from tokenlens.report import markdown as m
+
+    values = [0, 1, -2, 0.5, -1e-7, 1234567, float("nan"), 3e-4]
+    lines = [h._CSS, h._CSP, repr(h.PNG_MAGIC), h._e('<a href="x">&\'</a>')]
+    lines += [h._num(v) for v in values] + [h._num(v, ",", False, name="n<") for v in values[:6]]
+    lines += [h._num(v, "g", False, "span") for v in values] + [h._num(v, "p", False) for v in values]
+    lines += [h._table(["a", "<b>"], ["<tr><td>1</td></tr>", "<tr><td>2</td></tr>"], "grid")]
+    lines += [m._table(["a", "b|c"], [["1", "2"], ["x", "y"]]), m.plain("a|b *c* <d> $e$ @f #g \u202e\n")]
+    (out / "sweep-kit.txt").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder to write the corpus into (replaced)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tokenlens-golden"), help="models and scratch")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    build_models(work / "models")
+    scratch = work / "out"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    os.chdir(scratch)
+    inspect_corpus(work / "models", scratch)
+    api_corpus(work / "models", scratch)
+    diff_corpus(work / "models", scratch)
+    kit_corpus(scratch)
+    target = args.out.resolve()
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(scratch, target)
+    print(f"wrote {sum(1 for p in target.rglob('*') if p.is_file())} files to {target}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
