@@ -35,10 +35,13 @@ from tokenlens.diff.result import (
     Verdict,
     WeightChange,
     WeightSummary,
+    sorted_effects,
 )
-from tokenlens.report.diff import diff_to_dict, layer_ranges, render_diff, sorted_effects, verdict_summary
 from tokenlens.report.diff_html import render_diff_html
+from tokenlens.report.diff_json import diff_to_dict
+from tokenlens.report.diff_layout import layer_ranges, plan_diff, probe_plan, verdict_summary
 from tokenlens.report.diff_markdown import render_diff_markdown
+from tokenlens.report.diff_terminal import render_diff
 from tokenlens.report.plots import figure_png
 from tokenlens.report.plots.diff import delta_heatmap, diff_figures, diff_waterfall, topk_bars
 
@@ -193,6 +196,34 @@ def test_an_empty_report_renders_everywhere():
     assert diff_to_dict(empty)["probes"] == [] and diff_figures(empty) == {}
     assert "not judged" in terminal(empty) and "## Probes" in render_diff_markdown(empty)
     assert 'id="probes"' in render_diff_html(empty)
+
+
+def test_every_format_follows_the_plans():
+    drilled = dataclasses.replace(
+        intended(), experts=(CE("L1.E3", 0.4, causal=-0.9),), virtual=(CE("L0.virtual", 0.3),)
+    )
+    keys = ["split", "flip", "components", "heads", "neurons", "experts", "virtual"]
+    assert [part.key for part in probe_plan(drilled)] == keys
+    assert [part.key for part in probe_plan(control())] == ["split", "components"]
+    titles = ["Components", "Heads", "Neurons", "Experts", "Attention to the virtual tokens"]
+    text = terminal(build(drilled))
+    shown = ["Top components of", "Top heads", "Top neurons", "Top experts", f"{titles[-1]} (direct)"]
+    assert [text.index(t) for t in ["split of", "flip split of", *shown]] == sorted(
+        text.index(t) for t in ["split of", "flip split of", *shown]
+    )
+    markdown = render_diff_markdown(build(drilled))
+    bold = re.findall(r"\*\*(Components|Heads|Neurons|Experts|Attention to the virtual tokens)\*\*", markdown)
+    assert bold == titles and markdown.index("- **logit[") < markdown.index("- **flip logit[")
+    page = render_diff_html(build(drilled))
+    assert re.findall(r"<h3>([^<]*)</h3>", page)[:5] == [*titles[:-1], f"{titles[-1]} (direct)"]
+    assert page.index('id="probe-0-split"') < page.index('id="probe-0-flip"') < page.index("<h3>Components")
+    report = build(intended(), control())
+    plan, homes = plan_diff(report, ["heatmap", "topk-1", "extra"], probes=[1])
+    assert [s.anchor for s in plan] == [
+        "summary", "probes", "probe-1", "weights", "aggregate", "figures", "how-to-read",
+    ]  # fmt: skip
+    assert homes == {"probes": ["heatmap"], "probe-1": ["topk-1"], "figures": ["extra"]}
+    assert [s.anchor for s in plan_diff(report)[0]].count("figures") == 0
 
 
 # --- JSON ---------------------------------------------------------------------------------------------------

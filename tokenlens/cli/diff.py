@@ -119,7 +119,7 @@ def _quiet_transformers() -> None:
 def render(args: argparse.Namespace, report) -> str | None:
     """The output text in ``args.format`` (``None`` when a table was printed to the terminal)."""
     if args.format == "json":
-        from tokenlens.report.diff import diff_to_dict
+        from tokenlens.report.diff_json import diff_to_dict
 
         return json.dumps(diff_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     if args.format == "html":
@@ -138,10 +138,10 @@ def render(args: argparse.Namespace, report) -> str | None:
             png, _ = save_figure(figure, folder / key)
             paths[key] = f"{folder.name}/{png.name}"
         return render_diff_markdown(report, figures=paths)
-    from tokenlens.report.diff import render_diff
+    from tokenlens.report.diff_terminal import render_diff
 
     if args.out:
-        from tokenlens.report.terminal import renderables_to_text
+        from tokenlens.report.kit.terminal import renderables_to_text
 
         return renderables_to_text([render_diff(report)])
     from rich.console import Console

@@ -1,262 +1,226 @@
 """A self-contained HTML report of a base-vs-tuned diff (rendering only: no model runs here).
 
-One HTML5 file with the attribution report's safety rules (:mod:`tokenlens.report.html`): inline styles, no
-script, a Content-Security-Policy that forbids scripts and network loads, figures as ``data:`` PNG URIs,
-every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections have stable ids:
-``summary``, ``probes``, ``probe-{i}`` per probe, ``weights``, ``aggregate`` (``figures`` for figures with
-no other home), ``how-to-read``. Number cells carry their exact value in ``data-value`` (``null`` for a
-value that was not measured, shown as ``—``); causal effects are badged MEASURED, attribution-patching
-values ESTIMATE.
+One HTML5 file built from :mod:`tokenlens.report.kit.html` with the attribution report's safety rules:
+inline styles, no script, a Content-Security-Policy that forbids scripts and network loads, figures as
+``data:`` PNG URIs, every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections
+follow :func:`tokenlens.report.diff_layout.plan_diff` and have stable ids: ``summary``, ``probes``,
+``probe-{i}`` per probe, ``weights``, ``aggregate`` (``figures`` for figures with no other home),
+``how-to-read``. Number cells carry their exact value in ``data-value`` (``null`` for a value that was not
+measured, shown as ``—``); causal effects are badged MEASURED, attribution-patching values ESTIMATE.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 
-import tokenlens
 from tokenlens.attribution.result import TokenScore
-from tokenlens.diff.result import (
-    READOUT_TERMS,
-    AggregateRow,
-    ComponentEffect,
-    DiffReport,
-    ProbeDiff,
-    Telescope,
-)
-from tokenlens.report.diff import (
-    HOW_TO_READ,
-    layer_ranges,
-    number,
-    sorted_effects,
-    verdict_summary,
-    verdict_word,
-)
-from tokenlens.report.html import _CSP, _CSS, PNG_MAGIC, _badge, _e, _num, _pfmt, _table, _tok
-from tokenlens.report.layout import visible
-from tokenlens.report.terminal import show_token
+from tokenlens.diff.result import READOUT_TERMS, AggregateRow, DiffReport, ProbeDiff, Telescope
+from tokenlens.report import diff_layout as layout
+from tokenlens.report.kit import html
+from tokenlens.report.kit.html import number, optional_number
+from tokenlens.report.kit.text import change_format, cut, probability, show_token, visible
 
 _DIFF_CSS = """
 .kind.pass{background:#1a7f37}.kind.fail{background:#c62828}.kind.none{background:#888}
 tr.failed td{background:#fdecea}.flip{color:#a86a1f;font-weight:bold}
 """
 
-_FIGURE_ALT = {
-    "heatmap": "Each component's effect on each probe's tracked-token logit (probes × components)",
-    "waterfall": "The exact split of probe {i}'s tracked-token logit change, base to tuned",
-    "flip": "The exact split of probe {i}'s change of logit[tuned top-1] − logit[base top-1]",
-    "topk": "Probe {i}: the base and the tuned model's top-k next tokens",
-}
-
-
-def _opt(value: float | None, fmt: str = "+.4f", signed: bool = True, name: str = "") -> str:
-    """A number cell, or ``—`` with ``data-value="null"`` when the value was not measured."""
-    value = number(value)
-    if value is None:
-        attr = f' data-name="{_e(name)}"' if name else ""
-        return f'<td class="num dim" data-value="null"{attr}>—</td>'
-    return _num(value, fmt, signed, name=name)
-
 
 def _gain(value: float, tag: str = "td") -> str:
     """A probability change, in e-notation below 0.001 in size."""
-    return _num(value, "+.4f" if abs(value) >= 1e-3 or value == 0 else "+.1e", tag=tag)
+    return number(value, change_format(value), tag=tag)
 
 
 def _verdict(passed: bool | None) -> str:
     cls = "none" if passed is None else "pass" if passed else "fail"
-    return f'<span class="kind {cls}">{_e(verdict_word(passed).upper())}</span>'
+    return f'<span class="kind {cls}">{html.escape(layout.verdict_word(passed).upper())}</span>'
 
 
 def _label(p: ProbeDiff, limit: int = 48) -> str:
-    text = p.probe.label
-    return _tok(text if len(text) <= limit else text[: limit - 1] + "…", title=text)
+    return html.token(cut(p.probe.label, limit), title=p.probe.label)
 
 
 def _score(s: TokenScore) -> str:
-    return f"{_tok(s.token, title=f'id {s.id}')} {_e(_pfmt(s.prob))}"
+    return f"{html.token(s.token, title=f'id {s.id}')} {html.escape(probability(s.prob))}"
 
 
 def _summary(report: DiffReport) -> str:
     failing = [i for i, p in enumerate(report.probes) if p.verdict.passed is False]
     check = "none" if report.judged == 0 else "pass" if report.passed else "fail"
     rows = [
-        f'<tr><th>base</th><td><bdi dir="ltr">{_e(visible(report.base))}</bdi></td></tr>',
-        f'<tr><th>tuned</th><td><bdi dir="ltr">{_e(visible(report.tuned))}</bdi></td></tr>',
-        f"<tr><th>pairing</th><td>{_e(visible(report.pairing))}</td></tr>",
+        f'<tr><th>base</th><td><bdi dir="ltr">{html.escape(visible(report.base))}</bdi></td></tr>',
+        f'<tr><th>tuned</th><td><bdi dir="ltr">{html.escape(visible(report.tuned))}</bdi></td></tr>',
+        f"<tr><th>pairing</th><td>{html.escape(visible(report.pairing))}</td></tr>",
         f"<tr><th>intended probes</th><td>pass when the target's probability gains at least "
-        f"{_num(report.min_gain, 'g', False, 'span', name='min_gain')}</td></tr>",
+        f"{number(report.min_gain, 'g', False, 'span', name='min_gain')}</td></tr>",
         f"<tr><th>controls</th><td>pass when KL(base ‖ tuned) is at most "
-        f"{_num(report.max_kl, 'g', False, 'span', name='max_kl')} nats</td></tr>",
-        f'<tr><th>check</th><td id="verdict" class="kind {check}">{_e(verdict_summary(report))}</td></tr>',
+        f"{number(report.max_kl, 'g', False, 'span', name='max_kl')} nats</td></tr>",
+        f'<tr><th>check</th><td id="verdict" class="kind {check}">'
+        f"{html.escape(layout.verdict_summary(report))}</td></tr>",
     ]
     if failing:
         links = ", ".join(f'<a href="#probe-{i}">probe {i}</a>' for i in failing)
         rows.append(f"<tr><th>failing probes</th><td>{links}</td></tr>")
-    return f'<table class="kv">{"".join(rows)}</table>'
+    return html.key_values(rows)
 
 
 def _probes(report: DiffReport) -> str:
     rows = []
     for i, p in enumerate(report.probes):
         cls = ' class="failed"' if p.verdict.passed is False else ""
-        tracked = _tok(p.tracked.token, title=f"id {p.tracked.id}") + (
+        tracked = html.token(p.tracked.token, title=f"id {p.tracked.id}") + (
             " (target)" if p.tracked_is_target else ""
         )
         rows.append(
             f'<tr data-name="probe-{i}"{cls}><td><a href="#probe-{i}">{i}</a></td><td>{_label(p)}</td>'
-            f"<td>{_e(p.probe.expect or '—')}</td><td>{_score(p.base_top[0])}</td>"
+            f"<td>{html.escape(p.probe.expect or '—')}</td><td>{_score(p.base_top[0])}</td>"
             f"<td>{_score(p.tuned_top[0])}</td>"
             f"<td>{'<span class=flip>⇄ flip</span>' if p.flipped else ''}</td>"
-            f"{_num(p.kl, '.4f', False)}{_num(p.js, '.4f', False)}<td>{tracked}</td>"
-            f"{_num(p.tracked.prob, 'p', False)}{_num(p.tracked_tuned.prob, 'p', False)}{_gain(p.prob_gain)}"
+            f"{number(p.kl, '.4f', False)}{number(p.js, '.4f', False)}<td>{tracked}</td>"
+            f"{number(p.tracked.prob, 'p', False)}{number(p.tracked_tuned.prob, 'p', False)}"
+            f"{_gain(p.prob_gain)}"
             f"<td>{_verdict(p.verdict.passed)}</td></tr>"
         )
     head = ["#", "probe", "expect", "base top-1", "tuned top-1", "", "KL", "JS", "tracked", "p base"]
-    return _table([*head, "p tuned", "Δp", "check"], rows)
+    return html.table([*head, "p tuned", "Δp", "check"], rows)
 
 
 def _top(p: ProbeDiff) -> str:
-    rows = []
-    for k in range(max(len(p.base_top), len(p.tuned_top))):
-        cells = f"<td>{k + 1}</td>"
-        for side in (p.base_top, p.tuned_top):
-            s = side[k] if k < len(side) else None
-            cells += (
-                "<td></td><td></td>" if s is None else f"<td>{_tok(s.token)}</td>{_num(s.prob, 'p', False)}"
-            )
-        rows.append(f"<tr>{cells}</tr>")
-    return _table(["rank", "base token", "base p", "tuned token", "tuned p"], rows)
+    def cells(s: TokenScore | None) -> str:
+        return (
+            "<td></td><td></td>"
+            if s is None
+            else f"<td>{html.token(s.token)}</td>{number(s.prob, 'p', False)}"
+        )
+
+    rows = [f"<tr><td>{k}</td>{cells(b)}{cells(t)}</tr>" for k, b, t in layout.top_rows(p)]
+    return html.table(layout.TOP_COLUMNS, rows)
 
 
 def _split(split: Telescope, what: str, anchor: str) -> str:
-    cells = "".join(_num(v, name=name) for name, v in zip(READOUT_TERMS, split.readout.tolist()))
+    cells = "".join(number(v, name=name) for name, v in zip(READOUT_TERMS, split.readout.tolist()))
     rows = [f"<tr><td>Δ</td>{cells}</tr>"]
-    mark = '<span class="ok">✓ exact</span>' if split.exact else '<span class="bad">✗ NOT EXACT</span>'
+    base = number(split.base_value, "+.4f", False, "span")
+    tuned = number(split.tuned_value, "+.4f", False, "span")
+    direct = number(float(split.direct.double().sum()), tag="span")
+    error = number(split.error, ".1e", False, "span")
     return (
-        f'<div id="{_e(anchor)}"><p>{what}: {_num(split.base_value, "+.4f", False, "span")} → '
-        f"{_num(split.tuned_value, '+.4f', False, 'span')} (Δ {_num(split.observed, tag='span')}) = Σ direct "
-        f"{_num(float(split.direct.double().sum()), tag='span')} + the readout terms:</p>"
-        + _table(["readout term", *READOUT_TERMS], rows)
-        + f'<p class="check">split error {_num(split.error, ".1e", False, "span")} {mark}</p></div>'
+        f'<div id="{html.escape(anchor)}"><p>{what}: {base} → {tuned} '
+        f"(Δ {number(split.observed, tag='span')}) = Σ direct {direct} + the readout terms:</p>"
+        + html.table(["readout term", *READOUT_TERMS], rows)
+        + f'<p class="check">split error {error} {html.exact_mark(split.exact)}</p></div>'
     )
 
 
-def _effects(title: str, effects: Sequence[ComponentEffect], top: int) -> str:
+def _effects(part: layout.ProbePart, top: int) -> str:
+    effects = part.effects
     rows = [
-        f'<tr data-name="{_e(e.name)}"><td>{_e(e.name)}</td>{_opt(e.direct)}{_opt(e.causal)}'
-        f"{_opt(e.causal_reverse)}{_opt(e.causal_kl, '.4f', False)}{_opt(e.estimate)}</tr>"
-        for e in sorted_effects(effects)[:top]
+        html.row(
+            e.name,
+            optional_number(e.direct),
+            optional_number(e.causal),
+            optional_number(e.causal_reverse),
+            optional_number(e.causal_kl, ".4f", False),
+            optional_number(e.estimate),
+        )
+        for e in effects[:top]
     ]
+    measured, estimate = html.badge("MEASURED"), html.badge("ESTIMATE")
     head = [
         "component",
         "direct",
-        f"causal {_badge('MEASURED')}",
-        f"reverse {_badge('MEASURED')}",
+        f"causal {measured}",
+        f"reverse {measured}",
         "KL (nats)",
-        f"estimate {_badge('ESTIMATE')}",
+        f"estimate {estimate}",
     ]
-    return f"<h3>{_e(title)}</h3><p>The top {len(rows)} of {len(effects)} by measured |causal|.</p>" + _table(
-        head, rows
+    return (
+        f"<h3>{html.escape(part.heading)}</h3>"
+        f"<p>The top {len(rows)} of {len(effects)} by measured |causal|.</p>" + html.table(head, rows)
     )
+
+
+def _part(i: int, p: ProbeDiff, part: layout.ProbePart, top: int) -> str:
+    if part.key == "split":
+        return _split(part.split, f"logit[{html.token(p.tracked.token)}]", f"probe-{i}-split")
+    if part.key == "flip":
+        what = f"flip: logit[{html.token(p.tuned_top[0].token)}] − logit[{html.token(p.base_top[0].token)}]"
+        return _split(part.split, what, f"probe-{i}-flip")
+    return _effects(part, top)
 
 
 def _prompt(p: ProbeDiff) -> str:
     """The prompt's repr, or each chat message as ``role: repr(content)``."""
     if p.probe.prompt is not None or p.probe.messages is None:
-        return f'<bdi dir="ltr">{_e(show_token(p.probe.prompt or ""))}</bdi>'
+        return f'<bdi dir="ltr">{html.escape(show_token(p.probe.prompt or ""))}</bdi>'
     turns = [
-        f'{_e(visible(str(m.get("role", "?"))))}: <bdi dir="ltr">{_e(show_token(str(m.get("content", ""))))}'
-        "</bdi>"
+        f"{html.escape(visible(str(m.get('role', '?'))))}: "
+        f'<bdi dir="ltr">{html.escape(show_token(str(m.get("content", ""))))}</bdi>'
         for m in p.probe.messages
     ]
     return "chat messages:<br>" + "<br>".join(turns)
 
 
 def _probe(i: int, p: ProbeDiff, top: int) -> str:
-    tracked = _tok(p.tracked.token)
     line = "" if p.probe.line is None else f" (probe file line {p.probe.line})"
-    tokens = " ".join(
-        _tok(
-            t,
-            "tok here" if j == p.position else "tok after" if j > p.position else "tok",
-            title=f"{j}: id {k}",
-        )
-        for j, (t, k) in enumerate(zip(p.tokens, p.token_ids))
-    )
+    target = " (the target)" if p.tracked_is_target else ""
+    tokens = html.token_row(p.tokens, p.token_ids, p.position)
+    expect = html.escape(p.verdict.expect or "—")
     rows = [
-        f"<tr><th>prompt</th><td>{_prompt(p)}{_e(line)}</td></tr>",
+        f"<tr><th>prompt</th><td>{_prompt(p)}{html.escape(line)}</td></tr>",
         f'<tr><th>tokens</th><td class="tokens">{tokens}</td></tr>',
         f"<tr><th>position</th><td>{p.position}</td></tr>",
-        f"<tr><th>verdict</th><td>{_verdict(p.verdict.passed)} expect {_e(p.verdict.expect or '—')}: "
-        f"{_e(visible(p.verdict.reason))}</td></tr>",
-        f"<tr><th>tracked</th><td>{tracked} id {p.tracked.id}{' (the target)' if p.tracked_is_target else ''}"
+        f"<tr><th>verdict</th><td>{_verdict(p.verdict.passed)} expect {expect}: "
+        f"{html.escape(visible(p.verdict.reason))}</td></tr>",
+        f"<tr><th>tracked</th><td>{html.token(p.tracked.token)} id {p.tracked.id}{target}"
         f"; rank {p.base_rank} → {p.tuned_rank}</td></tr>",
-        f"<tr><th>p base → tuned</th><td>{_num(p.tracked.prob, 'p', False, 'span')} → "
-        f"{_num(p.tracked_tuned.prob, 'p', False, 'span')} ({_gain(p.prob_gain, 'span')})</td></tr>",
-        f"<tr><th>KL(base ‖ tuned)</th>{_num(p.kl, '.4f', False, name='kl')}</tr>",
-        f"<tr><th>JS</th>{_num(p.js, '.4f', False, name='js')}</tr>",
+        f"<tr><th>p base → tuned</th><td>{number(p.tracked.prob, 'p', False, 'span')} → "
+        f"{number(p.tracked_tuned.prob, 'p', False, 'span')} ({_gain(p.prob_gain, 'span')})</td></tr>",
+        f"<tr><th>KL(base ‖ tuned)</th>{number(p.kl, '.4f', False, name='kl')}</tr>",
+        f"<tr><th>JS</th>{number(p.js, '.4f', False, name='js')}</tr>",
     ]
-    parts = [f'<table class="kv">{"".join(rows)}</table>', _top(p)]
-    parts.append(_split(p.split, f"logit[{tracked}]", f"probe-{i}-split"))
-    if p.flip_split is not None:
-        what = f"flip: logit[{_tok(p.tuned_top[0].token)}] − logit[{_tok(p.base_top[0].token)}]"
-        parts.append(_split(p.flip_split, what, f"probe-{i}-flip"))
-    parts.append(_effects("Components", p.components, top))
-    if p.heads:
-        parts.append(_effects("Heads", p.heads, top))
-    if p.neurons:
-        parts.append(_effects("Neurons", p.neurons, top))
-    if p.experts:
-        parts.append(_effects("Experts", p.experts, top))
-    if p.virtual:
-        parts.append(_effects("Attention to the virtual tokens (direct)", p.virtual, top))
-    parts += [f'<p class="note">note: {_e(visible(n))}</p>' for n in p.notes]
+    parts = [html.key_values(rows), _top(p), *(_part(i, p, part, top) for part in layout.probe_plan(p))]
+    parts += [f'<p class="note">note: {html.escape(visible(n))}</p>' for n in p.notes]
     return "".join(parts)
 
 
 def _weights(report: DiffReport, top: int) -> str:
     w = report.weights
     rows = [
-        f'<tr data-name="{_e(c.name)}"><td><bdi dir="ltr">{_e(visible(c.name))}</bdi></td>'
-        f"<td>{_e(c.kind)}</td>"
-        f"<td>{'—' if c.layer is None else c.layer}</td>{_num(c.norm, '.4g', False)}"
-        f"{_opt(c.relative, '.3g', False)}{_num(c.numel, ',', False)}</tr>"
+        f'<tr data-name="{html.escape(c.name)}"><td><bdi dir="ltr">{html.escape(visible(c.name))}</bdi></td>'
+        f"<td>{html.escape(c.kind)}</td>"
+        f"<td>{'—' if c.layer is None else c.layer}</td>{number(c.norm, '.4g', False)}"
+        f"{optional_number(c.relative, '.3g', False)}{number(c.numel, ',', False)}</tr>"
         for c in w.changes[:top]
     ]
     return (
-        f"<p>Layers touched: <b>{_e(layer_ranges(w.layers))}</b>; {len(w.changes)} tensors differ, "
-        f"{w.unchanged} unchanged. {_e(visible(w.note))}</p>"
-        + _table(["tensor", "kind", "layer", "‖ΔW‖", "relative", "elements"], rows)
+        f"<p>Layers touched: <b>{html.escape(layout.layer_ranges(w.layers))}</b>; {len(w.changes)} tensors "
+        f"differ, {w.unchanged} unchanged. {html.escape(visible(w.note))}</p>"
+        + html.table(layout.WEIGHT_COLUMNS, rows)
     )
 
 
-def _aggregate(rows: Sequence[AggregateRow], top: int) -> str:
+def _aggregate_table(rows: Sequence[AggregateRow], top: int) -> str:
     body = [
-        f'<tr data-name="{_e(r.name)}"><td>{_e(r.name)}</td>{_opt(r.mean_abs_causal, ".4f", False)}'
-        f'{_num(r.mean_abs_direct, ".4f", False)}<td class="num">{r.measured}/{r.probes}</td></tr>'
+        html.row(
+            r.name,
+            optional_number(r.mean_abs_causal, ".4f", False),
+            number(r.mean_abs_direct, ".4f", False),
+            f'<td class="num">{r.measured}/{r.probes}</td>',
+        )
         for r in rows[:top]
     ]
-    return _table(["component", f"mean |causal| {_badge('MEASURED')}", "mean |direct|", "measured"], body)
-
-
-def _figure(slug: str, png: bytes) -> str:
-    if not png.startswith(PNG_MAGIC):
-        raise ValueError(f"image {slug!r} is not PNG data")
-    kind, _, i = slug.rpartition("-")
-    alt = _FIGURE_ALT.get(kind, _FIGURE_ALT.get(slug, f"Figure {slug}")).format(i=i)
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure id="figure-{_e(slug)}"><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
-        f"<figcaption>{_e(alt)}</figcaption></figure>"
+    return html.table(
+        ["component", f"mean |causal| {html.badge('MEASURED')}", "mean |direct|", "measured"], body
     )
 
 
-def _home(slug: str, count: int) -> str:
-    kind, _, rest = slug.rpartition("-")
-    if kind and rest.isdigit() and int(rest) < count:
-        return f"probe-{rest}"
-    return "probes" if slug == "heatmap" else "figures"
+def _aggregate(report: DiffReport, top: int) -> str:
+    return "".join(
+        ("" if name is None else f"<h3>Group {html.token(name) if name else '(none)'}</h3>")
+        + _aggregate_table(rows, top)
+        for name, rows in layout.aggregate_tables(report)
+    )
 
 
 def _images(report: DiffReport) -> dict[str, bytes]:
@@ -286,50 +250,29 @@ def render_diff_html(
         ValueError: An image that is not PNG data.
     """
     pngs = (dict(images) if images is not None else _images(report)) if figures else {}
-    homes: dict[str, list[str]] = {}
-    for slug, png in pngs.items():
-        homes.setdefault(_home(slug, len(report.probes)), []).append(_figure(slug, png))
-
-    def section(anchor: str, title: str, content: str) -> str:
-        figures = "".join(homes.get(anchor, []))
-        return f'<section id="{anchor}">\n<h2>{title}</h2>\n{content}\n{figures}</section>'
-
-    parts = [
-        section("summary", "Summary", _summary(report)),
-        section("probes", "Probes", _probes(report)),
-    ]
-    parts += [
-        section(f"probe-{i}", f"Probe {i}: {_label(p)}", _probe(i, p, top))
-        for i, p in enumerate(report.probes)
-    ]
-    parts.append(section("weights", "Weights", _weights(report, top)))
-    aggregate = [_aggregate(report.aggregate, top)]
-    if len(report.groups) > 1:
-        aggregate += [
-            f"<h3>Group {_tok(name) if name else '(none)'}</h3>{_aggregate(rows, top)}"
-            for name, rows in report.groups.items()
-        ]
-    parts.append(section("aggregate", "Components over all probes", "".join(aggregate)))
-    if "figures" in homes:
-        parts.append(section("figures", "Figures", ""))
-    parts.append(
-        section("how-to-read", "How to read this report", "".join(f"<p>{_e(t)}</p>" for t in HOW_TO_READ))
-    )
-    return _page(report, parts)
-
-
-def _page(report: DiffReport, sections: list[str]) -> str:
+    plan, homes = layout.plan_diff(report, list(pngs))
+    placed = {
+        anchor: "".join(html.figure(s, pngs[s], layout.figure_alt(s)) for s in slugs)
+        for anchor, slugs in homes.items()
+    }
+    content = {
+        "summary": lambda _: _summary(report),
+        "probes": lambda _: _probes(report),
+        "probe": lambda i: _probe(i, report.probes[i], top),
+        "weights": lambda _: _weights(report, top),
+        "aggregate": lambda _: _aggregate(report, top),
+        "figures": lambda _: "",
+        "how-to-read": lambda _: html.paragraphs(layout.HOW_TO_READ),
+    }
+    sections = []
+    for s in plan:
+        title = s.title if s.index is None else f"{s.title}: {_label(report.probes[s.index])}"
+        sections.append(html.section(s.anchor, title, content[s.key](s.index), placed.get(s.anchor, "")))
     nav = " ".join(f'<a href="#{a}">{a}</a>' for a in ("summary", "probes", "weights", "aggregate"))
     title = visible(f"tokenlens diff: {report.base} → {report.tuned}")
-    return (
-        '<!DOCTYPE html>\n<html lang="en" dir="ltr">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}{_DIFF_CSS}</style>\n</head>\n<body>\n"
-        f"<header><h1>{_e(title)}</h1>\n<p>Which next-token choices moved between the base model and its "
+    header = (
+        f"<h1>{html.escape(title)}</h1>\n<p>Which next-token choices moved between the base model and its "
         f"fine-tune, which components moved them, and whether they moved only where intended. Check: "
-        f"<b>{_e(verdict_summary(report))}</b>.</p>\n<nav>{nav}</nav></header>\n<main>\n"
-        + "\n".join(sections)
-        + f'\n</main>\n<footer class="note">tokenlens {_e(tokenlens.__version__)}</footer>'
-        + "\n</body>\n</html>\n"
+        f"<b>{html.escape(layout.verdict_summary(report))}</b>.</p>\n<nav>{nav}</nav>"
     )
+    return html.page(title, header, "\n".join(sections), html.CSS + _DIFF_CSS)

@@ -28,6 +28,7 @@ from tokenlens.report.plots.common import (
     new_figure,
     number,
     set_ticks,
+    set_title,
     signed_colour,
     signed_norm,
     token_label,
@@ -38,11 +39,6 @@ ANNOTATE_CELLS = 300
 """Heatmaps with at most this many cells print each cell's value."""
 
 _LAYER_PART = re.compile(r"L(\d+)\.(attn|mlp)(\.bias)?")
-
-
-def _title(ax: Axes, fig: Figure, fragments: list[str], fontsize: float = 9.5) -> None:
-    text = flow(fragments, chars_across(fig.get_figwidth() - 1.4, fontsize))
-    ax.set_title(text, loc="left", fontsize=fontsize, **LITERAL)
 
 
 def waterfall(result: LogitAttribution) -> Figure:
@@ -97,7 +93,7 @@ def waterfall(result: LogitAttribution) -> Figure:
         model_line,
     ]
     literal_legend(ax.legend(handles=handles, fontsize=7, loc="best"))
-    _title(
+    set_title(
         ax,
         fig,
         [
@@ -161,7 +157,7 @@ def layer_heatmap(result: LogitAttribution) -> Figure:
     ax = fig.add_subplot()
     _signed_heatmap(fig, ax, grid, [f"L{i}" for i in range(grid.shape[0])], list(parts), units)
     ax.set_ylabel("layer")
-    _title(
+    set_title(
         ax,
         fig,
         [
@@ -192,7 +188,7 @@ def head_heatmap(result: LogitAttribution) -> Figure:
     _signed_heatmap(fig, ax, grid, rows, columns, units)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    _title(ax, fig, [f"Attention heads' direct contributions to {what}", f"at {where(result)}", units])
+    set_title(ax, fig, [f"Attention heads' direct contributions to {what}", f"at {where(result)}", units])
     return fig
 
 

@@ -13,16 +13,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from tokenlens.causal.metrics import Metric
-from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
+from tokenlens.causal.results import Ablation, EstimateCheck, Metric, NormAblation, Patching
 from tokenlens.report.plots.common import (
     LITERAL,
-    chars_across,
-    flow,
     literal_legend,
     metric_label,
     new_figure,
     set_ticks,
+    set_title,
     signed_colour,
 )
 
@@ -80,8 +78,7 @@ def _finish(fig: Figure, ax: Axes, names: list[str], metric: Metric, fragments: 
     ax.axvline(0.0, color="black", lw=0.6)
     ax.margins(x=0.25)
     ax.set_xlabel(f"Δ {what} ({units})", **LITERAL)
-    text = flow(fragments, chars_across(fig.get_figwidth() - 1.4, 9.5))
-    ax.set_title(text, loc="left", fontsize=9.5, **LITERAL)
+    set_title(ax, fig, fragments)
 
 
 def _ablation(ablation: Ablation, title: str | None, limit: int) -> Figure:

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from tokenlens.attribution.result import LogitAttribution
-from tokenlens.causal.metrics import Metric
-from tokenlens.report.terminal import show_token
+from tokenlens.causal.results import Metric
+from tokenlens.report.kit.text import cut, show_token
 
 LITERAL = {"parse_math": False, "usetex": False}
 """Text properties for every label that may hold token text: ``$`` is a character, never mathtext or TeX."""
@@ -48,8 +49,7 @@ def new_figure(width: float, height: float, *, layout: str | None = "constrained
 
 def token_label(token: str, limit: int = 32) -> str:
     """A token's ``repr`` (whitespace visible), cut to ``limit`` characters with ``…``."""
-    text = show_token(token)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(show_token(token), limit)
 
 
 def flow(fragments: Sequence[str], width: int) -> str:
@@ -69,6 +69,13 @@ def flow(fragments: Sequence[str], width: int) -> str:
 def chars_across(width_inches: float, fontsize: float) -> int:
     """About how many characters of a ``fontsize`` sans-serif line fit in ``width_inches``."""
     return max(20, int(width_inches * 72 / (0.6 * fontsize)))
+
+
+def set_title(ax: Axes, fig: Figure, fragments: Sequence[str], fontsize: float = 9.5) -> None:
+    """``ax``'s title, left-aligned and drawn literally: the ``fragments`` flowed (:func:`flow`) to the
+    figure's width less the colour bar's and labels' share."""
+    text = flow(fragments, chars_across(fig.get_figwidth() - 1.4, fontsize))
+    ax.set_title(text, loc="left", fontsize=fontsize, **LITERAL)
 
 
 def signed_norm(values: torch.Tensor) -> Normalize:

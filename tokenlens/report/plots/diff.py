@@ -13,12 +13,11 @@ import math
 
 import torch
 from matplotlib import colormaps
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from tokenlens.diff.result import READOUT_TERMS, DiffReport, ProbeDiff, Telescope
-from tokenlens.report.diff import cut, number, prob
+from tokenlens.report.kit.text import cut, json_number, probability
 from tokenlens.report.plots.attribution import ANNOTATE_CELLS
 from tokenlens.report.plots.common import (
     LITERAL,
@@ -29,6 +28,7 @@ from tokenlens.report.plots.common import (
     literal_legend,
     new_figure,
     set_ticks,
+    set_title,
     signed_colour,
     signed_norm,
     token_label,
@@ -39,11 +39,6 @@ MAX_PROBES = 8
 """:func:`diff_figures` draws per-probe figures for at most this many probes."""
 
 _UNITS = "logit units"
-
-
-def _title(ax: Axes, fig: Figure, fragments: list[str], fontsize: float = 9.5) -> None:
-    text = flow(fragments, chars_across(fig.get_figwidth() - 1.4, fontsize))
-    ax.set_title(text, loc="left", fontsize=fontsize, **LITERAL)
 
 
 def _explained(probe: ProbeDiff, split: Telescope) -> str:
@@ -109,7 +104,7 @@ def diff_waterfall(probe: ProbeDiff, *, index: int | None = None, flip: bool = F
         Patch(facecolor="white", hatch="//", edgecolor="0.25", label="readout term"),
     ]
     literal_legend(ax.legend(handles=handles, fontsize=7, loc="best"))
-    _title(
+    set_title(
         ax,
         fig,
         [
@@ -131,7 +126,7 @@ def _grid(report: DiffReport, kind: str) -> tuple[torch.Tensor, list[str]]:
         if kind == "direct":
             row = dict(zip(p.split.names, p.split.direct.tolist()))
         else:
-            row = {e.name: v for e in p.components if (v := number(e.causal)) is not None}
+            row = {e.name: v for e in p.components if (v := json_number(e.causal)) is not None}
         order = p.split.names if kind == "direct" else [e.name for e in p.components]
         names += [n for n in order if n not in names]
         rows.append(row)
@@ -160,7 +155,7 @@ def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
     if kind not in ("auto", "direct", "causal"):
         raise ValueError(f"unknown heatmap kind {kind!r}: use auto, direct or causal")
     if kind == "auto":
-        measured = any(number(e.causal) is not None for p in report.probes for e in p.components)
+        measured = any(json_number(e.causal) is not None for p in report.probes for e in p.components)
         kind = "causal" if measured else "direct"
     grid, names = _grid(report, kind)
     labels = [f"{i} {cut(p.probe.label, 28)!r}" for i, p in enumerate(report.probes)]
@@ -210,7 +205,7 @@ def topk_bars(probe: ProbeDiff, *, index: int | None = None) -> Figure:
         probs = [s.prob for s in scores]
         colours = [signed_colour(1.0, light=s.id not in other) for s in scores]
         bars = ax.barh(range(len(scores)), probs, height=0.7, color=colours)
-        ax.bar_label(bars, [prob(p) for p in probs], padding=3, fontsize=7)
+        ax.bar_label(bars, [probability(p, 3, 1) for p in probs], padding=3, fontsize=7)
         marks = [("◆ " if s.id == probe.tracked.id else "") + token_label(s.token, 24) for s in scores]
         set_ticks(ax.yaxis, marks, fontsize=7)
         ax.set_ylim(len(scores) - 0.5, -0.5)
@@ -227,8 +222,8 @@ def topk_bars(probe: ProbeDiff, *, index: int | None = None) -> Figure:
         [
             f"Next-token probabilities before and after: {_probe_name(index, probe)}",
             f"KL(base‖tuned) {probe.kl:.4g} nats, JS {probe.js:.4g}{flip}",
-            f"◆ tracked {token_label(probe.tracked.token)}: p {prob(probe.tracked.prob)} → "
-            f"{prob(probe.tracked_tuned.prob)}",
+            f"◆ tracked {token_label(probe.tracked.token)}: p {probability(probe.tracked.prob, 3, 1)} → "
+            f"{probability(probe.tracked_tuned.prob, 3, 1)}",
         ],
         chars_across(fig.get_figwidth() - 0.6, 9.5),
     )

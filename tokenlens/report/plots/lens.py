@@ -6,15 +6,14 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from tokenlens.attribution.lens import LogitLens
+from tokenlens.attribution.result import LogitLens
 from tokenlens.report.plots.common import (
     LITERAL,
     PROBABILITY_CMAP,
-    chars_across,
-    flow,
     ink_for,
     new_figure,
     set_ticks,
+    set_title,
     token_label,
 )
 
@@ -57,7 +56,5 @@ def lens_grid(lens: LogitLens) -> Figure:
         "each depth decoded through the final norm with its own scale and the head",
         f"model {lens.model}",
     ]
-    ax.set_title(
-        flow(fragments, chars_across(fig.get_figwidth() - 1.4, 9.5)), loc="left", fontsize=9.5, **LITERAL
-    )
+    set_title(ax, fig, fragments)
     return fig

@@ -1,0 +1,223 @@
+"""What a base-vs-tuned diff report contains and in which order, whatever its format (terminal, HTML,
+Markdown), and how it words its verdicts.
+
+A diff report is a summary, the probe table, one section per probe, the changed weights and the components
+over all probes (:func:`plan_diff`); a probe's own section shows its exact split (and the flip split when
+its top-1 changed), then one table of component effects per drill-down it has (:func:`probe_plan`). The
+terminal, HTML and Markdown renderers all follow these two plans, so every format shows the same things in
+the same order; each only words and styles them its own way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+
+from tokenlens.attribution.result import TokenScore
+from tokenlens.diff.result import (
+    AggregateRow,
+    ComponentEffect,
+    DiffReport,
+    ProbeDiff,
+    Telescope,
+    sorted_effects,
+)
+
+DETAIL_ALL = 6
+"""The terminal details every probe up to this many probes; past it only failing and flipped ones."""
+
+HOW_TO_READ = (
+    "Each probe's tracked token is its target (else the tuned model's top-1). Its logit change splits "
+    "exactly: one direct term per component (its own output change, read through the base model's frozen "
+    "final norm and head), plus the readout's own change (readout.scale, readout.norm, readout.head, "
+    "readout.logit_bias); the terms add up to the observed change up to float32 rounding (the split error).",
+    "causal (MEASURED): the tracked logit's change when that component's tuned output is patched into the "
+    "base run, everything downstream recomputed; reverse: the base output patched into the tuned run; KL: "
+    "KL(base ‖ patched base) in nats. ESTIMATE: a first-order attribution-patching estimate of causal. "
+    "— means not measured. Components are sorted by measured |causal|, then |estimate|, then |direct|.",
+    "The check: an intended probe (expect changed) passes when its target's probability gains at least "
+    "min_gain; a control (expect unchanged) passes when KL(base ‖ tuned) stays at most max_kl.",
+)
+"""Paragraphs explaining a diff report (Markdown and HTML)."""
+
+FIGURE_ALT = {
+    "heatmap": "Each component's effect on each probe's tracked-token logit (probes × components)",
+    "waterfall": "The exact split of probe {i}'s tracked-token logit change, base to tuned",
+    "flip": "The exact split of probe {i}'s change of logit[tuned top-1] − logit[base top-1]",
+    "topk": "Probe {i}: the base and the tuned model's top-k next tokens",
+}
+"""Alt text of each diff figure, by the slug's kind (``waterfall-3`` -> ``waterfall`` with ``i = 3``)."""
+
+
+@dataclass(frozen=True)
+class DiffSection:
+    """One section of a diff report, in page order.
+
+    Attributes:
+        anchor: Its stable id: ``summary``, ``probes``, ``probe-{i}``, ``weights``, ``aggregate``,
+            ``figures``, ``how-to-read``.
+        title: Its heading (a probe's is worded by each format: it shows the probe's label).
+        index: The probe's index for a ``probe-{i}`` section, else ``None``.
+    """
+
+    anchor: str
+    title: str
+    index: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What renders it: the anchor, or ``probe`` for every probe section."""
+        return "probe" if self.index is not None else self.anchor
+
+
+def plan_diff(
+    report: DiffReport, slugs: Sequence[str] = (), probes: Sequence[int] | None = None
+) -> tuple[list[DiffSection], dict[str, list[str]]]:
+    """The sections of a diff report in page order, and each figure's section (by anchor).
+
+    Args:
+        report: The diff.
+        slugs: The figures' slugs (:func:`figure_home`); a ``figures`` section holds those with no other home.
+        probes: The probes that get a section (default: all).
+    """
+    homes: dict[str, list[str]] = {}
+    for slug in slugs:
+        homes.setdefault(figure_home(slug, len(report.probes)), []).append(slug)
+    shown = range(len(report.probes)) if probes is None else probes
+    plan = [DiffSection("summary", "Summary"), DiffSection("probes", "Probes")]
+    plan += [DiffSection(f"probe-{i}", f"Probe {i}", i) for i in shown]
+    plan += [DiffSection("weights", "Weights"), DiffSection("aggregate", "Components over all probes")]
+    if "figures" in homes:
+        plan.append(DiffSection("figures", "Figures"))
+    plan.append(DiffSection("how-to-read", "How to read this report"))
+    return plan, homes
+
+
+def figure_home(slug: str, count: int) -> str:
+    """The section a figure goes to: ``probe-{i}`` for ``waterfall-3`` (of ``count`` probes), ``probes`` for
+    the heatmap, else ``figures``."""
+    kind, _, rest = slug.rpartition("-")
+    if kind and rest.isdigit() and int(rest) < count:
+        return f"probe-{rest}"
+    return "probes" if slug == "heatmap" else "figures"
+
+
+def figure_alt(slug: str) -> str:
+    """A diff figure's alt text from its slug (:data:`FIGURE_ALT`), ``Figure {slug}`` for an unknown one."""
+    kind, _, i = slug.rpartition("-")
+    return FIGURE_ALT.get(kind, FIGURE_ALT.get(slug, f"Figure {slug}")).format(i=i)
+
+
+@dataclass(frozen=True)
+class ProbePart:
+    """One part of a probe's section, in order.
+
+    Attributes:
+        key: ``split`` (the tracked token's exact split), ``flip`` (the split of ``logit[tuned top-1] −
+            logit[base top-1]``), or a drill-down: ``components``, ``heads``, ``neurons``, ``experts``,
+            ``virtual``.
+        title: A drill-down's name (``Heads``); empty for a split.
+        note: What kind of number a drill-down holds when it is not the usual set (``direct``), else "".
+        split: The split, for ``split`` and ``flip``.
+        effects: The component effects of a drill-down, in display order: by measured |causal|, then
+            |estimate|, then |direct| (:func:`~tokenlens.diff.result.sorted_effects`).
+    """
+
+    key: str
+    title: str = ""
+    note: str = ""
+    split: Telescope | None = None
+    effects: Sequence[ComponentEffect] = ()
+
+    @property
+    def heading(self) -> str:
+        """A drill-down's title with its note: ``Attention to the virtual tokens (direct)``."""
+        return f"{self.title} ({self.note})" if self.note else self.title
+
+
+DRILLS = (
+    ("components", "Components", ""),
+    ("heads", "Heads", ""),
+    ("neurons", "Neurons", ""),
+    ("experts", "Experts", ""),
+    ("virtual", "Attention to the virtual tokens", "direct"),
+)
+"""The per-component tables of a probe, in order: ``(key, title, note)``; the key names its
+:class:`~tokenlens.diff.result.ProbeDiff` field (``virtual``: attention to prompt-tuning virtual tokens, whose
+numbers are direct terms)."""
+
+
+def drills(p: ProbeDiff) -> dict[str, list[ComponentEffect]]:
+    """Each of :data:`DRILLS` by key, its effects sorted for display (by measured |causal|, then |estimate|,
+    then |direct|: :func:`~tokenlens.diff.result.sorted_effects`)."""
+    return {key: sorted_effects(getattr(p, key)) for key, _, _ in DRILLS}
+
+
+def probe_plan(p: ProbeDiff) -> list[ProbePart]:
+    """The parts of ``p``'s section: its split, its flip split if its top-1 changed, the components, then
+    each other drill-down of :data:`DRILLS` it has."""
+    parts = [ProbePart("split", split=p.split)]
+    if p.flip_split is not None:
+        parts.append(ProbePart("flip", split=p.flip_split))
+    effects = drills(p)
+    parts += [
+        ProbePart(key, title, note, effects=effects[key])
+        for key, title, note in DRILLS
+        if key == "components" or effects[key]
+    ]
+    return parts
+
+
+TOP_COLUMNS = ("rank", "base token", "base p", "tuned token", "tuned p")
+"""The columns of a probe's top-k table (:func:`top_rows`)."""
+
+WEIGHT_COLUMNS = ("tensor", "kind", "layer", "‖ΔW‖", "relative", "elements")
+"""The columns of the changed-weights table."""
+
+
+def top_rows(p: ProbeDiff) -> list[tuple[int, TokenScore | None, TokenScore | None]]:
+    """``(rank, base token, tuned token)`` per rank of a probe's top-k lists (``None`` past the shorter
+    list's end)."""
+    return [(k, b, t) for k, (b, t) in enumerate(zip_longest(p.base_top, p.tuned_top), 1)]
+
+
+def aggregate_tables(report: DiffReport) -> list[tuple[str | None, Sequence[AggregateRow]]]:
+    """The tables of the aggregate section: ``(None, rows)`` over all probes, then ``(group, rows)`` per probe
+    group when there is more than one (``""`` is the group of probes without one)."""
+    groups = list(report.groups.items()) if len(report.groups) > 1 else []
+    return [(None, report.aggregate), *groups]
+
+
+def verdict_summary(report: DiffReport) -> str:
+    """``PASS 5/5 judged``, ``FAIL: 2 of 6 judged`` or ``not judged``, plus unjudged probes if any."""
+    judged, total = report.judged, len(report.probes)
+    rest = f" ({total - judged} not judged)" if 0 < judged < total else ""
+    if judged == 0:
+        return f"not judged (none of {total} probes has an expectation)"
+    if report.passed:
+        return f"PASS {judged}/{judged} judged{rest}"
+    return f"FAIL: {len(report.failures)} of {judged} judged{rest}"
+
+
+def verdict_word(passed: bool | None) -> str:
+    """``pass``, ``FAIL`` or ``—`` (not judged)."""
+    return "—" if passed is None else "pass" if passed else "FAIL"
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """``0–3, 5, 7–8`` for ``(0, 1, 2, 3, 5, 7, 8)``; ``none`` when empty."""
+    runs: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs) or "none"
+
+
+def detail_probes(report: DiffReport, limit: int = DETAIL_ALL) -> list[int]:
+    """The probes worth a detailed look: all up to ``limit``, else the failing and flipped ones."""
+    if len(report.probes) <= limit:
+        return list(range(len(report.probes)))
+    return [i for i, p in enumerate(report.probes) if p.verdict.passed is False or p.flipped]
