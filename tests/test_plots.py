@@ -24,6 +24,7 @@ import tokenlens.causal as causal
 from tokenlens.attribution.direct import attribute
 from tokenlens.attribution.lens import logit_lens
 from tokenlens.attribution.result import Decomposition, HeadSplit
+from tokenlens.report.kit.text import show_token
 from tokenlens.report.plots import (
     attribution_figures,
     effect_bars,
@@ -37,7 +38,6 @@ from tokenlens.report.plots import (
     waterfall,
 )
 from tokenlens.report.plots.common import MAX_TICK_LABELS
-from tokenlens.report.terminal import show_token
 
 PROMPT = "The capital of France is"
 WEIRD = "$x$ <script>\t"
@@ -303,7 +303,7 @@ def test_attribution_figures_keys(run, sections):
     assert all(isinstance(f, Figure) for f in figures.values())
     plain = dataclasses.replace(result, heads=None, sources=())
     assert list(attribution_figures(plain)) == ["waterfall", "layers"]
-    with pytest.raises(ValueError, match="unknown section"):
+    with pytest.raises(ValueError, match="unknown report section 'mystery'"):
         attribution_figures(result, sections=[("mystery", None)])
     with pytest.raises(ValueError, match="'lens'"):
         attribution_figures(result, lens=lens, sections=[("lens", lens)])

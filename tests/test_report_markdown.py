@@ -15,7 +15,8 @@ import tokenlens
 import tokenlens.causal as causal
 from tokenlens.attribution.direct import attribute
 from tokenlens.attribution.lens import logit_lens
-from tokenlens.report.markdown import code, render_markdown, token
+from tokenlens.report.kit.markdown import code, token
+from tokenlens.report.markdown import render_markdown
 
 PROMPT = "The capital of France is"
 TRICKY = "a|b c `d` e ```f | g x || y"
@@ -213,6 +214,10 @@ def test_figures_are_linked_in_their_sections(full):
     assert "Figures" not in sections(render_markdown(full["result"]))
 
 
-def test_unknown_section_raises(full):
-    with pytest.raises(ValueError, match="unknown report section 'lens'"):
-        render_markdown(full["result"], sections=[("lens", full["lens"])])
+def test_a_lens_is_a_section_and_unknown_sections_raise(full):
+    result, lens = full["result"], full["lens"]
+    assert render_markdown(result, sections=[("lens", lens)]) == render_markdown(result, lens=lens)
+    with pytest.raises(ValueError, match="unknown report section 'bogus'"):
+        render_markdown(full["result"], sections=[("bogus", lens)])
+    with pytest.raises(ValueError, match="report section 'lens' needs a LogitLens"):
+        render_markdown(full["result"], sections=[("lens", full["sections"]["ablation"])])

@@ -1,73 +1,238 @@
-"""The causal-effect options of ``tokenlens inspect`` (ablation, patching, estimates, norms, RoPE).
+"""The causal experiments of ``tokenlens inspect``: ablation, patching, estimates, RoPE, norms, virtual.
 
 They measure effects by intervening on the real forward pass (:mod:`tokenlens.causal`), on the same prompt,
-target and position as the attribution, and add their tables and JSON sections to its output.
+target and position as the attribution, and their results become report sections. Each experiment is one
+:class:`Experiment` record in :data:`EXPERIMENTS`: the options that ask for it and configure it, the
+section key its result is shown under (:mod:`tokenlens.report.sections`), and the function that runs it.
+The options are added, checked and run from that list, in its order (which is also the report's order).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenlens.errors import TokenlensError
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("causal effects (measured by intervening on the forward pass)")
-    group.add_argument(
-        "--metric",
+@dataclass(frozen=True)
+class Option:
+    """One command-line option.
+
+    Attributes:
+        flag: The option (``--ablate``).
+        kwargs: Its ``argparse`` keywords (help, metavar, type, default, …).
+        needs_experiment: Giving it without any experiment is an error (it would change nothing).
+    """
+
+    flag: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    needs_experiment: bool = False
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments that holds its value."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One causal experiment of ``tokenlens inspect``.
+
+    Attributes:
+        key: The report section its result is shown under (a :class:`~tokenlens.report.sections.SectionKind`
+            key).
+        options: Its options; the first one asks for it (the experiment runs when its value is truthy).
+        run: Runs it: ``run(args, loaded, metric)`` -> the result object, given the parsed arguments, the
+            loaded model and the metric every experiment measures.
+    """
+
+    key: str
+    options: tuple[Option, ...]
+    run: Callable[[argparse.Namespace, Any, Any], Any]
+
+    @property
+    def flag(self) -> str:
+        """The option that asks for it."""
+        return self.options[0].flag
+
+    def asked(self, args: argparse.Namespace) -> bool:
+        """Whether ``args`` ask for it."""
+        return bool(getattr(args, self.options[0].dest))
+
+
+def _ablation(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import ablation
+
+    return ablation(
+        loaded,
+        args.prompt,
+        args.ablate,
+        mode=args.ablate_mode,
+        reference_prompts=args.reference,
+        metric=metric,
+        chat=args.chat,
+    )
+
+
+def _patching(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import patching
+
+    return patching(loaded, args.prompt, args.patch, args.patch_sites, metric=metric, chat=args.chat)
+
+
+def _estimates(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import estimate_check
+
+    corrupted, clean = (args.patch, args.prompt) if args.patch else (args.prompt, None)
+    return estimate_check(
+        loaded, corrupted, None, top_k=args.estimate, clean=clean, metric=metric, chat=args.chat
+    )
+
+
+def _rope(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import rope_ablation
+
+    return rope_ablation(loaded, args.prompt, metric=metric, chat=args.chat)
+
+
+def _norms(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import norm_ablation
+
+    return norm_ablation(loaded, args.prompt, metric=metric, chat=args.chat)
+
+
+def _virtual(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal import virtual_ablation
+
+    return virtual_ablation(loaded, args.prompt, metric=metric, chat=args.chat)
+
+
+METRIC = Option(
+    "--metric",
+    dict(
         choices=("logit", "logprob", "prob", "logit_diff"),
         help="what the effects are measured on (default: logit_diff with --vs, else logit)",
-    )
-    group.add_argument(
-        "--ablate",
-        metavar="SITES",
-        help="ablate these, each alone and together: L3.H0,L3.H5 / L0-2.mlp / L1.N7 / L1.E3 (MoE expert)",
-    )
-    group.add_argument("--ablate-mode", choices=("zero", "mean", "resample"), default="zero")
-    group.add_argument(
-        "--reference",
-        metavar="PROMPT",
-        action="append",
-        default=[],
-        help="reference prompt(s) for --ablate-mode mean (several) or resample (one, same token length)",
-    )
-    group.add_argument(
-        "--patch",
-        metavar="CORRUPTED",
-        help="patch each component from the --prompt (clean) run into this corrupted prompt's run",
-    )
-    group.add_argument(
-        "--patch-sites", metavar="SITES", help="what --patch patches (default: embed and every layer)"
-    )
-    group.add_argument(
-        "--estimate",
-        metavar="K",
-        type=int,
-        default=0,
-        help="attribution-patching estimates for every component, head and MoE expert, top K confirmed "
-        "exactly (zero-ablation, or clean→corrupted with --patch)",
-    )
-    group.add_argument(
-        "--rope", action="store_true", help="effect of removing rotary positions, per layer and all"
-    )
-    group.add_argument(
-        "--virtual",
-        action="store_true",
-        help="prompt tuning: effect of cutting the attention to the virtual tokens, per layer and all",
-    )
-    group.add_argument(
-        "--norms", action="store_true", help="effect of replacing each norm's scale by its mean"
-    )
+    ),
+    needs_experiment=True,
+)
+"""The metric option, shared by every experiment."""
+
+EXPERIMENTS = (
+    Experiment(
+        "ablation",
+        (
+            Option(
+                "--ablate",
+                dict(
+                    metavar="SITES",
+                    help="ablate these, each alone and together: L3.H0,L3.H5 / L0-2.mlp / L1.N7 / L1.E3 "
+                    "(MoE expert)",
+                ),
+            ),
+            Option("--ablate-mode", dict(choices=("zero", "mean", "resample"), default="zero")),
+            Option(
+                "--reference",
+                dict(
+                    metavar="PROMPT",
+                    action="append",
+                    default=[],
+                    help="reference prompt(s) for --ablate-mode mean (several) or resample (one, same token "
+                    "length)",
+                ),
+                needs_experiment=True,
+            ),
+        ),
+        _ablation,
+    ),
+    Experiment(
+        "patching",
+        (
+            Option(
+                "--patch",
+                dict(
+                    metavar="CORRUPTED",
+                    help="patch each component from the --prompt (clean) run into this corrupted prompt's "
+                    "run",
+                ),
+            ),
+            Option(
+                "--patch-sites",
+                dict(metavar="SITES", help="what --patch patches (default: embed and every layer)"),
+                needs_experiment=True,
+            ),
+        ),
+        _patching,
+    ),
+    Experiment(
+        "estimates",
+        (
+            Option(
+                "--estimate",
+                dict(
+                    metavar="K",
+                    type=int,
+                    default=0,
+                    help="attribution-patching estimates for every component, head and MoE expert, top K "
+                    "confirmed exactly (zero-ablation, or clean→corrupted with --patch)",
+                ),
+            ),
+        ),
+        _estimates,
+    ),
+    Experiment(
+        "rope",
+        (
+            Option(
+                "--rope",
+                dict(action="store_true", help="effect of removing rotary positions, per layer and all"),
+            ),
+        ),
+        _rope,
+    ),
+    Experiment(
+        "norms",
+        (
+            Option(
+                "--norms", dict(action="store_true", help="effect of replacing each norm's scale by its mean")
+            ),
+        ),
+        _norms,
+    ),
+    Experiment(
+        "virtual",
+        (
+            Option(
+                "--virtual",
+                dict(
+                    action="store_true",
+                    help="prompt tuning: effect of cutting the attention to the virtual tokens, per layer "
+                    "and all",
+                ),
+            ),
+        ),
+        _virtual,
+    ),
+)
+"""Every causal experiment, in the order they run and their sections are shown."""
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """Add :data:`METRIC` and every experiment's options to ``p``, in one group."""
+    group = p.add_argument_group("causal effects (measured by intervening on the forward pass)")
+    for option in (METRIC, *(o for e in EXPERIMENTS for o in e.options)):
+        group.add_argument(option.flag, **option.kwargs)
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """Whether any causal experiment was asked for (``--metric`` alone is refused: it measures nothing)."""
-    asked = bool(args.ablate or args.patch or args.estimate or args.rope or args.norms or args.virtual)
-    if not asked and (args.metric or args.reference or args.patch_sites):
+    """Whether any experiment was asked for (an option that only configures one, alone, is refused)."""
+    asked = any(e.asked(args) for e in EXPERIMENTS)
+    modifiers = [o for o in (METRIC, *(o for e in EXPERIMENTS for o in e.options)) if o.needs_experiment]
+    if not asked and any(getattr(args, o.dest) for o in modifiers):
         raise TokenlensError(
-            "--metric, --reference, --patch-sites need one of --ablate, --patch, --estimate, --rope, "
-            "--norms, --virtual"
+            f"{', '.join(o.flag for o in modifiers)} need one of {', '.join(e.flag for e in EXPERIMENTS)}"
         )
     return asked
 
@@ -82,7 +247,7 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, loaded: Any, result: Any) -> list[tuple[str, Any]]:
-    """Run the causal experiments asked for; ``[(json key, result object)]`` in display order."""
+    """Run the experiments asked for; ``[(section key, result object)]`` in :data:`EXPERIMENTS` order."""
     import tokenlens.causal as causal
 
     validate(args)
@@ -95,74 +260,4 @@ def run(args: argparse.Namespace, loaded: Any, result: Any) -> list[tuple[str, A
         contrast_id=result.contrast.id if kind == "logit_diff" else None,
         position=result.position,
     )
-    prompt = args.prompt
-    out: list[tuple[str, Any]] = []
-    if args.ablate:
-        out.append(
-            (
-                "ablation",
-                causal.ablation(
-                    loaded,
-                    prompt,
-                    args.ablate,
-                    mode=args.ablate_mode,
-                    reference_prompts=args.reference,
-                    metric=metric,
-                    chat=args.chat,
-                ),
-            )
-        )
-    if args.patch:
-        out.append(
-            (
-                "patching",
-                causal.patching(loaded, prompt, args.patch, args.patch_sites, metric=metric, chat=args.chat),
-            )
-        )
-    if args.estimate:
-        corrupted, clean = (args.patch, prompt) if args.patch else (prompt, None)
-        out.append(
-            (
-                "estimates",
-                causal.estimate_check(
-                    loaded, corrupted, None, top_k=args.estimate, clean=clean, metric=metric, chat=args.chat
-                ),
-            )
-        )
-    if args.rope:
-        out.append(("rope", causal.rope_ablation(loaded, prompt, metric=metric, chat=args.chat)))
-    if args.norms:
-        out.append(("norms", causal.norm_ablation(loaded, prompt, metric=metric, chat=args.chat)))
-    if args.virtual:
-        out.append(("virtual", causal.virtual_ablation(loaded, prompt, metric=metric, chat=args.chat)))
-    return out
-
-
-def to_dict(key: str, value: Any) -> dict[str, Any]:
-    from tokenlens.report import causal as render
-    from tokenlens.report.lens import lens_to_dict
-
-    converters = {
-        "lens": lens_to_dict,
-        "ablation": render.ablation_to_dict,
-        "patching": render.patching_to_dict,
-        "estimates": render.estimates_to_dict,
-        "rope": render.ablation_to_dict,
-        "virtual": render.ablation_to_dict,
-        "norms": render.norms_to_dict,
-    }
-    return converters[key](value)
-
-
-def table(key: str, value: Any) -> Any:
-    from tokenlens.report import causal as render
-
-    tables = {
-        "ablation": render.ablation_table,
-        "patching": render.patching_table,
-        "estimates": render.estimates_table,
-        "rope": render.ablation_table,
-        "virtual": render.ablation_table,
-        "norms": render.norms_table,
-    }
-    return tables[key](value)
+    return [(e.key, e.run(args, loaded, metric)) for e in EXPERIMENTS if e.asked(args)]

@@ -150,12 +150,12 @@ def run(args: argparse.Namespace) -> int:
     with progress(f"loading {args.model}"):
         loaded = load_from_args(args)
     try:
-        result, lens, sections = _compute(args, loaded)
+        result, sections = _compute(args, loaded)
     except MultiTokenTarget as exc:
         hint = f"pass --first-token to explain its first token {exc.pieces[0]!r}"
         raise TokenlensError(f"{exc.base}; {hint}") from exc
     with progress("rendering"):
-        text = render(args, result, lens, sections)
+        text = render(args, result, sections)
     if text is None:
         return 0
     if args.out:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compute(args: argparse.Namespace, loaded):
-    """The attribution, the logit lens (or ``None``) and the causal sections ``args`` ask for."""
+    """The attribution and the report sections ``args`` ask for: the logit lens, then the causal ones."""
     from tokenlens.attribution.direct import attribute
 
     with progress("attributing"):
@@ -192,8 +192,9 @@ def _compute(args: argparse.Namespace, loaded):
         )
     with progress("measuring"):
         lens = _lens(args, loaded, result)
-        sections = causal_options.run(args, loaded, result) if causal_options.wanted(args) else []
-    return result, lens, sections
+        sections = [("lens", lens)] if lens is not None else []
+        sections += causal_options.run(args, loaded, result) if causal_options.wanted(args) else []
+    return result, sections
 
 
 def _lens(args: argparse.Namespace, loaded, result):
@@ -207,24 +208,21 @@ def _lens(args: argparse.Namespace, loaded, result):
     )
 
 
-def render(args: argparse.Namespace, result, lens, sections: list) -> str | None:
+def render(args: argparse.Namespace, result, sections: list) -> str | None:
     """The output text in ``args.format`` (``None`` when the table was printed to the terminal)."""
-    everything = ([("lens", lens)] if lens is not None else []) + sections
     if args.format == "json":
         import json
 
         from tokenlens.report.json_report import attribution_to_dict
 
-        data = attribution_to_dict(result)
-        data.update({key: causal_options.to_dict(key, value) for key, value in everything})
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(attribution_to_dict(result, sections), indent=2, ensure_ascii=False) + "\n"
     if args.format == "html":
         from tokenlens.report.html import render_html
         from tokenlens.report.plots import attribution_figures, figure_png
 
-        figures = attribution_figures(result, lens=lens, sections=sections)
+        figures = attribution_figures(result, sections=sections)
         images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
-        return render_html(result, lens=lens, sections=sections, images=images, settings=_settings(args))
+        return render_html(result, sections=sections, images=images, settings=_settings(args))
     if args.format == "markdown":
         from tokenlens.io import figures_folder
         from tokenlens.report.markdown import render_markdown
@@ -232,21 +230,16 @@ def render(args: argparse.Namespace, result, lens, sections: list) -> str | None
 
         folder = figures_folder(args.out)
         paths = {}
-        for key, figure in attribution_figures(result, lens=lens, sections=sections).items():
+        for key, figure in attribution_figures(result, sections=sections).items():
             png, _ = save_figure(figure, folder / key)
             paths[key] = f"{folder.name}/{png.name}"
-        return render_markdown(
-            result, lens=lens, sections=sections, image_paths=paths, settings=_settings(args)
-        )
-    from tokenlens.report.terminal import render_attribution, renderables_to_text
+        return render_markdown(result, sections=sections, image_paths=paths, settings=_settings(args))
+    from tokenlens.report.terminal import render_report
 
-    parts = [render_attribution(result)]
-    if lens is not None:
-        from tokenlens.report.lens import lens_table
-
-        parts.append(lens_table(lens, position=result.position))
-    parts += [causal_options.table(key, value) for key, value in sections]
+    parts = render_report(result, sections)
     if args.out:
+        from tokenlens.report.kit.terminal import renderables_to_text
+
         return renderables_to_text(parts)
     from rich.console import Console
 

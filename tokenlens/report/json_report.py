@@ -1,11 +1,15 @@
-"""JSON form of an attribution result: complete, with stable keys (schema in the README)."""
+"""JSON form of an attribution result and the sections shown beside it: complete, with stable keys (schema in
+the README)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tokenlens import __version__
 from tokenlens.attribution.result import LogitAttribution, TokenScore
+from tokenlens.report.layout import split_rows
+from tokenlens.report.sections import section_kind
 
 SCHEMA_VERSION = 1
 
@@ -14,10 +18,19 @@ def _score(score: TokenScore) -> dict[str, Any]:
     return {"id": score.id, "token": score.token, "logit": score.logit, "prob": score.prob}
 
 
-def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
-    """A JSON-ready dict; ``components`` lists the exact split in model order."""
+def attribution_to_dict(
+    result: LogitAttribution, sections: Sequence[tuple[str, object]] = ()
+) -> dict[str, Any]:
+    """A JSON-ready dict; ``components`` lists the exact split in model order.
+
+    Each section given as ``(key, result)`` (:mod:`tokenlens.report.sections`) adds its JSON form under its
+    key, after the attribution's own keys.
+
+    Raises:
+        ValueError: An unknown section key.
+    """
     d = result.decomposition
-    return {
+    data = {
         "schema": SCHEMA_VERSION,
         "tokenlens_version": __version__,
         "model": result.model,
@@ -52,6 +65,8 @@ def attribution_to_dict(result: LogitAttribution) -> dict[str, Any]:
         "dtype": result.dtype,
         "device": result.device,
     }
+    data.update({key: section_kind(key).to_dict(value) for key, value in sections})
+    return data
 
 
 def _finer(result: LogitAttribution) -> dict[str, Any]:
@@ -64,33 +79,15 @@ def _finer(result: LogitAttribution) -> dict[str, Any]:
             for name, value in result.heads.as_dict().items()
         ]
         residuals["heads"] = {f"L{i}.attn": v for i, v in enumerate(result.heads.residual.tolist())}
-    if result.neurons is not None:
-        n = result.neurons
-        out["neurons"] = [
-            {"name": f"L{layer}.N{nid}", "parent": f"L{layer}.mlp", "logit": value, "activation": act}
-            for row, layer in enumerate(n.layers)
-            for nid, value, act in zip(
-                n.ids[row].tolist(), n.contributions[row].tolist(), n.activations[row].tolist(), strict=False
-            )
+    for kind, extra in (("neurons", "activation"), ("experts", "router_weight")):
+        parts = getattr(result, kind)
+        if parts is None:
+            continue
+        out[kind] = [
+            {"name": name, "parent": parent, "logit": value, extra: x}
+            for name, parent, value, x in split_rows(result, kind)
         ]
-        residuals["neurons"] = {
-            f"L{layer}.mlp": v for layer, v in zip(n.layers, n.residual.tolist(), strict=False)
-        }
-    if result.experts is not None:
-        e = result.experts
-        out["experts"] = [
-            {"name": f"L{layer}.E{eid}", "parent": f"L{layer}.mlp", "logit": value, "router_weight": weight}
-            for row, layer in enumerate(e.layers)
-            for eid, value, weight in zip(
-                e.expert_ids[row].tolist(),
-                e.contributions[row].tolist(),
-                e.router_weights[row].tolist(),
-                strict=False,
-            )
-        ]
-        residuals["experts"] = {
-            f"L{layer}.mlp": v for layer, v in zip(e.layers, e.residual.tolist(), strict=False)
-        }
+        residuals[kind] = {f"L{layer}.mlp": v for layer, v in zip(parts.layers, parts.residual.tolist())}
     if result.sources:
         entries = []
         for split in result.sources:

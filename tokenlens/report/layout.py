@@ -1,31 +1,20 @@
-"""What a report contains and where things go, whatever its format (HTML or Markdown).
+"""What an attribution report contains and where things go, whatever its format (HTML or Markdown).
 
-The causal section kinds, the stable section anchors in page order, which section each figure belongs to,
-figure alt texts, the "how to read this report" text, and how untrusted text is made visible. The HTML and
-Markdown renderers both use these, so the two formats always show the same sections.
+A report is a list of sections in page order (:func:`plan_report`): the attribution's own parts
+(prediction, alternatives, components, and each finer split it carries), then the sections given as
+``(key, result)`` pairs (:mod:`tokenlens.report.sections`), then figures without a home, the settings and
+how to read it. Each figure goes to the section its slug names (:func:`figure_homes`). The HTML and
+Markdown renderers both follow the plan, so the two formats always show the same sections in the same order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tokenlens.attribution.lens import LogitLens
+import tokenlens
 from tokenlens.attribution.result import LogitAttribution
-from tokenlens.causal.metrics import Metric
-from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
-from tokenlens.report.terminal import show_token
-
-SECTION_KINDS: dict[str, tuple[type, str]] = {
-    "ablation": (Ablation, "Ablation (measured)"),
-    "rope": (Ablation, "RoPE ablation (measured)"),
-    "virtual": (Ablation, "Attention to the virtual tokens cut (measured)"),
-    "norms": (NormAblation, "Norm-scale ablation (measured)"),
-    "patching": (Patching, "Activation patching (measured)"),
-    "estimates": (EstimateCheck, "Attribution patching (estimates)"),
-}
-"""Causal section key -> (result type, title)."""
-
+from tokenlens.report.sections import SectionKind, check_sections, section_kinds
 
 FIGURE_ALT = {
     "waterfall": "Waterfall: each component's direct contribution, accumulating to the explained logit",
@@ -34,75 +23,11 @@ FIGURE_ALT = {
     "neurons": "The top neurons' contributions",
     "experts": "The routed experts' contributions",
     "sources": "Each source position's contribution",
-    "lens": "Logit lens: the target's probability and rank after each layer",
-    "ablation": "The measured effect of ablating each site",
-    "rope": "The measured effect of removing RoPE from each layer",
-    "virtual": "The measured effect of cutting each layer's attention to the virtual tokens",
-    "norms": "The measured effect of replacing each norm's scale",
-    "patching": "The measured effect of patching each site from the clean run",
-    "estimates": "First-order estimates next to the exactly measured effects",
 }
-"""Alt text (and caption) of a figure by slug; ``sources-L1.H0`` takes the ``sources`` text."""
-
+"""Alt text (and caption) of the attribution's own figures by slug; ``sources-L1.H0`` takes the ``sources``
+text. A section kind's figure takes its :attr:`~tokenlens.report.sections.SectionKind.figure_alt`."""
 
 _FIGURE_ALIASES = {"waterfall": "components", "layers": "components"}
-
-
-HOW_TO_READ = (
-    "Direct logit attribution. The residual stream at the explained position is a sum of writes: the token "
-    "embedding plus every attention layer's and every MLP's output. With the final RMSNorm's scale s taken "
-    "from the real forward pass, the target's logit is the sum over components c of u·(g ⊙ c)·s (u: the "
-    "target's row of the output head, g: the final-norm weight), plus the head's bias if the model has one. "
-    "Each row of the components table is one such term.",
-    "The parts sum exactly to the model's logit (or to the logit difference against the contrast token), up "
-    "to float32 rounding: the check line shows the sum, the model's own number, the error and the tolerance "
-    "(1e-4 × max(1, largest |part|)). Finer splits (heads, neurons, experts, source positions) split one "
-    "parent component further; their residual is what is left over (0 up to rounding unless the weights "
-    "are quantised).",
-    "Direct, measured, estimated. A direct contribution credits a component's own path to the logits only; "
-    "its indirect effect through later layers is not in it. Sections marked MEASURED (ablation, activation "
-    "patching, RoPE and norm-scale ablation) rerun the model with something changed and report the change "
-    "of the metric, indirect effects included. Attribution patching gives first-order ESTIMATES of such "
-    "changes from one backward pass; the exactly measured effect stands next to each confirmed one.",
-    "Units. Contributions and logits are in logit units (natural-log odds before the softmax): +1 multiplies "
-    "the target's odds against every other token by e. Probabilities lie between 0 and 1; log-probabilities "
-    "are natural logs. A Δ is in the unit of its section's metric. Green pushes the target (or the metric) "
-    "up, red down.",
-    "Tokens are shown as Python string literals: ' Paris' has a leading space, '\\n' is a newline, and "
-    "invisible or direction-changing characters appear as escapes such as '\\u200b'.",
-)
-
-
-def visible(text: str) -> str:
-    """``text`` with every non-printable character (newline, zero-width, bidi control) as its escape."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def check_sections(sections: Sequence[tuple[str, object]]) -> list[tuple[str, str, object]]:
-    """``(anchor id, key, result)`` per causal section; a repeated key gets ``ablation-2``, ``ablation-3``, ….
-
-    Raises:
-        ValueError: An unknown key, or a result of the wrong type for its key.
-    """
-    out, seen = [], {}
-    for key, value in sections:
-        if key not in SECTION_KINDS:
-            raise ValueError(f"unknown report section {key!r}: use one of {', '.join(SECTION_KINDS)}")
-        kind = SECTION_KINDS[key][0]
-        if not isinstance(value, kind):
-            raise ValueError(f"report section {key!r} needs a {kind.__name__}, got {type(value).__name__}")
-        seen[key] = seen.get(key, 0) + 1
-        out.append((key if seen[key] == 1 else f"{key}-{seen[key]}", key, value))
-    return out
-
-
-def source_anchors(result: LogitAttribution) -> list[str]:
-    """One unique anchor per source split: ``sources-L1.H0``, ``sources-L2`` (``…-2`` when repeated)."""
-    out: list[str] = []
-    for split in result.sources:
-        anchor = f"sources-{split.name}"
-        out.append(anchor if anchor not in out else f"{anchor}-{out.count(anchor) + 1}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -113,33 +38,31 @@ class Section:
         anchor: Its stable id (``heads``, ``ablation-2``).
         title: Its heading.
         key: What renders it: ``prediction``, ``top``, ``components``, ``heads``, ``neurons``, ``experts``,
-            ``sources``, ``lens``, a causal key (:data:`SECTION_KINDS`), ``figures``, ``settings`` or
-            ``how-to-read``.
-        value: The causal result it shows (``None`` for the others).
+            ``sources``, ``figures``, ``settings``, ``how-to-read``, or a section kind's key.
+        kind: The section kind, for a section given as ``(key, result)`` (else ``None``).
+        value: Its result (``None`` for the attribution's own parts).
     """
 
     anchor: str
     title: str
     key: str
+    kind: SectionKind | None = None
     value: object = None
 
 
 def plan_report(
-    result: LogitAttribution,
-    lens: LogitLens | None,
-    sections: Sequence[tuple[str, object]],
-    slugs: Sequence[str],
+    result: LogitAttribution, sections: Sequence[tuple[str, object]], slugs: Sequence[str]
 ) -> tuple[list[Section], dict[str, list[str]]]:
     """The sections a report of ``result`` has, in page order, and each figure's section (by anchor).
 
     Args:
         result: The attribution shown.
-        lens: A logit lens shown in its own section, or ``None``.
-        sections: Causal results as ``(key, result)``, checked by :func:`check_sections`.
+        sections: Results shown beside it as ``(key, result)``, checked by
+            :func:`~tokenlens.report.sections.check_sections`.
         slugs: The figures' slugs (see :func:`figure_homes`).
 
     Raises:
-        ValueError: An unknown causal key or a result of the wrong type for its key.
+        ValueError: An unknown section key or a result of the wrong type for its key.
     """
     plan = [
         Section("prediction", "Prediction", "prediction"),
@@ -154,10 +77,8 @@ def plan_report(
         plan.append(Section("experts", "Routed experts", "experts"))
     if result.sources:
         plan.append(Section("sources", "Source positions", "sources"))
-    if lens is not None:
-        plan.append(Section("lens", "Logit lens", "lens"))
     plan += [
-        Section(anchor, SECTION_KINDS[key][1], key, value) for anchor, key, value in check_sections(sections)
+        Section(anchor, kind.title, kind.key, kind, value) for anchor, kind, value in check_sections(sections)
     ]
     present = [s.anchor for s in plan] + (source_anchors(result) if result.sources else [])
     homes = figure_homes(slugs, present)
@@ -168,6 +89,15 @@ def plan_report(
         Section("how-to-read", "How to read this report", "how-to-read"),
     ]
     return plan, homes
+
+
+def source_anchors(result: LogitAttribution) -> list[str]:
+    """One unique anchor per source split: ``sources-L1.H0``, ``sources-L2`` (``…-2`` when repeated)."""
+    out: list[str] = []
+    for split in result.sources:
+        anchor = f"sources-{split.name}"
+        out.append(anchor if anchor not in out else f"{anchor}-{out.count(anchor) + 1}")
+    return out
 
 
 def figure_homes(slugs: Sequence[str], present: Sequence[str]) -> dict[str, list[str]]:
@@ -183,19 +113,41 @@ def figure_homes(slugs: Sequence[str], present: Sequence[str]) -> dict[str, list
 
 def figure_alt(slug: str) -> str:
     """Alt text for a figure from its slug (``sources-L1.H0`` -> the sources text, naming ``L1.H0``)."""
+    alts = FIGURE_ALT | {kind.key: kind.figure_alt for kind in section_kinds()}
     base, _, detail = slug.partition("-")
-    text = FIGURE_ALT.get(slug) or FIGURE_ALT.get(base) or f"Figure {slug}"
-    return f"{text} ({detail})" if detail and slug not in FIGURE_ALT else text
+    text = alts.get(slug) or alts.get(base) or f"Figure {slug}"
+    return f"{text} ({detail})" if detail and slug not in alts else text
 
 
-def metric_words(metric: Metric) -> tuple[str, str | None]:
-    """A metric's target and contrast (``None`` without one) as token literals, or ``id N`` without text."""
-    target = show_token(metric.target_text) if metric.target_text is not None else f"id {metric.target_id}"
-    contrast = None
-    if metric.contrast_id is not None:
-        contrast = (
-            show_token(metric.contrast_text)
-            if metric.contrast_text is not None
-            else f"id {metric.contrast_id}"
-        )
-    return target, contrast
+def split_rows(result: LogitAttribution, split: str) -> list[tuple[str, str, float, float]]:
+    """``(name, parent, contribution, extra)`` per row of a split of the MLPs, in layer order: ``neurons``
+    (``L1.N7``; extra: the activation) or ``experts`` (``L1.E3``; extra: the router weight)."""
+    if split == "neurons":
+        parts, letter = result.neurons, "N"
+        ids, extra = parts.ids, parts.activations
+    else:
+        parts, letter = result.experts, "E"
+        ids, extra = parts.expert_ids, parts.router_weights
+    return [
+        (f"L{layer}.{letter}{i}", f"L{layer}.mlp", value, x)
+        for k, layer in enumerate(parts.layers)
+        for i, value, x in zip(ids[k].tolist(), parts.contributions[k].tolist(), extra[k].tolist())
+    ]
+
+
+def settings_items(
+    result: LogitAttribution, settings: Mapping[str, str] | None, *, detail: bool
+) -> dict[str, str]:
+    """The settings section: what the result says about its run (model, dtype, device, tokenlens version;
+    with ``detail`` also the chat template and the explained position), then each extra setting given (e.g.
+    the command line). A setting that repeats a shown value is not shown twice; one that differs is shown
+    as ``key (requested)``."""
+    items = {"model": result.model, "dtype": result.dtype, "device": result.device}
+    items["tokenlens version"] = tokenlens.__version__
+    if detail:
+        items["chat template"] = "yes" if result.chat else "no"
+        items["explained position"] = str(result.position)
+    for key, value in (settings or {}).items():
+        if items.get(key) != str(value):
+            items[f"{key} (requested)" if key in items else key] = str(value)
+    return items

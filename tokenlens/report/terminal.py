@@ -1,31 +1,39 @@
-"""Terminal rendering of an attribution result with rich (rendering only: no model runs here)."""
+"""Terminal rendering of an attribution result with rich (rendering only: no model runs here).
+
+:func:`render_report` is the whole terminal view: the attribution (:func:`render_attribution`: prediction,
+components, finer splits), then each section given as ``(key, result)`` as its kind's
+:attr:`~tokenlens.report.sections.SectionKind.to_table`.
+"""
 
 from __future__ import annotations
 
-import io
+from collections.abc import Sequence
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from tokenlens.attribution.result import LogitAttribution, SourceSplit
+from tokenlens.report.kit.terminal import bar, exact_mark, signed
+from tokenlens.report.kit.text import show_token
+from tokenlens.report.layout import split_rows
+from tokenlens.report.sections import section_kind
 from tokenlens.report.words import rounding_note
 
-BAR_WIDTH = 16
 
+def render_report(
+    result: LogitAttribution, sections: Sequence[tuple[str, object]] = ()
+) -> list[RenderableType]:
+    """The attribution, then each section's terminal table, in the given order.
 
-def show_token(token: str) -> str:
-    """A token's text with whitespace and control characters visible (``' Paris'``, ``'\\n'``)."""
-    return repr(token)
-
-
-def _bar(value: float, scale: float) -> Text:
-    """A signed bar: green to the right for a positive contribution, red to the left for a negative one."""
-    cells = round(BAR_WIDTH * abs(value) / scale) if scale > 0 else 0
-    left = Text(" " * (BAR_WIDTH - cells) + "█" * cells, style="red") if value < 0 else Text(" " * BAR_WIDTH)
-    right = Text("█" * cells, style="green") if value > 0 else Text("")
-    return Text.assemble(left, "│", right)
+    Raises:
+        ValueError: An unknown section key.
+    """
+    return [
+        render_attribution(result),
+        *(section_kind(key).to_table(value, result) for key, value in sections),
+    ]
 
 
 _QUANTITY_SHORT = {"logit": "logit", "logit_difference": "logit diff", "logprob": "log p"}
@@ -73,13 +81,12 @@ def render_attribution(result: LogitAttribution) -> RenderableType:
     for name, value in d.as_dict().items():
         style = "green" if value > 0 else "red" if value < 0 else ""
         share = f"{100 * value / d.logit:+.0f}%" if abs(d.logit) > 1e-9 else ""
-        table.add_row(name, Text(f"{value:+.4f}", style=style), share, _bar(value, scale))
-    verdict = Text("✓ exact", style="green") if d.exact else Text("✗ NOT EXACT", style="bold red")
+        table.add_row(name, Text(f"{value:+.4f}", style=style), share, bar(value, scale))
     check = Text.assemble(
         f"sum of components {d.total:.6f} | model {_QUANTITY_SHORT[result.quantity]} "
         f"{d.logit:.6f} | error {d.error:.1e} "
         f"(tolerance {d.tolerance:.1e}) ",
-        verdict,
+        exact_mark(d.exact),
         f"\nfinal-norm scale s = {d.scale:.5f}; direct attribution: each component's own path to the logit.",
         f"\n{rounding_note(result)}" if d.model_value is not None else "",
     )
@@ -98,13 +105,6 @@ def _drilldowns(result: LogitAttribution) -> list[RenderableType]:
     return parts
 
 
-def _signed(value: float, strong: float, digits: int = 3) -> Text:
-    style = "green" if value > 0 else "red" if value < 0 else "dim"
-    if abs(value) >= strong > 0:
-        style = "bold " + style
-    return Text(f"{value:+.{digits}f}", style=style)
-
-
 def _heads_table(result: LogitAttribution) -> Table:
     contributions = result.heads.contributions
     strong = 0.5 * float(contributions.abs().max())
@@ -119,20 +119,16 @@ def _heads_table(result: LogitAttribution) -> Table:
     for h in range(contributions.shape[1]):
         table.add_column(f"H{h}", justify="right")
     for i, row in enumerate(contributions.tolist()):
-        table.add_row(f"L{i}", *(_signed(v, strong, digits=2) for v in row))
+        table.add_row(f"L{i}", *(signed(v, 2, strong) for v in row))
     return table
 
 
 def _neurons_table(result: LogitAttribution, limit: int = 15) -> Table:
     n = result.neurons
-    rows = [
-        (abs(value), f"L{layer}.N{nid}", value, act)
-        for r, layer in enumerate(n.layers)
-        for nid, value, act in zip(
-            n.ids[r].tolist(), n.contributions[r].tolist(), n.activations[r].tolist(), strict=False
-        )
-    ]
-    rows.sort(reverse=True)
+    rows = sorted(
+        ((abs(value), name, value, act) for name, _, value, act in split_rows(result, "neurons")),
+        reverse=True,
+    )
     strong = 0.5 * rows[0][0] if rows else 0.0
     table = Table(
         title=f"Top neurons (top {n.ids.shape[1]} per layer)",
@@ -142,7 +138,7 @@ def _neurons_table(result: LogitAttribution, limit: int = 15) -> Table:
     for column in ("neuron", "logit", "activation"):
         table.add_column(column, justify="left" if column == "neuron" else "right")
     for _, name, value, act in rows[:limit]:
-        table.add_row(name, _signed(value, strong), f"{act:+.3f}")
+        table.add_row(name, signed(value, 3, strong), f"{act:+.3f}")
     return table
 
 
@@ -160,7 +156,7 @@ def _experts_table(result: LogitAttribution) -> Table:
             e.expert_ids[r].tolist(), e.contributions[r].tolist(), e.router_weights[r].tolist(), strict=False
         ):
             cells.append(f"E{eid} ")
-            cells.append_text(_signed(value, strong))
+            cells.append_text(signed(value, 3, strong))
             cells.append(f" ({weight:.2f})   ")
         table.add_row(f"L{layer}", cells)
     return table
@@ -180,11 +176,3 @@ def _sources_view(result: LogitAttribution, split: SourceSplit) -> RenderableTyp
     top = "  ".join(f"S{j} {show_token(result.source_tokens[j])} {values[j]:+.3f}" for j in ranked)
     title = Text(f"Sources through {split.name} (value bias {split.value_bias:+.4f})", style="bold")
     return Group(title, prompt, Text(top, overflow="fold"))
-
-
-def renderables_to_text(parts: list[RenderableType], width: int = 100) -> str:
-    """Rich renderables as plain text (no colours), for saving to a file."""
-    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
-    for part in parts:
-        console.print(part)
-    return console.export_text()

@@ -1,15 +1,34 @@
-"""How every report words the explained quantity and the check (terminal, HTML and Markdown alike)."""
+"""How every attribution report words what it explains (terminal, HTML and Markdown alike)."""
 
 from __future__ import annotations
 
 from tokenlens.attribution.result import LogitAttribution
+from tokenlens.report.kit.text import QUANTITY_WORDS
 
-QUANTITY_WORDS = {
-    "logit": ("logit", "logit units"),
-    "logit_difference": ("logit difference", "logit units"),
-    "logprob": ("log-probability", "nats"),
-}
-"""How reports name each explained quantity (``result.QUANTITIES``): ``(what, units)``."""
+HOW_TO_READ = (
+    "Direct logit attribution. The residual stream at the explained position is a sum of writes: the token "
+    "embedding plus every attention layer's and every MLP's output. With the final RMSNorm's scale s taken "
+    "from the real forward pass, the target's logit is the sum over components c of u·(g ⊙ c)·s (u: the "
+    "target's row of the output head, g: the final-norm weight), plus the head's bias if the model has one. "
+    "Each row of the components table is one such term.",
+    "The parts sum exactly to the model's logit (or to the logit difference against the contrast token), up "
+    "to float32 rounding: the check line shows the sum, the model's own number, the error and the tolerance "
+    "(1e-4 × max(1, largest |part|)). Finer splits (heads, neurons, experts, source positions) split one "
+    "parent component further; their residual is what is left over (0 up to rounding unless the weights "
+    "are quantised).",
+    "Direct, measured, estimated. A direct contribution credits a component's own path to the logits only; "
+    "its indirect effect through later layers is not in it. Sections marked MEASURED (ablation, activation "
+    "patching, RoPE and norm-scale ablation) rerun the model with something changed and report the change "
+    "of the metric, indirect effects included. Attribution patching gives first-order ESTIMATES of such "
+    "changes from one backward pass; the exactly measured effect stands next to each confirmed one.",
+    "Units. Contributions and logits are in logit units (natural-log odds before the softmax): +1 multiplies "
+    "the target's odds against every other token by e. Probabilities lie between 0 and 1; log-probabilities "
+    "are natural logs. A Δ is in the unit of its section's metric. Green pushes the target (or the metric) "
+    "up, red down.",
+    "Tokens are shown as Python string literals: ' Paris' has a leading space, '\\n' is a newline, and "
+    "invisible or direction-changing characters appear as escapes such as '\\u200b'.",
+)
+"""The "how to read this report" paragraphs of the HTML and Markdown reports."""
 
 
 def rounding_note(result: LogitAttribution) -> str:

@@ -17,18 +17,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tokenlens.attribution.lens import LogitLens
-from tokenlens.attribution.result import LogitAttribution
+from tokenlens.attribution.result import LogitAttribution, LogitLens
 from tokenlens.report.plots.attribution import head_heatmap, layer_heatmap, source_heat, waterfall
 from tokenlens.report.plots.causal import effect_bars
 from tokenlens.report.plots.files import figure_png, figure_svg, save_figure
 from tokenlens.report.plots.lens import lens_grid
-
-SECTION_KEYS = ("lens", "ablation", "patching", "estimates", "rope", "virtual", "norms")
-"""The section keys :func:`attribution_figures` accepts (those of ``tokenlens inspect``)."""
+from tokenlens.report.sections import check_sections, with_lens
 
 __all__ = [
-    "SECTION_KEYS",
     "attribution_figures",
     "effect_bars",
     "figure_png",
@@ -48,26 +44,26 @@ def attribution_figures(
     """Every figure that applies, keyed by a stable slug, in display order.
 
     ``waterfall`` and ``layers`` always; ``heads`` with a per-head split; ``sources-{name}`` per source
-    split (``sources-L1.H0``, ``sources-L2``); then one per section, keyed by the section's key: ``lens``
-    (a :class:`LogitLens`), ``ablation``, ``patching``, ``estimates``, ``rope``, ``virtual``, ``norms``.
+    split (``sources-L1.H0``, ``sources-L2``); then one per section with a figure, keyed by the section's
+    key (:mod:`tokenlens.report.sections`: ``lens``, ``ablation``, ``patching``, ``estimates``, ``rope``,
+    ``virtual``, ``norms``), drawn by its kind's :attr:`~tokenlens.report.sections.SectionKind.to_figure`.
 
     Args:
         result: The attribution.
-        lens: A logit lens (same as a ``("lens", lens)`` section).
+        lens: A logit lens: the same as a first ``("lens", lens)`` section.
         sections: ``(key, result)`` pairs as ``tokenlens inspect`` builds them.
 
     Raises:
-        ValueError: An unknown section key, or a key given twice.
+        ValueError: An unknown section key, a result of the wrong type for its key, or a key given twice.
     """
     figures = {"waterfall": waterfall(result), "layers": layer_heatmap(result)}
     if result.heads is not None:
         figures["heads"] = head_heatmap(result)
     for split in result.sources:
         _add(figures, f"sources-{split.name}", source_heat(result, split))
-    for key, value in ([("lens", lens)] if lens is not None else []) + list(sections):
-        if key not in SECTION_KEYS:
-            raise ValueError(f"unknown section {key!r}: expected one of {', '.join(SECTION_KEYS)}")
-        _add(figures, key, lens_grid(value) if key == "lens" else effect_bars(value))
+    for _, kind, value in check_sections(with_lens(lens, sections)):
+        if kind.to_figure is not None:
+            _add(figures, kind.key, kind.to_figure(value))
     return figures
 
 
