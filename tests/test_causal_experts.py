@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import count_hooks
 
+from tokenlens.capture.internals import expert_output
 from tokenlens.causal import (
     Metric,
     ablate,
@@ -73,6 +74,34 @@ def test_expert_terms_are_what_the_block_computes_with_the_other_experts_removed
         block = record_values(alone, spec, ids, parse_sites("L1.mlp", alone, spec))["L1.mlp"]
         torch.testing.assert_close(values[f"L1.E{e}"], block, atol=1e-6, rtol=1e-5)
     assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expert_output_is_the_experts_module_forward_in_float32(moe, dtype):
+    """The one expert term both the expert split and the expert sites use, against the experts module's own
+    forward with one routing slot per token; for a bfloat16 model, against that forward run in float32 on
+    the same (bfloat16) weights and inputs."""
+    loaded, _, _ = moe
+    spec = loaded.spec
+    model = copy.deepcopy(loaded.model).to(dtype)
+    reference = copy.deepcopy(model).float()
+    generator = torch.Generator().manual_seed(7)
+    tokens = torch.randn(5, model.config.hidden_size, generator=generator).to(dtype)
+    weights = torch.rand(5, generator=generator).to(dtype)
+    for layer in range(3):
+        experts = spec.layer_list(model)[layer].get_submodule(spec.experts)
+        own = spec.layer_list(reference)[layer].get_submodule(spec.experts)
+        for expert in range(spec.expert_count(experts)):
+            term = expert_output(spec, experts, tokens, expert, weights)
+            slot = torch.full((5, 1), expert)
+            with torch.no_grad():
+                expected = own.forward(tokens.float(), slot, weights.float()[:, None])
+            assert term.dtype == torch.float32
+            torch.testing.assert_close(term, expected, atol=1e-6, rtol=1e-5)
+            one = expert_output(
+                spec, experts, tokens[2], expert, weights[2]
+            )  # one token, as the split calls it
+            torch.testing.assert_close(one, term[2], atol=1e-6, rtol=1e-5)
 
 
 def test_zero_ablating_an_expert_equals_zeroing_its_weights(moe):

@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 from conftest import TINY
+from test_specs import ACCEPTED
 
 from tokenlens.attribution.direct import attribute, attribute_batch
 from tokenlens.errors import TokenlensError
@@ -91,6 +92,38 @@ def test_heads_match_transformer_lens(tiny_loaded):
     torch.testing.assert_close(result.heads.contributions.flatten(), expected.float(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize(("kind", "overrides"), ACCEPTED)
+def test_config_features_tokenlens_models_keep_every_split_exact(tiny_loaded, kind, overrides):
+    """Sliding windows (recomputed as transformers masks them), MoE layer patterns and router options, and
+    config keys transformers ignores (Llama ``pretraining_tp``) leave every split exact."""
+    loaded = tiny_loaded(kind, **overrides)
+    position = 7  # past the 3-token windows
+    scopes = [f"L{i}" for i in range(3)]
+    result = attribute(
+        loaded, PROMPT, position=position, heads=True, neurons=4, experts=loaded.spec.moe, sources=scopes
+    )
+    ids = torch.tensor([result.token_ids])
+    eager = copy.deepcopy(loaded.model)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids).logits[0, position]
+        attentions = eager(input_ids=ids, output_attentions=True).attentions
+    assert result.decomposition.logit == pytest.approx(float(logits[result.target.id]), abs=1e-5)
+    assert result.decomposition.exact
+    assert result.heads.residual.abs().max() <= TOL
+    for split in result.sources:
+        assert abs(split.residual) <= TOL
+        torch.testing.assert_close(split.pattern, attentions[split.layer][0, :, position], atol=1e-5, rtol=0)
+    window = overrides.get("sliding_window")
+    if window:  # some layer really attends within its window only
+        assert min(int((s.pattern[0] > 0).sum()) for s in result.sources) == window
+    experts = result.experts.layers if loaded.spec.moe else ()
+    assert sorted(experts + result.neurons.layers) == [0, 1, 2]
+    assert all(abs(r) <= TOL for r in result.neurons.residual.tolist())
+    if experts:
+        assert result.experts.residual.abs().max() <= TOL
+
+
 def test_planted_head_edit_is_found_at_that_head(tiny_loaded):
     """Boost one head's output weights along the target's readout: only that head (and later layers) move."""
     loaded = tiny_loaded("llama")
@@ -161,7 +194,9 @@ def test_experts_are_the_routers_top_k(tiny_loaded):
             h.remove()
     for row, layer in enumerate(result.experts.layers):
         x = captured[layer][0, -1]
-        probs = (x @ model.model.layers[layer].mlp.gate.weight.T).softmax(-1)
+        router = loaded.spec.layer_list(model)[layer].get_submodule(loaded.spec.router)
+        assert router is model.model.layers[layer].mlp.gate
+        probs = (x @ router.weight.T).softmax(-1)
         assert set(result.experts.expert_ids[row].tolist()) == set(probs.topk(2).indices.tolist())
 
 

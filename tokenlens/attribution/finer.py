@@ -9,10 +9,12 @@ write, so the parts add up to the layer's term in the per-layer split:
   ``a_h[i, j] (v_h[j] − b_v) · r_h · s``; a value bias ``b_v`` contributes ``b_v · r_h · s`` (the pattern
   sums to one) and is its own term.
   The pattern ``a`` is recomputed from the hooked pre-RoPE queries and keys, the rotary tables the layer
-  received and the model's own ``apply_rotary_pos_emb`` — the model itself can keep running sdpa.
+  received and the model's own ``apply_rotary_pos_emb`` (found by the spec) — the model itself can keep
+  running sdpa.
 * **Neurons.** ``mlp = W_down act``: neuron ``n`` contributes ``act_n · (W_downᵀ (u ⊙ g))_n · s``.
 * **Experts.** A routed MoE block outputs ``Σ_e w_e expert_e(x)``; each chosen expert's weighted output is
-  recomputed from the router's choice and the stacked expert weights.
+  recomputed in float32 from the router's choice and that expert's weights
+  (:func:`~tokenlens.capture.internals.expert_output`, shared with the causal expert sites).
 
 Each split reports its residual against the hooked layer output instead of hiding it: 0 up to rounding
 for plain and LoRA modules; for quantised modules it holds the quantisation error of the split.
@@ -20,16 +22,14 @@ for plain and LoRA modules; for quantised modules it holds the quantisation erro
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tokenlens.attribution.readout import Readout, input_direction
 from tokenlens.attribution.result import ExpertSplit, HeadSplit, NeuronSplit, SourceSplit
-from tokenlens.capture.internals import LayerInternals
+from tokenlens.capture.internals import LayerInternals, expert_output
 from tokenlens.models.specs import ArchitectureSpec, linear_bias
 
 
@@ -113,7 +113,7 @@ def layer_sources(
     store = internals[layer_index]
     n_rep = store.q.shape[2] // store.k.shape[2]
     pattern = attention_pattern(
-        attn, store, position=position, batch_index=batch_index, k=k, key_mask=key_mask
+        attn, spec, store, position=position, batch_index=batch_index, k=k, key_mask=key_mask
     )
     r = _attn_direction(layer, spec, store.z[batch_index, k], readout)  # (heads, head_dim)
     device = r.device
@@ -150,15 +150,23 @@ def source_split(per_layer: LayerSources, heads: HeadSplit, head: int | None) ->
 
 
 def attention_pattern(
-    attn: nn.Module, store: LayerInternals, *, position: int, batch_index: int, k: int, key_mask: torch.Tensor
+    attn: nn.Module,
+    spec: ArchitectureSpec,
+    store: LayerInternals,
+    *,
+    position: int,
+    batch_index: int,
+    k: int,
+    key_mask: torch.Tensor,
 ) -> torch.Tensor:
     """``(heads, seq)`` float32 attention weights from ``position`` to every source, recomputed.
 
     Uses the captured pre-RoPE queries/keys, the rotary tables the layer received, the model's own
-    ``apply_rotary_pos_emb`` and the module's ``scaling``; masks future positions, padding and (if the layer
-    has one) positions outside its sliding window.
+    ``apply_rotary_pos_emb`` (:meth:`~tokenlens.models.specs.ArchitectureSpec.rotary_fn`) and the module's
+    ``scaling``; masks future positions, padding and (if the layer has one) positions outside its sliding
+    window, as transformers' sliding-window mask does (key ``j`` is seen from ``i`` when ``i - w < j ≤ i``).
     """
-    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    rope = spec.rotary_fn(attn)
     q = store.q[batch_index, k].to(torch.float32)  # (heads, head_dim)
     keys = store.k[batch_index].to(torch.float32).transpose(0, 1)  # (kv_heads, seq, head_dim)
     row = min(batch_index, store.cos.shape[0] - 1)
@@ -219,20 +227,16 @@ def expert_split(
     batch_index: int,
     k: int,
 ) -> ExpertSplit:
-    """Each routed expert's weighted output in every MoE layer, recomputed from the stacked weights."""
+    """Each routed expert's weighted output in every MoE layer, recomputed from that expert's weights."""
     layers, ids, weights, values, residuals = [], [], [], [], []
     for i, layer in enumerate(_layers(model, spec)):
         store = internals[i]
         if store.expert_inputs is None:
             continue
         experts = layer.get_submodule(spec.experts)
-        x = store.expert_inputs[batch_index, k].to(torch.float32)  # (d_model,)
+        x = store.expert_inputs[batch_index, k]  # (d_model,)
         index, weight = store.expert_index[batch_index, k], store.expert_weights[batch_index, k]  # (top_k,)
-        outputs = []
-        for e, w in zip(index.tolist(), weight.to(torch.float32), strict=True):
-            gate, up = F.linear(x, experts.gate_up_proj[e].to(torch.float32)).chunk(2, dim=-1)
-            hidden = experts.act_fn(gate) * up  # (moe_intermediate,)
-            outputs.append(F.linear(hidden, experts.down_proj[e].to(torch.float32)) * w)
+        outputs = [expert_output(spec, experts, x, e, w) for e, w in zip(index.tolist(), weight, strict=True)]
         contributions = readout(torch.stack(outputs))  # (top_k,)
         layers.append(i)
         ids.append(index.cpu())

@@ -11,6 +11,10 @@ produces it:
 
 Only the kept query positions are stored, except keys, values and rotary tables, which sources need at every
 position. As with the residual capture, hooks are removed in ``finally``.
+
+No tensor of the model holds one expert's share of a mixture-of-experts block's output, so it is computed from
+those captured inputs by :func:`expert_output`, the one implementation of an expert's term that the expert
+split and the causal expert sites share.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tokenlens.models.specs import ArchitectureSpec, optional_submodule
@@ -67,6 +72,31 @@ class InternalsRecorder:
 
     def kept(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach()[:, self.positions.to(tensor.device)]  # (batch, kept, …)
+
+
+def expert_output(
+    spec: ArchitectureSpec, experts: nn.Module, tokens: torch.Tensor, expert: int, weights: torch.Tensor
+) -> torch.Tensor:
+    """``(..., d_model)`` float32: routed expert ``expert``'s weighted output ``w · expert_e(x)`` per token.
+
+    A routed block calls its stacked ``experts`` module with the tokens, each token's ``top_k`` chosen experts
+    and their router weights, and writes ``Σ_k w_k expert_{i_k}(x)``: expert ``e``'s term at a token routed to
+    it is ``w_e · down_e(act(gate_e x) ⊙ up_e x)``, with the weights laid out as the spec says
+    (:meth:`~tokenlens.models.specs.ArchitectureSpec.expert_weights`). It is computed here in float32, from
+    the one expert's weights only, so that the terms add up to the block's output to float32 rounding whatever
+    the model's dtype; a float32 model's terms are the values its own ``forward`` adds up.
+
+    Args:
+        spec: The model's architecture spec.
+        experts: A layer's stacked experts module.
+        tokens: ``(..., d_model)`` the tokens routed to ``expert`` (the experts module's input).
+        expert: The expert.
+        weights: ``(...)`` the router's weight for ``expert`` at each token.
+    """
+    gate_up, down = (w.to(torch.float32) for w in spec.expert_weights(experts, expert))
+    gate, up = F.linear(tokens.to(torch.float32), gate_up).chunk(2, dim=-1)  # (..., inter) each
+    hidden = getattr(experts, spec.expert_act)(gate) * up  # (..., inter)
+    return F.linear(hidden, down) * weights.to(torch.float32)[..., None]  # (..., d_model)
 
 
 def _heads_view(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -6,10 +6,11 @@ writes ``Σ_k w_k · expert_{i_k}(x)`` to the stream. The site ``L{i}.E{e}`` is 
 part of the block output ``L{i}.mlp``.
 
 No tensor of the model holds that term, so it is computed from the block's own ``experts`` module: a
-pre-hook keeps the ``(tokens, top_k_index, top_k_weights)`` the block calls it with, and the term is the
-module's own ``forward`` (not re-implemented; hooks bypassed) on the tokens routed to ``e``, each with one
-routing slot: expert ``e`` and its router weight. Recording every expert of a layer so costs one pass of
-the routed tokens through their experts, as in the model's own forward. Replacing the term by
+pre-hook keeps the ``(tokens, top_k_index, top_k_weights)`` the block calls it with, and the term is
+expert ``e``'s weighted output on the tokens routed to ``e``, computed in float32 from that expert's weights
+by :func:`~tokenlens.capture.internals.expert_output` (the function the attribution's expert split uses, so
+both name the same term) and cast to the model's dtype. Recording every expert of a layer so costs one pass
+of the routed tokens through their experts, as in the model's own forward. Replacing the term by
 ``v`` adds ``v - term`` to the block output; the router of later layers then sees the changed stream, as in
 any patch. The gradient of a metric with respect to the term is its gradient with respect to the block
 output, since the term enters it with coefficient one.
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from tokenlens.capture.internals import expert_output
 from tokenlens.causal.sites import Site, experts_module
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import ArchitectureSpec
@@ -31,7 +33,8 @@ from tokenlens.models.specs import ArchitectureSpec
 class ExpertTaps:
     """The latest call's inputs of each tapped experts module, and each expert's term computed from them."""
 
-    def __init__(self, modules: dict[int, nn.Module]) -> None:
+    def __init__(self, spec: ArchitectureSpec, modules: dict[int, nn.Module]) -> None:
+        self.spec = spec
         self.modules = modules
         self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -47,9 +50,9 @@ class ExpertTaps:
         routed = chosen.any(-1).nonzero()[:, 0]  # (n,) the tokens sent to this expert
         term = torch.zeros(tokens.shape[0], like.shape[-1], dtype=like.dtype, device=like.device)
         if len(routed):
-            weight = (weights * chosen).sum(-1, keepdim=True)[routed]  # (n, 1): one slot per routed token
-            slot = torch.full_like(weight, site.index, dtype=index.dtype)
-            term[routed] = self.modules[site.layer].forward(tokens[routed], slot, weight).to(like.dtype)
+            weight = (weights * chosen).sum(-1)[routed]  # (n,) its router weight at each routed token
+            output = expert_output(self.spec, self.modules[site.layer], tokens[routed], site.index, weight)
+            term[routed] = output.to(like.dtype)  # (n, d_model)
         return term.reshape(like.shape)
 
 
@@ -57,7 +60,7 @@ class ExpertTaps:
 def expert_taps(model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site]) -> Iterator[ExpertTaps]:
     """Tap the experts modules of the layers of the ``expert`` sites among ``sites`` (none: no hooks)."""
     layers = sorted({site.layer for site in sites if site.kind == "expert"})
-    taps = ExpertTaps({i: experts_module(model, spec, i) for i in layers})
+    taps = ExpertTaps(spec, {i: experts_module(model, spec, i) for i in layers})
 
     def keep(layer: int):
         def hook(_module: nn.Module, args: tuple) -> None:

@@ -85,7 +85,7 @@ def experts_module(model: nn.Module, spec: ArchitectureSpec, layer: int) -> nn.M
 
 
 def _n_experts(model: nn.Module, spec: ArchitectureSpec, layer: int) -> int:
-    return int(experts_module(model, spec, layer).gate_up_proj.shape[0])  # (experts, 2·inter, d_model)
+    return spec.expert_count(experts_module(model, spec, layer))
 
 
 def _indices(text: str, count: int, what: str, where: str) -> list[int]:
