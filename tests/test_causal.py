@@ -250,6 +250,31 @@ def test_rope_ablation_equals_a_copy_whose_rotary_embedding_is_switched_off(tiny
     assert one.together.value == pytest.approx(result.each[0].value, abs=1e-6)
 
 
+def test_rope_ablation_keeps_the_attention_scaling_of_yarn(tiny_loaded):
+    """YaRN scales cos and sin by an attention factor m (a temperature on every score, not position): RoPE
+    ablation removes the rotation only, as a copy whose rotary tables keep their magnitude sqrt(cos² + sin²)
+    and lose their angle."""
+    yarn = dict(rope_type="yarn", factor=4.0, rope_theta=10000.0, original_max_position_embeddings=16)
+    loaded = tiny_loaded("qwen3-tied-gqa", rope_parameters=yarn)
+    ids = encode(loaded, PROMPT)
+    result = rope_ablation(loaded, PROMPT, metric=last(ids), each=False)
+    no_rotation = copy.deepcopy(loaded.model)
+    rotary = no_rotation.model.rotary_emb
+    original = rotary.forward
+
+    def magnitude_only(x, position_ids):
+        cos, sin = original(x, position_ids)
+        return (cos.square() + sin.square()).sqrt(), torch.zeros_like(sin)
+
+    rotary.forward = magnitude_only
+    scale = float(magnitude_only(ids[..., None].float(), torch.arange(ids.shape[1])[None])[0].mean())
+    assert scale == pytest.approx(1.1386, abs=1e-4)  # 0.1 ln(4) + 1
+    assert result.reference == f"cos={scale:.6g}, sin=0 (no rotation; the rotary attention scaling kept)"
+    assert result.together.value == pytest.approx(float(plain_logits(no_rotation, ids)[TOKEN]), abs=1e-5)
+    plain = rope_ablation(tiny_loaded("qwen3-tied-gqa"), PROMPT, metric=last(ids), each=False)
+    assert plain.reference == "cos=1, sin=0 (no rotation)"
+
+
 def test_norm_ablation_replaces_the_scale_measured_on_the_real_run(tiny_loaded):
     loaded = tiny_loaded("llama")
     ids = encode(loaded, PROMPT)

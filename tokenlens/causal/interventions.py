@@ -226,14 +226,18 @@ def rescale_norm(
 def without_rope(model: nn.Module, spec: ArchitectureSpec, layers: Sequence[int]) -> Iterator[None]:
     """Run the attention of ``layers`` without rotary position information.
 
-    Each attention module receives ``position_embeddings=(cos, sin)`` as a keyword argument and applies
-    ``q·cos + rotate_half(q)·sin`` (likewise to ``k``; transformers 5.24 ``apply_rotary_pos_emb``). A
-    ``with_kwargs`` pre-hook replaces the pair by ``(1, 0)``, which makes the rotation the identity, so the
-    layer's attention scores no longer depend on relative position (the causal mask still applies).
+    Each attention module receives ``position_embeddings=(cos, sin)`` (computed by the spec's ``rotary``
+    module) as a keyword argument and applies ``q·cos + rotate_half(q)·sin`` (likewise to ``k``;
+    transformers 5.24 ``apply_rotary_pos_emb``). A ``with_kwargs`` pre-hook replaces the pair by ``(m, 0)``,
+    ``m`` being the factor the rotary module scales both tables by (YaRN's attention factor, 1 for plain
+    RoPE; :meth:`~tokenlens.models.specs.ArchitectureSpec.rotary_scale`). That makes the rotation the
+    identity and keeps the attention temperature, so the layer's attention scores no longer depend on
+    relative position and nothing else changes (the causal mask still applies).
 
     Raises:
         TokenlensError: The attention module is not called with ``position_embeddings``.
     """
+    scaling = spec.rotary_scale(model)
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         pair = kwargs.get("position_embeddings")
@@ -243,7 +247,7 @@ def without_rope(model: nn.Module, spec: ArchitectureSpec, layers: Sequence[int]
                 f"{type(_module).__name__} is not"
             )
         cos, sin = pair
-        return args, {**kwargs, "position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
+        return args, {**kwargs, "position_embeddings": (torch.full_like(cos, scaling), torch.zeros_like(sin))}
 
     all_layers = spec.layer_list(model)
     handles = []

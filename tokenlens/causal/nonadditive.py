@@ -122,6 +122,8 @@ def ablate_rope(
     Raises:
         TokenlensError: An unknown layer index, or attention that does not take ``position_embeddings``.
     """
+    scaling = spec.rotary_scale(model)
+    kept = "" if scaling == 1 else "; the rotary attention scaling kept"
     return _per_layer(
         model,
         spec,
@@ -132,7 +134,7 @@ def ablate_rope(
         each=each,
         together=together,
         method="rope",
-        reference="cos=1, sin=0 (no rotation)",
+        reference=f"cos={scaling:g}, sin=0 (no rotation{kept})",
         what="RoPE ablation",
     )
 
