@@ -340,5 +340,5 @@ def test_pairs_that_do_not_match_are_refused(tmp_path, lora_layer1, qwen_tokeniz
     renamed.save_pretrained(tmp_path / "other_tok")
     with pytest.raises(TokenlensError, match="different tokenizers"):
         pair_models(str(tmp_path / "other_tok"), str(base_dir))
-    with pytest.raises(TokenlensError, match="pass --base"):
+    with pytest.raises(TokenlensError, match="pass base=REF"):
         pair_models(str(base_dir))

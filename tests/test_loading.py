@@ -88,7 +88,7 @@ def test_peft_adapter_folder_resolves_its_base(tiny_checkpoint, tmp_path):
 
 def test_peft_adapter_with_explicit_base(tiny_checkpoint, tmp_path):
     adapter = make_adapter(tiny_checkpoint, tmp_path / "adapter", base_ref="")
-    with pytest.raises(TokenlensError, match="--base"):
+    with pytest.raises(TokenlensError, match="pass base=REF"):
         load(str(adapter))
     assert load(str(adapter), base=str(tiny_checkpoint)).base_ref == str(tiny_checkpoint)
 
@@ -461,7 +461,7 @@ def test_pickle_only_checkpoint_is_refused_unless_allowed(tiny_checkpoint, tmp_p
     (tmp_path / "state.bin").rename(folder / "pytorch_model.bin")
     with pytest.raises(TokenlensError, match="only pickle weights") as exc:
         load(str(folder))
-    assert "--allow-pickle" in str(exc.value)
+    assert "allow_pickle=True" in str(exc.value)
     assert load(str(folder), allow_pickle=True).source == "directory"
 
 

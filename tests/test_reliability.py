@@ -183,6 +183,20 @@ def test_diff_does_not_suggest_a_flag_it_lacks(tiny_checkpoint, capsys):
     assert "pass --first-token" in one_line_error(capsys)
 
 
+def test_messages_name_settings_as_the_reader_types_them(tiny_loaded, tiny_checkpoint, capsys):
+    loaded = tiny_loaded("qwen3-tied-gqa")
+    with pytest.raises(TokenlensError) as exc:  # Python: the parameter
+        attribute(loaded, PROMPT, target=" London", vs=" London")
+    assert "choose another vs" in str(exc.value) and "--vs" not in str(exc.value)
+    argv = ["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--target", " London"]
+    assert main([*argv, "--vs", " London"]) == 2  # the command line: the flag
+    assert "choose another --vs" in one_line_error(capsys)
+    from tokenlens.models.loading import load
+
+    with pytest.raises(TokenlensError, match="use device=cpu"):
+        load(str(tiny_checkpoint), device="cuda")
+
+
 # --- Markdown figure folders ------------------------------------------------------------------------------
 
 

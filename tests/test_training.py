@@ -263,7 +263,7 @@ def test_bad_inputs(tiny_checkpoint, data_file, tmp_path):
     existing = tmp_path / "exists"
     existing.mkdir()
     (existing / "notes.txt").write_text("mine")
-    with pytest.raises(TokenlensError, match="already exists; pass --force"):
+    with pytest.raises(TokenlensError, match="already exists; pass force=True"):
         train(loaded, "lora", data_file, existing, steps=1)
     with pytest.raises(TokenlensError, match="not a tokenlens training output"):
         train(loaded, "lora", data_file, existing, steps=1, force=True)

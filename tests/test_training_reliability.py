@@ -71,7 +71,7 @@ def trained(small_checkpoint, small_data, tmp_path) -> Path:
         ("prompt", {"virtual_tokens": 0}, "option virtual_tokens=0: must be a positive integer"),
         ("prefix", {"virtual_tokens": 1.5}, "must be a positive integer"),
         ("attention", {"kind": "both"}, "choose from auto, norm, ia3"),
-        ("embeddings", {}, "method embeddings needs --option token_ids="),
+        ("embeddings", {}, "method embeddings needs options={'token_ids'"),
         ("embeddings", {"token_ids": [3, False]}, "must be token ids"),
         ("adapter", {"size": 2.0}, "must be a positive integer"),
         ("bias", {"targets": []}, "choose from o_proj, down_proj, lm_head"),

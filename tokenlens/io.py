@@ -73,16 +73,18 @@ def check_output_path(path: str | Path, *, force: bool, figures: bool = False) -
         TokenlensError: The file (or figures folder) exists and ``force`` is false, the path is a folder, or
             its folder cannot be created or written to.
     """
-    from tokenlens.errors import TokenlensError
+    from tokenlens.errors import TokenlensError, option
 
     path = Path(path).expanduser()
     if path.is_dir():
         raise TokenlensError(f"{path} is a folder: give a file name")
     if path.exists() and not force:
-        raise TokenlensError(f"{path} exists: pass --force to overwrite it")
+        raise TokenlensError(f"{path} exists: pass {option('force', True)} to overwrite it")
     folder = figures_folder(path)
     if figures and folder.exists() and not force:
-        raise TokenlensError(f"{folder} exists (the report's figures go there): pass --force to overwrite it")
+        raise TokenlensError(
+            f"{folder} exists (the report's figures go there): pass {option('force', True)} to overwrite it"
+        )
     if figures and folder.exists() and not folder.is_dir():
         raise TokenlensError(f"{folder} is a file, not a folder for the report's figures")
     try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, speaks_command_line
 
 Check = Callable[[str, Any], Any]
 """An option validator: ``check(name, value)`` returns the value in canonical form or raises a one-line
@@ -140,7 +140,12 @@ def resolve(owner: str, declared: dict[str, Option], given: dict[str, Any] | Non
         if key in given:
             resolved[key] = option.check(key, given[key])
         elif option.required:
-            raise TokenlensError(f"method {owner} needs --option {key}=… ({option.help})")
+            raise TokenlensError(f"method {owner} needs {_setting(key)} ({option.help})")
         else:
             resolved[key] = copy.deepcopy(option.default)  # a caller may change its copy
     return resolved
+
+
+def _setting(key: str) -> str:
+    """How the reader sets option ``key``: ``--option key=…`` on the command line, ``options={'key': …}``."""
+    return f"--option {key}=…" if speaks_command_line() else f"options={{{key!r}: …}}"

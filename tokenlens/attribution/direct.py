@@ -27,7 +27,7 @@ from tokenlens.attribution.readout import Readout, make_readout, stream_logits
 from tokenlens.attribution.result import Decomposition, LogitAttribution, SourceSplit, TokenScore
 from tokenlens.capture.internals import InternalsRecorder, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import (
     ArchitectureSpec,
@@ -154,7 +154,9 @@ def decompose(
     """
     spec = spec or spec_for_model(model)
     if logprob and contrast_id is not None:
-        raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
+        raise TokenlensError(
+            f"a log-probability has no contrast token: drop {option('vs')} or {option('logprob', True)}"
+        )
     k = _kept_index(capture, position)
     own = logits[batch_index, k].double()  # the softmax and entropy of a log-probability need float64
     if capture.increments:  # a 16-bit model: the whole is the float32 readout of its own final stream
@@ -169,7 +171,7 @@ def decompose(
     if not (torch.isfinite(writes).all() and torch.isfinite(logits[batch_index, k]).all()):
         raise TokenlensError(
             f"the model produced NaN or infinite values at position {position} (overflow in a low-precision "
-            "dtype? try --dtype float32; or the weights are corrupt)"
+            f"dtype? try {option('dtype', 'float32')}; or the weights are corrupt)"
         )
     names: list[str] = []
     vectors: list[torch.Tensor] = []
@@ -336,7 +338,9 @@ def attribute_batch(
     if isinstance(neurons, bool) or not isinstance(neurons, int) or neurons < 0:
         raise TokenlensError(f"the number of neurons must be an integer of 0 or more, not {neurons!r}")
     if logprob and (vs is not None or vs_id is not None):
-        raise TokenlensError("a log-probability has no contrast token: drop --vs or --logprob")
+        raise TokenlensError(
+            f"a log-probability has no contrast token: drop {option('vs')} or {option('logprob', True)}"
+        )
     model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.spec
     config = bare_model(model).config
     n_layers = len(spec.layer_list(model))
@@ -356,7 +360,7 @@ def attribute_batch(
     target_fixed = _token(tokenizer, target, target_id, first_token, vocab_size)
     contrast = _token(tokenizer, vs, vs_id, first_token, vocab_size)
     if contrast is not None and contrast == target_fixed:
-        raise TokenlensError("the contrast token is the target itself: choose another --vs")
+        raise TokenlensError(f"the contrast token is the target itself: choose another {option('vs')}")
 
     width = max(len(ids) for ids in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -381,7 +385,8 @@ def attribute_batch(
         chosen = target_fixed if target_fixed is not None else top_ids[0]
         if contrast is not None and contrast == chosen:
             raise TokenlensError(
-                "the contrast token is the model's top-1 target: name a --target or another --vs"
+                f"the contrast token is the model's top-1 target: name a {option('target')} or another "
+                f"{option('vs')}"
             )
 
         def score(token_id: int, scores=scores, probs=probs) -> TokenScore:
@@ -489,7 +494,9 @@ def _splits_needed(
     heads: bool, neurons: int, experts: bool, scopes: tuple, spec: ArchitectureSpec
 ) -> frozenset[str]:
     if experts and not spec.moe:
-        raise TokenlensError(f"--experts needs a mixture-of-experts model; this one is {spec.family}")
+        raise TokenlensError(
+            f"{option('experts', True)} needs a mixture-of-experts model; this one is {spec.family}"
+        )
     wanted = set()
     if heads or scopes:
         wanted.add("heads")  # a source split is checked against its head's contribution

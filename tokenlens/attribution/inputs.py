@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tokenlens.errors import MultiTokenTarget, TokenlensError
+from tokenlens.errors import MultiTokenTarget, TokenlensError, option
 
 
 def decodable_vocab(tokenizer: Any, vocab_size: int) -> int:
@@ -62,7 +62,7 @@ def encode_prompt(
         raise TokenlensError("the prompt is empty: give some text to predict from")
     if chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise TokenlensError("this model's tokenizer has no chat template: drop --chat")
+            raise TokenlensError(f"this model's tokenizer has no chat template: drop {option('chat', True)}")
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )

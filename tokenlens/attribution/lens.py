@@ -24,7 +24,7 @@ from tokenlens.attribution.direct import run_with_capture
 from tokenlens.attribution.readout import final_norm_eps
 from tokenlens.attribution.result import LogitLens
 from tokenlens.capture.residual import ResidualCapture
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import ArchitectureSpec, bare_model
 
@@ -120,7 +120,7 @@ def compute_logit_lens(
     if not torch.isfinite(stream).all():
         raise TokenlensError(
             "the model produced NaN or infinite values in the residual stream (overflow in a low-precision "
-            "dtype? try --dtype float32)"
+            f"dtype? try {option('dtype', 'float32')})"
         )
 
     per_depth = [_decode_depth(h, g, eps, w_t, bias, target_id, decodable, k) for h in stream]

@@ -32,7 +32,7 @@ from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
-from tokenlens.errors import Interrupted, TokenlensError, first_line
+from tokenlens.errors import Interrupted, TokenlensError, command_line, first_line
 from tokenlens.version import __version__
 
 EXIT_OK = 0
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _quiet_libraries()
     try:
-        with _sigterm_interrupts():
+        with _sigterm_interrupts(), command_line():  # messages name flags, not Python parameters
             return int(args.run(args))
     except TokenlensError as exc:
         print(f"tokenlens: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from tokenlens.diff.result import Verdict
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 
 MIN_GAIN = 0.1
 MAX_KL = 0.05
@@ -25,9 +25,11 @@ def check_thresholds(min_gain: float, max_kl: float) -> None:
         TokenlensError: ``min_gain`` outside (0, 1] or a negative / non-finite ``max_kl``.
     """
     if not 0.0 < min_gain <= 1.0:
-        raise TokenlensError(f"--min-gain is an absolute probability gain in (0, 1], got {min_gain}")
+        raise TokenlensError(
+            f"{option('min_gain')} is an absolute probability gain in (0, 1], got {min_gain}"
+        )
     if not 0.0 <= max_kl < float("inf"):
-        raise TokenlensError(f"--max-kl is a KL divergence in nats (>= 0), got {max_kl}")
+        raise TokenlensError(f"{option('max_kl')} is a KL divergence in nats (>= 0), got {max_kl}")
 
 
 def judge(

@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.files import MANIFEST
 from tokenlens.models.loading import LoadedModel, load
 from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_keys, virtual_tokens
@@ -134,7 +134,7 @@ def pair_models(
         return ModelPair(base=tuned_loaded, tuned=tuned_loaded, toggled=True)
     base = base or tuned_loaded.base_ref or _manifest_base(tuned_loaded.path)
     if base is None:
-        raise TokenlensError(f"{tuned} does not name its base model: pass --base REF")
+        raise TokenlensError(f"{tuned} does not name its base model: pass {option('base', 'REF')}")
     base_loaded = load(base, **options)
     check_compatible(base_loaded, tuned_loaded)
     return ModelPair(base=base_loaded, tuned=tuned_loaded, toggled=False)

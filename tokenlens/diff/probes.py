@@ -20,7 +20,7 @@ from typing import Any
 
 from tokenlens.attribution import inputs
 from tokenlens.diff.result import Probe
-from tokenlens.errors import MultiTokenTarget, TokenlensError
+from tokenlens.errors import MultiTokenTarget, TokenlensError, option
 
 EXPECT = ("changed", "unchanged")
 _KEYS = {"prompt", "messages", "target", "expect", "group", "position"}
@@ -51,13 +51,13 @@ def load_probes(path: str | Path) -> tuple[Probe, ...]:
 def prompt_probes(prompts: Sequence[str], target: str | None = None) -> tuple[Probe, ...]:
     """Probes from command-line prompts (not judged), all tracking ``target`` when given."""
     if not prompts:
-        raise TokenlensError("give --probes FILE or at least one --prompt")
+        raise TokenlensError(f"give {option('probes', 'FILE')} or at least one {option('prompt')}")
     if target is not None:
         inputs.check_text(target, "target")
     for prompt in prompts:
         inputs.check_text(prompt, "prompt")
         if not prompt.strip():
-            raise TokenlensError("a --prompt is empty: give some text to predict from")
+            raise TokenlensError(f"a {option('prompt')} is empty: give some text to predict from")
     return tuple(Probe(prompt=p, target=target) for p in prompts)
 
 

@@ -28,7 +28,7 @@ from tokenlens.capture.residual import capture_residual, component_names
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_tokens
 
 
@@ -92,7 +92,8 @@ def capture_run(
     writes = capture.writes[:, 0, 0].double()
     if not (torch.isfinite(writes).all() and torch.isfinite(logits).all()):
         raise TokenlensError(
-            "a model produced NaN or infinite values (overflow in a low-precision dtype? try --dtype float32)"
+            f"a model produced NaN or infinite values (overflow in a low-precision dtype? try "
+            f"{option('dtype', 'float32')})"
         )
     return Run(
         writes=writes,

@@ -41,7 +41,6 @@ from tokenlens.models.specs import bare_model, spec_for_model
 from tokenlens.options import Option, choice, choices_list, layer_list, positive_int, resolve
 
 BIAS_TARGETS = ("o_proj", "down_proj", "lm_head")
-ROTARY = "model.rotary_emb"
 _STATE = "tokenlens_method"
 
 
@@ -220,10 +219,11 @@ def apply_rope(model: nn.Module, options: dict) -> nn.Module:
     """Make the rotary inverse frequencies (``kind=freqs``) or the rotary base (``kind=base``) trainable."""
     kind = options["kind"]
     bare = bare_model(model)
+    path = spec_for_model(model).rotary
     try:
-        rotary = bare.get_submodule(ROTARY)
+        rotary = bare.get_submodule(path)
     except AttributeError as exc:
-        raise TokenlensError(f"this model has no {ROTARY} module to train") from exc
+        raise TokenlensError(f"this model has no {path} module to train") from exc
     rope_type = getattr(rotary, "rope_type", None)
     fixed_table = isinstance(rope_type, str) and "dynamic" not in rope_type and rope_type != "longrope"
     if not isinstance(getattr(rotary, "inv_freq", None), torch.Tensor) or not fixed_table:
@@ -235,11 +235,11 @@ def apply_rope(model: nn.Module, options: dict) -> nn.Module:
         inv_freq = rotary.inv_freq.detach().clone()
         delattr(rotary, "inv_freq")  # the buffer becomes a parameter of the same values
         rotary.inv_freq = nn.Parameter(inv_freq)
-        return _mark(model, "rope", options, [f"{ROTARY}.inv_freq"])
+        return _mark(model, "rope", options, [f"{path}.inv_freq"])
     theta = float(rotary.config.rope_parameters["rope_theta"])
-    parent, _, child = ROTARY.rpartition(".")
+    parent, _, child = path.rpartition(".")
     setattr(bare.get_submodule(parent), child, LearnedRopeBase(rotary, theta))
-    return _mark(model, "rope", options, [f"{ROTARY}.log_base"])
+    return _mark(model, "rope", options, [f"{path}.log_base"])
 
 
 @dataclass(frozen=True)

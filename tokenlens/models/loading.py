@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenlens.errors import TokenlensError, first_line
+from tokenlens.errors import TokenlensError, first_line, option
 from tokenlens.files import (
     ADAPTER_CONFIG,
     ADAPTER_PICKLE,
@@ -161,7 +161,7 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TokenlensError(
-            f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu"
+            f"device {device!r} asked for, but no CUDA GPU is available here; use {option('device', 'cpu')}"
         )
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise TokenlensError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
@@ -185,7 +185,7 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
     if pickles and not allow_pickle:
         raise TokenlensError(
             f"{folder} has only pickle weights ({', '.join(pickles[:3])}), which can run code when loaded; "
-            "convert them to safetensors or pass --allow-pickle if you trust the source"
+            f"convert them to safetensors or pass {option('allow_pickle', True)} if you trust the source"
         )
     if not pickles:
         raise TokenlensError(f"{folder} has a config but no weights (*.safetensors)")
@@ -324,14 +324,14 @@ def _load_adapter(folder: Path, ref: str, base: str | None, options: _Options) -
     base = base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise TokenlensError(
-            f"{folder} does not name its base model (base_model_name_or_path): pass --base REF"
+            f"{folder} does not name its base model (base_model_name_or_path): pass {option('base', 'REF')}"
         )
     files = {p.name for p in folder.iterdir()}
     if ADAPTER_WEIGHTS not in files:
         if ADAPTER_PICKLE in files and not options.allow_pickle:
             raise TokenlensError(
                 f"{folder} has only a pickle adapter (adapter_model.bin), which can run code when loaded; "
-                "pass --allow-pickle if you trust the source"
+                f"pass {option('allow_pickle', True)} if you trust the source"
             )
         if ADAPTER_PICKLE not in files:
             raise TokenlensError(f"{folder} has no adapter weights ({ADAPTER_WEIGHTS})")
@@ -406,7 +406,9 @@ def _load_custom(folder: Path, ref: str, base: str | None, options: _Options) ->
 
     base = base or custom.base_of(folder)
     if not base:
-        raise TokenlensError(f"{folder} does not name its base model (no {MANIFEST}): pass --base REF")
+        raise TokenlensError(
+            f"{folder} does not name its base model (no {MANIFEST}): pass {option('base', 'REF')}"
+        )
     loaded_base = load(base, **asdict(options))
     model = custom.restore(loaded_base.model, folder)
     tokenizer, spec = loaded_base.tokenizer, loaded_base.spec

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.training.methods import METHODS
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -145,7 +145,9 @@ def select_configs(names: Sequence[str]) -> tuple[SweepConfig, ...]:
                 f"unknown configuration or method {name!r}{hint} (configurations: {', '.join(CONFIGS)})"
             )
     if not wanted:
-        raise TokenlensError("--methods selects nothing: name at least one configuration or method")
+        raise TokenlensError(
+            f"{option('methods')} selects nothing: name at least one configuration or method"
+        )
     return tuple(c for c in CONFIGS.values() if c.name in wanted)
 
 
@@ -169,5 +171,4 @@ def sweep_facts(loaded: Any, data_path: str | Path, probes: Sequence[Any]) -> Sw
             found = target_id(loaded.tokenizer, probe, vocab)
             if found is not None:
                 ids.add(found)
-    qk_norm = any(name.endswith("self_attn.q_norm") for name, _ in model.named_modules())
-    return SweepFacts(int(model.config.num_hidden_layers), qk_norm, tuple(sorted(ids)))
+    return SweepFacts(int(model.config.num_hidden_layers), loaded.spec.qk_norm, tuple(sorted(ids)))

@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, option
 from tokenlens.files import CHECKPOINT, DIFF_FILE, DIFF_SCHEMA, MANIFEST, RUN_RECORD
 from tokenlens.io import atomic_write_text
 
 EXACT = 3
 """With ``--causal``: components patched exactly per probe (the top ones by attribution-patching estimate)."""
+
+
+def _retrain() -> str:
+    return f"pass {option('force', True)} to retrain or choose another {option('out_dir')}"
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,11 @@ def check_manifest(job: Job) -> dict:
         if manifest.get(key) != value:
             raise TokenlensError(
                 f"{folder} was trained with another {key} ({manifest.get(key)!r}, this sweep: {value!r}); "
-                "pass --force to retrain or choose another --out"
+                f"{_retrain()}"
             )
     if not math.isclose(float(manifest.get("lr", math.nan)), job.lr, rel_tol=1e-9):
         raise TokenlensError(
-            f"{folder} was trained with lr {manifest.get('lr')!r}, this sweep uses {job.lr!r}; "
-            "pass --force to retrain or choose another --out"
+            f"{folder} was trained with lr {manifest.get('lr')!r}, this sweep uses {job.lr!r}; {_retrain()}"
         )
     return manifest
 
@@ -157,7 +160,9 @@ def train_job(job: Job, base: Any | None) -> None:
         return
     resume = (folder / CHECKPOINT).is_dir()
     if folder.exists() and any(folder.iterdir()) and not resume:
-        raise TokenlensError(f"{folder} exists but is not a tokenlens run: remove it or choose another --out")
+        raise TokenlensError(
+            f"{folder} exists but is not a tokenlens run: remove it or choose another {option('out_dir')}"
+        )
     if base is None:
         loaded = load(job.base, dtype=job.dtype, device=job.device)
     else:

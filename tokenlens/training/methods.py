@@ -29,6 +29,7 @@ import torch
 
 from tokenlens.errors import TokenlensError
 from tokenlens.models import custom
+from tokenlens.models.specs import spec_for_model
 from tokenlens.options import (
     Option,
     boolean,
@@ -135,15 +136,16 @@ def _apply_attention(model: torch.nn.Module, options: dict) -> torch.nn.Module:
     import peft
 
     kind = options["kind"]
-    has_qk_norm = any(name.endswith("q_norm") for name, _ in model.named_modules())
+    spec = spec_for_model(model)
     if kind == "auto":
-        kind = "norm" if has_qk_norm else "ia3"  # Llama/Qwen2 have no q_norm/k_norm to scale
-    if kind == "norm" and not has_qk_norm:
+        kind = "norm" if spec.qk_norm else "ia3"  # Llama/Qwen2 have no q_norm/k_norm to scale
+    if kind == "norm" and not spec.qk_norm:
         raise TokenlensError(
             "option kind=norm needs q_norm/k_norm (Qwen3); this model has none: use kind=ia3"
         )
     if kind == "norm":
-        return _peft(model, peft.LNTuningConfig(task_type="CAUSAL_LM", target_modules=["q_norm", "k_norm"]))
+        norms = [path.rpartition(".")[2] for path in (spec.q_norm, spec.k_norm)]  # module names for PEFT
+        return _peft(model, peft.LNTuningConfig(task_type="CAUSAL_LM", target_modules=norms))
     ia3 = ["k_proj", "v_proj"]
     config = peft.IA3Config(task_type="CAUSAL_LM", target_modules=ia3, feedforward_modules=[])
     return _peft(model, config)

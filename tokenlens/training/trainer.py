@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from tokenlens.errors import Interrupted, TokenlensError, first_line
+from tokenlens.errors import Interrupted, TokenlensError, first_line, option
 from tokenlens.files import CHECKPOINT, MANIFEST, STAGING_PREFIX
 from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.options import is_integer
@@ -306,18 +306,20 @@ def check_settings(
     """
     resolved = record.resolve(options)
     if steps is not None and epochs is not None:
-        raise TokenlensError("give --steps or --epochs, not both")
-    for flag, value in (("--steps", steps), ("--epochs", epochs)):
+        raise TokenlensError(f"give {option('steps')} or {option('epochs')}, not both")
+    for name, value in (("steps", steps), ("epochs", epochs)):
         if value is not None and (not is_integer(value) or value < 1):
-            raise TokenlensError(f"{flag} {value!r}: nothing to train; give at least 1")
+            raise TokenlensError(f"{option(name, repr(value))}: nothing to train; give at least 1")
     if not all(is_integer(value) and value >= 1 for value in (batch_size, checkpoint_every)):
         raise TokenlensError("batch size and checkpoint interval must be at least 1")
     if lr is not None:
         number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
         if not number or not math.isfinite(lr) or lr <= 0:
-            raise TokenlensError(f"--lr {lr!r}: the learning rate must be a finite number above 0")
+            raise TokenlensError(
+                f"{option('lr', repr(lr))}: the learning rate must be a finite number above 0"
+            )
     if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
-        raise TokenlensError(f"--seed {seed!r}: a seed is an integer from 0 to 2**64 - 1")
+        raise TokenlensError(f"{option('seed', repr(seed))}: a seed is an integer from 0 to 2**64 - 1")
     if gradient_checkpointing and record.name == "prefix":
         raise TokenlensError("gradient checkpointing cannot replay prefix tuning's key/value cache; drop it")
     return resolved
@@ -452,11 +454,14 @@ def check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
             raise TokenlensError(f"nothing to resume: {out_dir} has no {CHECKPOINT} folder")
         return
     if out_dir.exists() and not out_dir.is_dir():
-        raise TokenlensError(f"{out_dir} is a file: --out needs a folder")
+        raise TokenlensError(f"{out_dir} is a file: {option('out_dir')} needs a folder")
     if out_dir.is_dir() and any(not _leftover(entry) for entry in out_dir.iterdir()):
         ours = (out_dir / MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
         if not force:
-            raise TokenlensError(f"{out_dir} already exists; pass --force to replace its output or --resume")
+            raise TokenlensError(
+                f"{out_dir} already exists; pass {option('force', True)} to replace its output or "
+                f"{option('resume', True)}"
+            )
         if not ours:
             raise TokenlensError(f"{out_dir} is not a tokenlens training output; remove it yourself")
 
@@ -529,7 +534,7 @@ def _lock(out_dir: Path) -> int:
         os.close(fd)
         raise TokenlensError(
             f"{out_dir} is in use by another tokenlens training run; wait for it to end or choose another "
-            "--out"
+            f"{option('out_dir')}"
         ) from exc
     return fd
 
