@@ -16,7 +16,11 @@ The corpus: ``tokenlens inspect`` with every attribution and causal section (tab
 with its figure files), a MoE model with ``--experts``, a prompt-tuning adapter with ``--virtual``; the
 Python API for what the CLI never asks (repeated sections, the notebook fragment); ``tokenlens diff`` and
 ``tokenlens check`` on a tiny base/tuned pair (one and many probes, groups) and on a prompt-tuned pair; and
-the shared HTML/Markdown helpers that ``tokenlens/sweep/report.py`` uses.
+the shared HTML/Markdown helpers that ``tokenlens/sweep/report.py`` uses; ``tokenlens sweep``'s method map
+(JSON, Markdown, HTML, its PNG figures and the terminal table) for synthetic sweeps, built from numbers
+without training anything (NaN, ``None`` and infinite values, names that need escaping).
+
+``--only sweep,kit`` writes only the corpora named (the sweep and kit corpora need no model).
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenlens.sweep import RunMetrics, SweepMap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -180,21 +188,109 @@ def kit_corpus(out: Path) -> None:
     (out / "sweep-kit.txt").write_text("\n".join(lines) + "\n")
 
 
+def _sweep_run(config: str, seed: int, **numbers: object) -> RunMetrics:
+    """One synthetic run: ``numbers`` override the defaults (gain, collateral_kl, trainable, …)."""
+    from tokenlens.sweep import RunMetrics
+
+    values = dict(
+        method=config.split("-")[0], lr=2e-4, steps=20, final_loss=0.25 + seed / 100, trainable=12288,
+        wall_s=41.5 + seed, peak_mb=512.0 + seed, gain=0.3, flips=1, intended=2, collateral_kl=0.02,
+        unintended_flips=0, controls=3, components={"embed": 0.01, "L0.attn": 0.4, "L0.mlp": 0.2},
+    )  # fmt: skip
+    values.update(numbers)
+    return RunMetrics(config=config, seed=seed, run_dir=f"runs/{config}-s{seed}", **values)
+
+
+def sweep_maps() -> dict[str, SweepMap]:
+    """Two synthetic method maps: two seeds with a recommendation (memory not measured for one
+    configuration, components only one has, hostile names); one seed, causal, no recommendation, with no
+    trainable parameter (effect per parameter NaN), a NaN loss, an infinite control KL, an lr search that
+    diverged and notes."""
+    import math
+
+    from tokenlens.sweep import ConfigSummary, SweepMap, recommend
+
+    parts = {"embed": 0.0, "L0.attn": 0.05, "L0.mlp": 0.3, "L1.attn": 0.0, "L1.mlp": 0.6, "readout.head": 1.5}
+    two = [
+        ConfigSummary("lora-early", "lora", "LoRA r=8 on q,v of layer 0", 2e-4, (
+            _sweep_run("lora-early", 0, gain=0.31, collateral_kl=0.02, flips=2),
+            _sweep_run("lora-early", 1, gain=0.36, collateral_kl=0.03, flips=1, unintended_flips=1),
+        )),
+        ConfigSummary("bias <b>&amp;</b>", "bias", "biases | `all` *layers*", 1e-2, (
+            _sweep_run("bias <b>&amp;</b>", 0, gain=0.12, collateral_kl=0.2, trainable=96, peak_mb=None),
+            _sweep_run("bias <b>&amp;</b>", 1, gain=0.1, collateral_kl=0.25, trainable=96, peak_mb=None),
+        )),
+        ConfigSummary("head", "head", "the readout head", 1e-3, (
+            _sweep_run("head", 0, gain=0.02, collateral_kl=1.5, trainable=917504, components=parts),
+            _sweep_run("head", 1, gain=0.2, collateral_kl=0.0, trainable=917504, components=parts,
+                       unintended_flips=3),
+        )),
+    ]  # fmt: skip
+    one = [  # one seed: a Spread's std of NaN or infinity over two seeds raises (statistics.stdev)
+        ConfigSummary("prompt", "prompt", "3 virtual tokens", 3e-2, (
+            _sweep_run("prompt", 7, gain=0.4, collateral_kl=0.0, trainable=1536, peak_mb=None,
+                       components={"virtual": 0.9, "L0.attn": 0.1, "L0.mlp": 0.0}),
+        )),
+        ConfigSummary("lora-late", "lora", "LoRA on the last layer", 2e-4, (
+            _sweep_run("lora-late", 7, gain=-0.05, collateral_kl=math.inf, wall_s=1234.5),
+        )),
+        ConfigSummary("bias | *x*", "bias", "nothing trainable", 1e-2, (
+            _sweep_run("bias | *x*", 7, gain=0.2, trainable=0, final_loss=math.nan),
+        )),
+    ]  # fmt: skip
+    return {
+        "sweep-two-seeds": SweepMap(
+            model="org/model <script>alert(1)</script> | `x` \u202e", task="custom",
+            data="my data/train.jsonl", probes="probes [1].jsonl", steps=20, seeds=(0, 1), causal=False,
+            configs=tuple(two), recommendation=recommend(two, 2),
+        ),
+        "sweep-one-seed": SweepMap(
+            model="smollm2-135m", task="fact-edit", data="train.jsonl", probes="probes.jsonl", steps=10,
+            seeds=(7,), causal=True, configs=tuple(one), recommendation=recommend(one, 1),
+            lr_search={"prompt": {1e-2: 0.5, 3e-2: 0.25, 9e-2: math.inf}, "lora-late": {2e-4: math.nan}},
+            notes=("peak memory not measured", "a note with <i>markup</i> & | pipes \n and `ticks`"),
+        ),
+    }  # fmt: skip
+
+
+def sweep_corpus(out: Path) -> None:
+    """``tokenlens sweep``'s map files (``write_map``: JSON, Markdown, HTML, PNG figures) and its terminal
+    table, for each synthetic map of :func:`sweep_maps`."""
+    from tokenlens.cli.sweep import write_map
+    from tokenlens.report.kit.terminal import renderables_to_text
+    from tokenlens.sweep.report import render_map
+
+    for name, sweep_map in sweep_maps().items():
+        write_map(sweep_map, out / name)
+        (out / f"{name}.txt").write_text(renderables_to_text([render_map(sweep_map)], width=180))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder to write the corpus into (replaced)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tokenlens-golden"), help="models and scratch")
+    parser.add_argument("--only", help="comma list of corpora: inspect, api, diff, kit, sweep (default: all)")
     args = parser.parse_args()
     work = args.work.resolve()
-    build_models(work / "models")
     scratch = work / "out"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     os.chdir(scratch)
-    inspect_corpus(work / "models", scratch)
-    api_corpus(work / "models", scratch)
-    diff_corpus(work / "models", scratch)
-    kit_corpus(scratch)
+    corpora = {
+        "inspect": lambda: inspect_corpus(work / "models", scratch),
+        "api": lambda: api_corpus(work / "models", scratch),
+        "diff": lambda: diff_corpus(work / "models", scratch),
+        "kit": lambda: kit_corpus(scratch),
+        "sweep": lambda: sweep_corpus(scratch),
+    }
+    only = args.only.split(",") if args.only else list(corpora)
+    unknown = sorted(set(only) - set(corpora))
+    if unknown:
+        parser.error(f"--only: unknown corpus {', '.join(unknown)} (choose from {', '.join(corpora)})")
+    if {"inspect", "api", "diff"} & set(only):
+        build_models(work / "models")
+    for name in only:
+        corpora[name]()
     target = args.out.resolve()
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(scratch, target)
