@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tokenlens import __version__
 from tokenlens.attribution.result import TokenScore
 from tokenlens.diff.result import (
     READOUT_TERMS,
@@ -23,6 +22,7 @@ from tokenlens.diff.result import (
 )
 from tokenlens.report.diff_layout import drills, verdict_summary
 from tokenlens.report.kit.text import json_number
+from tokenlens.version import __version__
 
 SCHEMA_VERSION = 1
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tokenlens import __version__
 from tokenlens.attribution.result import LogitAttribution, TokenScore
 from tokenlens.report.layout import split_rows
 from tokenlens.report.sections import section_kind
+from tokenlens.version import __version__
 
 SCHEMA_VERSION = 1
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import tokenlens
 from tokenlens.attribution.result import LogitAttribution
 from tokenlens.report.sections import SectionKind, check_sections, section_kinds
+from tokenlens.version import __version__
 
 FIGURE_ALT = {
     "waterfall": "Waterfall: each component's direct contribution, accumulating to the explained logit",
@@ -143,7 +143,7 @@ def settings_items(
     the command line). A setting that repeats a shown value is not shown twice; one that differs is shown
     as ``key (requested)``."""
     items = {"model": result.model, "dtype": result.dtype, "device": result.device}
-    items["tokenlens version"] = tokenlens.__version__
+    items["tokenlens version"] = __version__
     if detail:
         items["chat template"] = "yes" if result.chat else "no"
         items["explained position"] = str(result.position)

@@ -16,8 +16,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-import tokenlens
 from tokenlens.report.kit.text import probability, show_token
+from tokenlens.version import __version__
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#1b1b1b}
@@ -190,7 +190,7 @@ def page(title: str, header_html: str, main_html: str, css: str = CSS) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n"
         f"<header>{header_html}</header>\n<main>\n{main_html}\n</main>\n"
-        f'<footer class="note">tokenlens {escape(tokenlens.__version__)}</footer>\n</body>\n</html>\n'
+        f'<footer class="note">tokenlens {escape(__version__)}</footer>\n</body>\n</html>\n'
     )
 
 
