@@ -16,7 +16,7 @@ The corpus: ``tokenlens inspect`` with every attribution and causal section (tab
 with its figure files), a MoE model with ``--experts``, a prompt-tuning adapter with ``--virtual``; the
 Python API for what the CLI never asks (repeated sections, the notebook fragment); ``tokenlens diff`` and
 ``tokenlens check`` on a tiny base/tuned pair (one and many probes, groups) and on a prompt-tuned pair; and
-the shared HTML/Markdown helpers that ``tokenlens/sweep/report.py`` uses; ``tokenlens sweep``'s method map
+the kit's HTML/Markdown helpers that the sweep map uses; ``tokenlens sweep``'s method map
 (JSON, Markdown, HTML, its PNG figures and the terminal table) for synthetic sweeps, built from numbers
 without training anything (NaN, ``None`` and infinite values, names that need escaping).
 
@@ -175,16 +175,16 @@ def diff_corpus(models: Path, out: Path) -> None:
 
 
 def kit_corpus(out: Path) -> None:
-    """The helpers ``tokenlens/sweep/report.py`` imports from the report modules, on sample values."""
-    from tokenlens.report import html as h
-    from tokenlens.report import markdown as m
+    """The kit's helpers that the sweep map (``tokenlens/report/sweep_map.py``) uses, on sample values."""
+    from tokenlens.report.kit import html as h
+    from tokenlens.report.kit import markdown as m
 
     values = [0, 1, -2, 0.5, -1e-7, 1234567, float("nan"), 3e-4]
-    lines = [h._CSS, h._CSP, repr(h.PNG_MAGIC), h._e('<a href="x">&\'</a>')]
-    lines += [h._num(v) for v in values] + [h._num(v, ",", False, name="n<") for v in values[:6]]
-    lines += [h._num(v, "g", False, "span") for v in values] + [h._num(v, "p", False) for v in values]
-    lines += [h._table(["a", "<b>"], ["<tr><td>1</td></tr>", "<tr><td>2</td></tr>"], "grid")]
-    lines += [m._table(["a", "b|c"], [["1", "2"], ["x", "y"]]), m.plain("a|b *c* <d> $e$ @f #g \u202e\n")]
+    lines = [h.CSS, h.CSP, repr(h.PNG_MAGIC), h.escape('<a href="x">&\'</a>')]
+    lines += [h.number(v) for v in values] + [h.number(v, ",", False, name="n<") for v in values[:6]]
+    lines += [h.number(v, "g", False, "span") for v in values] + [h.number(v, "p", False) for v in values]
+    lines += [h.table(["a", "<b>"], ["<tr><td>1</td></tr>", "<tr><td>2</td></tr>"], "grid")]
+    lines += [m.table(["a", "b|c"], [["1", "2"], ["x", "y"]]), m.plain("a|b *c* <d> $e$ @f #g \u202e\n")]
     (out / "sweep-kit.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -258,7 +258,7 @@ def sweep_corpus(out: Path) -> None:
     table, for each synthetic map of :func:`sweep_maps`."""
     from tokenlens.cli.sweep import write_map
     from tokenlens.report.kit.terminal import renderables_to_text
-    from tokenlens.sweep.report import render_map
+    from tokenlens.report.sweep_map import render_map
 
     for name, sweep_map in sweep_maps().items():
         write_map(sweep_map, out / name)

@@ -4,6 +4,7 @@ seeds do not separate, bad input is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -211,6 +212,34 @@ def test_effect_per_collateral_definition():
     assert run.effect_per_collateral == pytest.approx(10.0)
     assert run.effect_per_param == pytest.approx(0.005)
     assert math.isclose(_config("x", [(0.2, 0.0), (0.4, 0.0)]).spread("gain").mean, 0.3)
+
+
+def test_map_renderers_escape_names_and_write_null_for_undefined_numbers():
+    from tokenlens.report.kit.html import PNG_MAGIC
+    from tokenlens.report.sweep_map import map_to_dict, render_map_html, render_map_markdown
+    from tokenlens.sweep import SweepMap
+    from tokenlens.version import __version__
+
+    name = "bias <b>|</b>"
+    run = dataclasses.replace(_run(name, 0, 0.3, 0.01), trainable=0)  # effect per parameter: NaN
+    config = ConfigSummary(name, "bias", "", 1e-2, (run,))
+    sweep_map = SweepMap(
+        model="m <script>", task="custom", data="d", probes="p", steps=3, seeds=(0,), causal=False,
+        configs=(config,), recommendation=recommend([config], 1), lr_search={name: {1e-2: math.inf}},
+    )  # fmt: skip
+    saved = json.loads(json.dumps(map_to_dict(sweep_map), allow_nan=False))
+    entry = saved["configs"][0]
+    assert entry["effect_per_param"]["mean"] is None and entry["runs"][0]["effect_per_param"] is None
+    assert entry["peak_mb"] is None and saved["lr_search"][name] == {"0.01": None}
+    assert saved["tool"] == f"tokenlens {__version__}" and entry["gain"]["values"] == [0.3]
+
+    page = render_map_html(sweep_map, images={"components": PNG_MAGIC + b"..."})
+    assert "<script" not in page and "<b>" not in page and 'data-name="bias &lt;b&gt;|&lt;/b&gt;"' in page
+    assert '<figure id="figure-components">' in page and '<section id="how-to-read">' in page
+    with pytest.raises(ValueError, match="is not PNG data"):
+        render_map_html(sweep_map, images={"components": b"GIF89a"})
+    text = render_map_markdown(sweep_map, figures={"components": "map files/c.png"})
+    assert "| bias \\<b\\>\\|\\</b\\> |" in text and "](map%20files/c.png)" in text
 
 
 @pytest.mark.parametrize(

@@ -185,8 +185,8 @@ def write_map(sweep_map, out: Path) -> dict[str, Path]:
     """Write ``map.json``, ``map.md``, ``map.html`` and ``map_files/*.png`` into ``out``; return the paths."""
     from tokenlens.io import atomic_write_bytes, atomic_write_text
     from tokenlens.report.plots import figure_png
-    from tokenlens.sweep.plots import map_figures
-    from tokenlens.sweep.report import map_to_dict, render_map_html, render_map_markdown
+    from tokenlens.report.plots.sweep import map_figures
+    from tokenlens.report.sweep_map import map_to_dict, render_map_html, render_map_markdown
 
     pngs = {slug: figure_png(fig, dpi=110) for slug, fig in map_figures(sweep_map).items()}
     paths = {"json": out / "map.json", "md": out / "map.md", "html": out / "map.html"}

@@ -21,14 +21,6 @@ from types import MappingProxyType
 
 from tokenlens.attribution.result import LogitAttribution, LogitLens, SourceSplit
 from tokenlens.report.kit import html
-
-# tokenlens/sweep/report.py imports these six names from here until it moves onto tokenlens.report.kit.
-from tokenlens.report.kit.html import CSP as _CSP  # noqa: F401
-from tokenlens.report.kit.html import CSS as _CSS  # noqa: F401
-from tokenlens.report.kit.html import PNG_MAGIC  # noqa: F401
-from tokenlens.report.kit.html import escape as _e  # noqa: F401
-from tokenlens.report.kit.html import number as _num  # noqa: F401
-from tokenlens.report.kit.html import table as _table  # noqa: F401
 from tokenlens.report.kit.text import QUANTITY_WORDS, show_token, visible
 from tokenlens.report.layout import figure_alt, plan_report, settings_items, source_anchors, split_rows
 from tokenlens.report.sections import section_kinds, with_lens

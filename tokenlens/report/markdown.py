@@ -17,9 +17,6 @@ from types import MappingProxyType
 from tokenlens.attribution.result import LogitAttribution, LogitLens, SourceSplit
 from tokenlens.report.kit import markdown
 from tokenlens.report.kit.markdown import code, plain, token
-
-# tokenlens/sweep/report.py imports this name from here until it moves onto tokenlens.report.kit.
-from tokenlens.report.kit.markdown import table as _table  # noqa: F401
 from tokenlens.report.kit.text import QUANTITY_WORDS, probability
 from tokenlens.report.layout import figure_alt, plan_report, settings_items, source_anchors, split_rows
 from tokenlens.report.sections import with_lens

@@ -3,8 +3,9 @@ fewest parameters and the least collateral drift, measured over seeds.
 
 :data:`~tokenlens.sweep.configs.CONFIGS` lists the configurations, :func:`~tokenlens.sweep.runner.run_sweep`
 trains and diffs them (resumably) into a :class:`~tokenlens.sweep.results.SweepMap`,
-:func:`~tokenlens.sweep.recommend.recommend` ranks them, :mod:`tokenlens.sweep.report` and
-:mod:`tokenlens.sweep.plots` render the map.
+:func:`~tokenlens.sweep.recommend.recommend` ranks them. The sweep computes and never renders: the map's
+renderers live with the other reports (:mod:`tokenlens.report.sweep_map`,
+:mod:`tokenlens.report.plots.sweep`).
 """
 
 from tokenlens.sweep.configs import (

@@ -1,8 +1,10 @@
-"""Figures of a sweep map (rendering only): effect vs trainable parameters, effect vs collateral drift, and
-the configurations' component heatmaps side by side.
+"""Figures of a sweep's method map (rendering only: they read a SweepMap): effect vs trainable parameters,
+effect vs collateral drift, and the configurations' component heatmaps side by side.
 
 Every point is a configuration's mean over seeds; the error bars span its seeds' min..max, so two
-configurations whose bars overlap are not separated by this many seeds.
+configurations whose bars overlap are not separated by this many seeds. :func:`map_figures` draws all three,
+keyed by the slugs of :data:`FIGURES` (the map's Markdown and HTML, :mod:`tokenlens.report.sweep_map`, name
+them by these slugs).
 """
 
 from __future__ import annotations

@@ -1,21 +1,32 @@
-"""The method map in every format (rendering only: no model runs here): a terminal table (rich), JSON
-(everything, per run and per configuration), Markdown (with PNG figures beside it) and one self-contained
-HTML page (figures as ``data:`` URIs, the same safety rules as :mod:`tokenlens.report.diff_html`).
+"""The method map of ``tokenlens sweep`` in every format (rendering only: it reads a SweepMap, never trains).
+
+A map is one row per configuration (a post-training method and where it is applied), each number a mean over
+seeds with its min..max range, then the recommendation's reasoning and how to read the numbers. Every
+format shows the same text cells:
+
+* :func:`render_map`: a compact terminal table (rich), where each effect lives, the recommendation;
+* :func:`map_to_dict`: everything as JSON-ready data, per run and per configuration (undefined is ``null``);
+* :func:`render_map_markdown`: GitHub-flavoured Markdown, figures linked by relative path;
+* :func:`render_map_html`: one self-contained HTML page (figures as ``data:`` URIs, no script, no network),
+  each number cell carrying its mean in ``data-value``.
+
+Untrusted text (model and configuration names, notes) goes through the kit (:mod:`tokenlens.report.kit`);
+the figures are drawn by :mod:`tokenlens.report.plots.sweep`.
 """
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Mapping
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
 
-import tokenlens
-from tokenlens.report.html import _CSP, _CSS, PNG_MAGIC, _e, _num, _table
-from tokenlens.report.markdown import _table as _md_table
-from tokenlens.report.markdown import plain
+from tokenlens.report.kit import html, markdown
+from tokenlens.report.kit.text import finite_json
 from tokenlens.sweep.recommend import CLEAR_GAIN
 from tokenlens.sweep.results import COLLATERAL_FLOOR, METRICS, ConfigSummary, RunMetrics, Spread, SweepMap
+from tokenlens.version import __version__
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
 
 HOW_TO_READ = (
     "Each row is one configuration (a post-training method and where it is applied), trained with every seed "
@@ -57,9 +68,37 @@ COLUMNS = (
     "peak MiB",
     "top components",
 )
+"""The map's columns in Markdown and HTML (:func:`_cells` gives a row's text in this order)."""
+
+CELL_METRICS = (
+    "gain",
+    "flips",
+    "collateral_kl",
+    "unintended_flips",
+    "effect_per_param",
+    "effect_per_collateral",
+    "wall_s",
+    "peak_mb",
+)
+"""The metric behind each column from ``gain`` to ``peak MiB`` (the HTML cells' ``data-name``)."""
+
+TERMINAL = (
+    "config",
+    "params",
+    "gain",
+    "flips",
+    "ctrl KL",
+    "unint.",
+    "eff/param",
+    "eff/coll",
+    "wall s",
+    "MiB",
+)
+"""The terminal table's columns (the top components follow as lines; the lr is in the JSON)."""
 
 
 def _spread_text(spread: Spread | None, fmt: str) -> str:
+    """The mean in ``fmt``, then the seeds' ``(min..max)`` when they differ; ``—`` when not measured."""
     if spread is None:
         return "—"
     if len(spread.values) == 1 or spread.low == spread.high:
@@ -91,6 +130,7 @@ def _cells(c: ConfigSummary) -> list[str]:
 
 
 def _header(m: SweepMap) -> str:
+    """One line saying what was swept: model, task, steps, seeds and how components were scored."""
     causal = "causal (exact patching of the top 3)" if m.causal else "direct split"
     return (
         f"model {m.model} · task {m.task} · {m.steps} steps · seeds {', '.join(map(str, m.seeds))} · "
@@ -98,22 +138,7 @@ def _header(m: SweepMap) -> str:
     )
 
 
-TERMINAL = (
-    "config",
-    "params",
-    "gain",
-    "flips",
-    "ctrl KL",
-    "unint.",
-    "eff/param",
-    "eff/coll",
-    "wall s",
-    "MiB",
-)
-"""The terminal table's columns (the top components follow as lines; the lr is in the JSON)."""
-
-
-def render_map(m: SweepMap):
+def render_map(m: SweepMap) -> RenderableType:
     """The map as rich renderables: a compact table, where each effect lives, and the recommendation."""
     from rich.console import Group
     from rich.table import Table
@@ -132,7 +157,7 @@ def render_map(m: SweepMap):
     return Group(table, *lines)
 
 
-def _spread_dict(spread: Spread | None) -> dict | None:
+def _spread_dict(spread: Spread | None) -> dict[str, Any] | None:
     if spread is None:
         return None
     return {
@@ -144,7 +169,7 @@ def _spread_dict(spread: Spread | None) -> dict | None:
     }
 
 
-def _run_dict(r: RunMetrics) -> dict:
+def _run_dict(r: RunMetrics) -> dict[str, Any]:
     return {
         "seed": r.seed,
         "run_dir": r.run_dir,
@@ -167,7 +192,7 @@ def _run_dict(r: RunMetrics) -> dict:
     }
 
 
-def map_to_dict(m: SweepMap) -> dict:
+def map_to_dict(m: SweepMap) -> dict[str, Any]:
     """Everything in the map as JSON-ready data (NaN never appears: undefined values are ``null``)."""
     configs = []
     for c in m.configs:
@@ -183,9 +208,9 @@ def map_to_dict(m: SweepMap) -> dict:
         entry["runs"] = [_run_dict(r) for r in c.runs]
         configs.append(entry)
     rec = m.recommendation
-    return _clean(
+    return finite_json(
         {
-            "tool": f"tokenlens {tokenlens.__version__}",
+            "tool": f"tokenlens {__version__}",
             "model": m.model,
             "task": m.task,
             "data": m.data,
@@ -212,24 +237,15 @@ def map_to_dict(m: SweepMap) -> dict:
     )
 
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def render_map_markdown(m: SweepMap, figures: Mapping[str, str] | None = None) -> str:
     """The map as GitHub-flavoured Markdown; ``figures``: slug -> relative PNG path."""
+    plain = markdown.plain
     parts = [
         f"# tokenlens sweep: {plain(m.model)} on {plain(m.task)}",
         "",
         plain(_header(m)),
         "",
-        _md_table(COLUMNS, [[plain(cell) for cell in _cells(c)] for c in m.configs]),
+        markdown.table(COLUMNS, [[plain(cell) for cell in _cells(c)] for c in m.configs]),
         "",
         "## Recommendation",
         "",
@@ -237,38 +253,23 @@ def render_map_markdown(m: SweepMap, figures: Mapping[str, str] | None = None) -
     parts += [f"- {plain(line)}" for line in m.recommendation.lines]
     parts += ["", *[f"> note: {plain(n)}" for n in m.notes]]
     for slug, path in (figures or {}).items():
-        parts += ["", f"![{plain(FIGURE_ALT.get(slug, slug))}]({quote(path, safe='/')})"]
+        parts += ["", markdown.image(FIGURE_ALT.get(slug, slug), path)]
     parts += ["", "## How to read this map", "", *[f"- {plain(t)}" for t in HOW_TO_READ], ""]
     return "\n".join(parts)
-
-
-_HTML_METRICS = {
-    3: "gain",
-    4: "flips",
-    5: "collateral_kl",
-    6: "unintended_flips",
-    7: "effect_per_param",
-    8: "effect_per_collateral",
-    9: "wall_s",
-    10: "peak_mb",
-}
 
 
 def _html_row(c: ConfigSummary) -> str:
     """A configuration's row; each number cell carries its mean in ``data-value`` (``null``: not measured)."""
     cells = _cells(c)
     out = [
-        f"<td>{_e(cells[0])}</td>",
-        _num(c.trainable, ",", False, name="trainable"),
-        _num(c.lr, "g", False, name="lr"),
+        html.number(c.trainable, ",", False, name="trainable"),
+        html.number(c.lr, "g", False, name="lr"),
     ]
-    for index in range(3, len(cells) - 1):
-        spread = c.spread(_HTML_METRICS[index])
+    for metric, text in zip(CELL_METRICS, cells[3:-1], strict=True):
+        spread = c.spread(metric)
         value = "null" if spread is None else repr(spread.mean)
-        out.append(
-            f'<td class="num" data-name="{_HTML_METRICS[index]}" data-value="{value}">{_e(cells[index])}</td>'
-        )
-    return f'<tr data-name="{_e(c.config)}">' + "".join(out) + f"<td>{_e(cells[-1])}</td></tr>"
+        out.append(f'<td class="num" data-name="{metric}" data-value="{value}">{html.escape(text)}</td>')
+    return html.row(c.config, *out, f"<td>{html.escape(cells[-1])}</td>")
 
 
 def render_map_html(m: SweepMap, images: Mapping[str, bytes] | None = None) -> str:
@@ -277,31 +278,19 @@ def render_map_html(m: SweepMap, images: Mapping[str, bytes] | None = None) -> s
     Raises:
         ValueError: An image that is not PNG data.
     """
-    figures = []
-    for slug, png in (images or {}).items():
-        if not png.startswith(PNG_MAGIC):
-            raise ValueError(f"image {slug!r} is not PNG data")
-        alt = FIGURE_ALT.get(slug, slug)
-        data = base64.b64encode(png).decode("ascii")
-        figures.append(
-            f'<figure id="figure-{_e(slug)}"><img src="data:image/png;base64,{data}" '
-            f'alt="{_e(alt)}"><figcaption>{_e(alt)}</figcaption></figure>'
-        )
-    rec = "".join(f"<li>{_e(line)}</li>" for line in m.recommendation.lines)
-    notes = "".join(f'<p class="note">note: {_e(n)}</p>' for n in m.notes)
-    sections = [
-        ("map", "Map", _table([_e(c) for c in COLUMNS], [_html_row(c) for c in m.configs]) + notes),
-        ("recommendation", "Recommendation", f"<ul>{rec}</ul>"),
-        ("figures", "Figures", "".join(figures)),
-        ("how-to-read", "How to read this map", "".join(f"<p>{_e(t)}</p>" for t in HOW_TO_READ)),
-    ]
-    body = "\n".join(f'<section id="{a}">\n<h2>{t}</h2>\n{c}\n</section>' for a, t, c in sections)
-    title = f"tokenlens sweep: {m.model} on {m.task}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en" dir="ltr">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<header><h1>{_e(title)}</h1>\n<p>{_e(_header(m))}</p></header>\n<main>\n{body}\n</main>\n"
-        f'<footer class="note">tokenlens {_e(tokenlens.__version__)}</footer>\n</body>\n</html>\n'
+    figures = "".join(
+        html.figure(slug, png, FIGURE_ALT.get(slug, slug)) for slug, png in (images or {}).items()
     )
+    rec = "".join(f"<li>{html.escape(line)}</li>" for line in m.recommendation.lines)
+    notes = "".join(f'<p class="note">note: {html.escape(n)}</p>' for n in m.notes)
+    table = html.table([html.escape(c) for c in COLUMNS], [_html_row(c) for c in m.configs])
+    sections = [
+        ("map", "Map", table + notes),
+        ("recommendation", "Recommendation", f"<ul>{rec}</ul>"),
+        ("figures", "Figures", figures),
+        ("how-to-read", "How to read this map", html.paragraphs(HOW_TO_READ)),
+    ]
+    body = "\n".join(html.section(anchor, html.escape(title), content) for anchor, title, content in sections)
+    title = f"tokenlens sweep: {m.model} on {m.task}"
+    header = f"<h1>{html.escape(title)}</h1>\n<p>{html.escape(_header(m))}</p>"
+    return html.page(title, header, body)
