@@ -70,17 +70,9 @@ COLUMNS = (
 )
 """The map's columns in Markdown and HTML (:func:`_cells` gives a row's text in this order)."""
 
-CELL_METRICS = (
-    "gain",
-    "flips",
-    "collateral_kl",
-    "unintended_flips",
-    "effect_per_param",
-    "effect_per_collateral",
-    "wall_s",
-    "peak_mb",
-)
-"""The metric behind each column from ``gain`` to ``peak MiB`` (the HTML cells' ``data-name``)."""
+CELL_METRICS = tuple(metric for metric in METRICS if metric != "final_loss")
+"""The metric behind each column from ``gain`` to ``peak MiB``, in order (the HTML cells' ``data-name``):
+every metric spread over seeds but the final training loss, which the map leaves to the JSON."""
 
 TERMINAL = (
     "config",
