@@ -180,7 +180,7 @@ def test_diff_does_not_suggest_a_flag_it_lacks(tiny_checkpoint, capsys):
         main(["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--target", " Parisianism"])
         == 2
     )
-    assert "pass --first-token" in one_line_error(capsys)
+    assert "--first-token explains its first token" in one_line_error(capsys)
 
 
 def test_messages_name_settings_as_the_reader_types_them(tiny_loaded, tiny_checkpoint, capsys):

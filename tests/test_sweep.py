@@ -242,6 +242,42 @@ def test_map_renderers_escape_names_and_write_null_for_undefined_numbers():
     assert "| bias \\<b\\>\\|\\</b\\> |" in text and "](map%20files/c.png)" in text
 
 
+def test_a_spread_with_a_non_finite_value_renders():
+    from tokenlens.report.sweep_map import map_to_dict
+    from tokenlens.sweep import SweepMap
+
+    config = _config("head", [(0.3, math.inf), (0.5, 0.02)])  # one seed's control KL is infinite
+    sweep_map = SweepMap(
+        model="m", task="custom", data="d", probes="p", steps=3, seeds=(0, 1), causal=False,
+        configs=(config,), recommendation=recommend([config], 2), lr_search={},
+    )  # fmt: skip
+    saved = json.loads(json.dumps(map_to_dict(sweep_map), allow_nan=False))
+    assert saved["configs"][0]["collateral_kl"]["std"] is None  # was an AttributeError in statistics.stdev
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "md", "html"])
+def test_cli_sweep_prints_the_map_in_every_format(fmt, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """The command's own tail (after the runs): the map written and printed; the training is stubbed."""
+    from tokenlens.cli import main
+    from tokenlens.sweep import SweepMap, runner
+
+    config = _config("bias", [(0.3, 0.01), (0.5, 0.02)])
+    sweep_map = SweepMap(
+        model="m", task="custom", data="d", probes="p", steps=3, seeds=(0, 1), causal=False,
+        configs=(config,), recommendation=recommend([config], 2), lr_search={},
+    )  # fmt: skip
+    monkeypatch.setattr(runner, "run_sweep", lambda plan, loaded, on_event: sweep_map)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a b"}\n')
+    argv = ["sweep", "--model", str(tiny_checkpoint), "--methods", "bias", "--seeds", "0,1"]
+    argv += ["--data", str(data), "--probes", str(data), "--out", str(tmp_path / "o"), "--format", fmt]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "o" / "map.json").is_file() and (tmp_path / "o" / "map.html").is_file()
+    expected = {"table": "bias", "json": '"config": "bias"', "md": "| bias |", "html": "map.html"}[fmt]
+    assert expected in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -99,14 +99,14 @@ def test_resolve_gives_the_values_that_train():
 def cli(argv: list[str], monkeypatch, capsys, loads: bool = False) -> tuple[int, str]:
     """Run ``tokenlens`` in-process; unless ``loads``, loading a model fails the test (exit code 3)."""
     from tokenlens.cli import main
-    from tokenlens.cli import train as train_cmd
+    from tokenlens.cli.options import ModelOptions
 
     if not loads:
 
-        def no_model(args):
+        def no_model(self):
             raise AssertionError("the model loaded before the settings were checked")
 
-        monkeypatch.setattr(train_cmd, "load_from_args", no_model)
+        monkeypatch.setattr(ModelOptions, "load", no_model)
     code = main(argv)
     return code, capsys.readouterr().err
 

@@ -23,6 +23,7 @@ __all__ = [
     "LoadedModel",
     "attribute",
     "attribute_batch",
+    "AttributionRequest",
     "logit_lens",
     "LogitLens",
     "decompose_logit",
@@ -40,6 +41,7 @@ _LAZY = {
     "DEFAULT_MODEL": "tokenlens.models.zoo",
     "attribute": "tokenlens.attribution.direct",
     "attribute_batch": "tokenlens.attribution.direct",
+    "AttributionRequest": "tokenlens.attribution.request",
     "logit_lens": "tokenlens.attribution.lens",
     "LogitLens": "tokenlens.attribution.result",
     "decompose_logit": "tokenlens.attribution.direct",
@@ -55,6 +57,7 @@ display.register_html(
 if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
     from tokenlens.attribution.lens import logit_lens
+    from tokenlens.attribution.request import AttributionRequest
     from tokenlens.attribution.result import Decomposition, LogitAttribution, LogitLens
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO

@@ -18,12 +18,14 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 from torch import nn
 
 from tokenlens.attribution import finer, inputs
 from tokenlens.attribution.readout import Readout, make_readout, stream_logits
+from tokenlens.attribution.request import AttributionRequest
 from tokenlens.attribution.result import Decomposition, LogitAttribution, SourceSplit, TokenScore
 from tokenlens.capture.internals import InternalsRecorder, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
@@ -240,125 +242,65 @@ def decompose_logit(
 def attribute(
     loaded: LoadedModel,
     prompt: str | Sequence[int],
-    *,
-    target: str | None = None,
-    target_id: int | None = None,
-    first_token: bool = False,
-    vs: str | None = None,
-    vs_id: int | None = None,
-    position: int = -1,
-    chat: bool = False,
-    top_k: int = 10,
-    heads: bool = False,
-    neurons: int = 0,
-    experts: bool = False,
-    sources: Sequence[str] = (),
-    logprob: bool = False,
+    request: AttributionRequest | None = None,
+    /,
+    **options: Any,
 ) -> LogitAttribution:
     """Explain the model's next-token logit for ``prompt``, component by component.
 
     Args:
         loaded: A model from :func:`tokenlens.load`.
         prompt: Text to predict from (used as is unless ``chat``), or token ids used exactly as given.
-        target: The token to explain, as decoded text (``" Paris"``); default: the model's top-1 token
-            among ids the tokenizer can decode.
-        target_id: The token to explain, by id (instead of ``target``).
-        first_token: Accept a ``target`` (or ``vs``) of several tokens and use its first one.
-        vs: A contrast token (decoded text): explain ``logit[target] − logit[vs]``.
-        vs_id: The contrast token by id (instead of ``vs``).
-        position: Which prompt position's prediction to explain; negative counts from the end.
-        chat: Wrap the prompt as a user turn with the model's chat template.
-        top_k: How many top alternatives to report.
-        heads: Split every attention layer by head.
-        neurons: Report this many top neurons per dense MLP layer (0: none).
-        experts: Split every MoE layer by routed expert.
-        sources: Split by source position: ``"L3"`` (a layer), ``"L3.H2"`` (a head), ``"all"`` (every head).
-        logprob: Explain ``log p(target)`` instead of the logit (exact too; see
-            :class:`~tokenlens.attribution.result.Decomposition`).
+        request: What to explain and how finely (:class:`~tokenlens.attribution.request.AttributionRequest`):
+            the target (default: the top-1 token), a contrast, the log-probability, the position, the finer
+            splits. Or give its fields as keyword ``options``: ``attribute(loaded, prompt, target=" Paris",
+            heads=True)``.
 
     Raises:
         TokenlensError: For any bad input (empty or over-long prompt, bad position, unknown or multi-token
-            target, contrast equal to the target, unknown layer/head); the message is one line.
+            target, contrast equal to the target, unknown layer/head, an unknown option); one line.
     """
-    return attribute_batch(
-        loaded,
-        [prompt],
-        target=target,
-        target_id=target_id,
-        first_token=first_token,
-        vs=vs,
-        vs_id=vs_id,
-        position=position,
-        chat=chat,
-        top_k=top_k,
-        heads=heads,
-        neurons=neurons,
-        experts=experts,
-        sources=sources,
-        logprob=logprob,
-    )[0]
+    return attribute_batch(loaded, [prompt], request, **options)[0]
 
 
 def attribute_batch(
     loaded: LoadedModel,
     prompts: Sequence[str | Sequence[int]],
+    request: AttributionRequest | None = None,
+    /,
     *,
-    target: str | None = None,
-    target_id: int | None = None,
-    first_token: bool = False,
-    vs: str | None = None,
-    vs_id: int | None = None,
-    position: int = -1,
-    chat: bool = False,
-    top_k: int = 10,
-    heads: bool = False,
-    neurons: int = 0,
-    experts: bool = False,
-    sources: Sequence[str] = (),
     padding_side: str = "right",
-    logprob: bool = False,
+    **options: Any,
 ) -> tuple[LogitAttribution, ...]:
     """:func:`attribute` for several prompts in one padded forward pass; results equal running each alone.
 
-    ``position`` is per prompt (``-1``: each prompt's last token). ``padding_side`` is ``"right"`` or
-    ``"left"`` (left padding gets position ids from the attention mask). Other arguments as in
-    :func:`attribute`; a named target or contrast applies to every prompt, the default target is each
-    prompt's own top-1 token.
+    The request's ``position`` is per prompt (``-1``: each prompt's last token). ``padding_side`` is
+    ``"right"`` or ``"left"`` (left padding gets position ids from the attention mask). A named target or
+    contrast applies to every prompt; the default target is each prompt's own top-1 token.
     """
+    request = AttributionRequest.of(request, options)
     if not prompts:
         raise TokenlensError("no prompts given")
-    if target is not None and target_id is not None:
-        raise TokenlensError("give the target as text or as an id, not both")
-    if vs is not None and vs_id is not None:
-        raise TokenlensError("give the contrast as text or as an id, not both")
     if padding_side not in ("left", "right"):
         raise TokenlensError(f"padding side must be left or right, not {padding_side!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise TokenlensError(f"top_k must be an integer of at least 1, not {top_k!r}")
-    if isinstance(neurons, bool) or not isinstance(neurons, int) or neurons < 0:
-        raise TokenlensError(f"the number of neurons must be an integer of 0 or more, not {neurons!r}")
-    if logprob and (vs is not None or vs_id is not None):
-        raise TokenlensError(
-            f"a log-probability has no contrast token: drop {option('vs')} or {option('logprob', True)}"
-        )
     model, tokenizer, spec = loaded.model, loaded.tokenizer, loaded.spec
     config = bare_model(model).config
     n_layers = len(spec.layer_list(model))
     n_heads = spec.layer_list(model)[0].get_submodule(spec.attn).config.num_attention_heads
-    scopes = parse_sources(sources, n_layers, n_heads)
-    splits = _splits_needed(heads, neurons, experts, scopes, spec)
+    scopes = parse_sources(request.sources, n_layers, n_heads)
+    splits = _splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
     max_positions = getattr(config, "max_position_embeddings", None)
     vocab_size = spec.module(model, spec.head).weight.shape[0]
     encoded = [
-        inputs.encode_prompt(tokenizer, p, chat=chat, max_positions=max_positions)
+        inputs.encode_prompt(tokenizer, p, chat=request.chat, max_positions=max_positions)
         if isinstance(p, str)
         else inputs.check_prompt_ids(p, vocab_size, max_positions)
         for p in prompts
     ]
     texts = [p if isinstance(p, str) else tokenizer.decode(ids) for p, ids in zip(prompts, encoded)]
-    own_positions = [inputs.resolve_position(position, len(ids)) for ids in encoded]
-    target_fixed = _token(tokenizer, target, target_id, first_token, vocab_size)
-    contrast = _token(tokenizer, vs, vs_id, first_token, vocab_size)
+    own_positions = [inputs.resolve_position(request.position, len(ids)) for ids in encoded]
+    target_fixed = _token(tokenizer, request.target, request.target_id, request.first_token, vocab_size)
+    contrast = _token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
     if contrast is not None and contrast == target_fixed:
         raise TokenlensError(f"the contrast token is the target itself: choose another {option('vs')}")
 
@@ -379,9 +321,9 @@ def attribute_batch(
     results = []
     for row, ids in enumerate(encoded):
         k = int((kept == padded[row]).nonzero()[0, 0])
-        scores = logits[row, k].float()  # (vocab,)
+        scores = logits[row, k].double()  # (vocab,): float64 softmax, as the log-probability split uses
         probs = scores.softmax(-1)
-        top_ids = inputs.top_tokens(scores, limit, top_k).tolist()
+        top_ids = inputs.top_tokens(scores, limit, request.top_k).tolist()
         chosen = target_fixed if target_fixed is not None else top_ids[0]
         if contrast is not None and contrast == chosen:
             raise TokenlensError(
@@ -402,9 +344,12 @@ def attribute_batch(
             contrast_id=contrast,
             batch_index=row,
             spec=spec,
-            logprob=logprob,
+            logprob=request.logprob,
         )
-        weights = scores.double().softmax(-1) if logprob else None  # as decompose computes them
+        weights = None
+        if request.logprob:  # the probabilities decompose used (a 16-bit model: of its float32 readout)
+            whole = stream_logits(model, spec, capture.final_input[row, k]) if capture.increments else scores
+            weights = whole.double().softmax(-1)
         fine = _finer(
             model,
             spec,
@@ -413,7 +358,7 @@ def attribute_batch(
             d,
             splits,
             scopes,
-            neurons,
+            request.neurons,
             row,
             k,
             padded[row] + shift,  # in the model's own sequence: virtual positions first
@@ -427,7 +372,7 @@ def attribute_batch(
             LogitAttribution(
                 model=loaded.ref,
                 prompt=texts[row],
-                chat=chat,
+                chat=request.chat,
                 token_ids=tuple(ids),
                 tokens=tuple(inputs.decode_token(tokenizer, i) for i in ids),
                 position=own_positions[row],

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from tokenlens.cli.inspect import progress
+from tokenlens.cli.options import ModelOptions, OutputOptions, quiet_transformers
 from tokenlens.errors import TokenlensError
 
 FORMATS = ("table", "json", "md", "markdown", "html")
@@ -29,8 +29,14 @@ object per line. Intended probes ("changed") pass when the target becomes top-1 
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tuned", required=True, help="fine-tune: adapter folder, trainer output, or any model")
-    p.add_argument("--base", help="base model (default: named by the adapter or the trainer manifest)")
+    ModelOptions.add_arguments(
+        p,
+        model_flag="--tuned",
+        model_help="fine-tune: adapter folder, trainer output, or any model",
+        base_help="base model (default: named by the adapter or the trainer manifest)",
+        dtype="float32",  # two models' distributions compared, not rounded to 16 bits
+        sharding=False,
+    )
     p.add_argument("--probes", help="JSONL probe file")
     p.add_argument("--prompt", action="append", default=[], help="a prompt to compare (repeatable)")
     p.add_argument("--target", help="with --prompt: the token to track (default: the tuned top-1)")
@@ -41,15 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal", action="store_true", help="check: also measure causal effects (slower)")
     p.add_argument("--exact", type=int, default=10, help="components patched exactly (default 10)")
     p.add_argument("--no-reverse", action="store_true", help="skip patching base outputs into the tuned run")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, auto")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own code to run")
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="allow pickle weight files (they can run code)"
-    )
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    p.add_argument("--out", metavar="PATH", help="write the output to PATH (atomically) instead of stdout")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    OutputOptions.add_arguments(p, FORMATS, "output format (default: table)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,22 +78,17 @@ def compute(args: argparse.Namespace):
     check_thresholds(args.min_gain, args.max_kl)
     if args.top_k < 1 or args.exact < 0:
         raise TokenlensError("--top-k must be at least 1 and --exact at least 0")
-    if args.format in ("html", "md", "markdown") and not args.out:
-        raise TokenlensError(f"--format {args.format} writes a file: give --out PATH")
-    if args.out:
-        from tokenlens.io import check_output_path
-
-        check_output_path(args.out, force=args.force, figures=args.format in ("md", "markdown"))
     probes = load_probes(args.probes) if args.probes else prompt_probes(args.prompt, args.target)
-    _quiet_transformers()
-    with progress(f"loading {args.tuned}"):
+    model = ModelOptions.from_args(args)
+    quiet_transformers()
+    with progress(f"loading {model.model}"):
         pair = pair_models(
-            args.tuned,
-            args.base,
-            dtype=args.dtype,
-            device=args.device,
-            trust_remote_code=args.trust_remote_code,
-            allow_pickle=args.allow_pickle,
+            model.model,
+            model.base,
+            dtype=model.dtype,
+            device=model.device,
+            trust_remote_code=model.trust_remote_code,
+            allow_pickle=model.allow_pickle,
         )
     options = DiffOptions(
         top_k=args.top_k,
@@ -109,30 +102,23 @@ def compute(args: argparse.Namespace):
         return diff(pair, probes, options)
 
 
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
-def render(args: argparse.Namespace, report) -> str | None:
-    """The output text in ``args.format`` (``None`` when a table was printed to the terminal)."""
-    if args.format == "json":
+def render(output: OutputOptions, report) -> str | None:
+    """The output text in ``output.format`` (``None`` when a table was printed to the terminal)."""
+    if output.format == "json":
         from tokenlens.report.diff_json import diff_to_dict
 
         return json.dumps(diff_to_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    if args.format == "html":
+    if output.format == "html":
         from tokenlens.report.diff_html import render_diff_html
 
         return render_diff_html(report)
-    if args.format in ("md", "markdown"):
+    if output.format == "markdown":
         from tokenlens.io import figures_folder
         from tokenlens.report.diff_markdown import render_diff_markdown
         from tokenlens.report.plots import save_figure
         from tokenlens.report.plots.diff import diff_figures
 
-        folder = figures_folder(args.out)
+        folder = figures_folder(output.out)
         paths = {}
         for key, figure in diff_figures(report).items():
             png, _ = save_figure(figure, folder / key)
@@ -140,7 +126,7 @@ def render(args: argparse.Namespace, report) -> str | None:
         return render_diff_markdown(report, figures=paths)
     from tokenlens.report.diff_terminal import render_diff
 
-    if args.out:
+    if output.out is not None:
         from tokenlens.report.kit.terminal import renderables_to_text
 
         return renderables_to_text([render_diff(report)])
@@ -150,21 +136,9 @@ def render(args: argparse.Namespace, report) -> str | None:
     return None
 
 
-def _write(args: argparse.Namespace, text: str | None) -> None:
-    if text is None:
-        return
-    if args.out:
-        from tokenlens.io import atomic_write_text
-
-        atomic_write_text(args.out, text)
-        print(f"tokenlens: wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-
-
 def run_diff(args: argparse.Namespace) -> int:
-    report = compute(args)
-    _write(args, render(args, report))
+    output = OutputOptions.from_args(args)
+    output.write(render(output, compute(args)))
     return 0
 
 
@@ -182,22 +156,18 @@ def verdict_lines(report) -> list[str]:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    output = OutputOptions.from_args(args)
     report = compute(args)
     if report.judged == 0:
         raise TokenlensError('no probe has an "expect": nothing to check (see tokenlens check --help)')
-    if args.format == "table":
-        lines = verdict_lines(report)
+    if output.format == "table":
         failed = len(report.failures)
         summary = (
             f"check passed: {report.judged} of {report.judged} probes as expected"
             if report.passed
             else f"check FAILED: {failed} of {report.judged} probes violated"
         )
-        text = "\n".join([*lines, summary]) + "\n"
-        if args.out:
-            _write(args, text)
-        else:
-            sys.stdout.write(text)
+        output.write("\n".join([*verdict_lines(report), summary]) + "\n")
     else:
-        _write(args, render(args, report))
+        output.write(render(output, report))
     return 0 if report.passed else 1

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenlens.cli.options import ModelOptions
 from tokenlens.errors import TokenlensError
 
 FORMATS = ("table", "json", "md", "html")
@@ -49,7 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="smollm2-135m", help="base model (default: smollm2-135m)")
+    ModelOptions.add_arguments(
+        p,
+        model_help="the base model every configuration trains (default: smollm2-135m)",
+        base_help=None,
+        dtype="float32",  # the runs train in float32 (bf16 autocast on a GPU) and diff in float32
+        sharding=False,
+        trust=False,  # each run loads the base again in a child process
+    )
     p.add_argument("--task", help="built-in task: fact-edit (default), instruction, format")
     p.add_argument("--data", help="your own JSONL training file (with --probes)")
     p.add_argument("--probes", help="your own JSONL probe file (with --data)")
@@ -76,8 +84,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="table", help="what to print (all files are written)")
     p.add_argument("--out", help="output folder (runs, map files)")
     p.add_argument("--force", action="store_true", help="retrain every run and recompute every diff")
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.set_defaults(run=run)
 
 
@@ -203,20 +209,9 @@ def write_map(sweep_map, out: Path) -> dict[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
-    from tokenlens.cli.inspect import load_from_args
     from tokenlens.sweep.runner import run_sweep
 
-    model_args = argparse.Namespace(
-        model=args.model,
-        base=None,
-        dtype=args.dtype,
-        device=args.device,
-        device_map=None,
-        quantize=None,
-        trust_remote_code=False,
-        allow_pickle=False,
-    )
-    loaded = load_from_args(model_args)
+    loaded = ModelOptions.from_args(args).load()
     sweep_map = run_sweep(plan, loaded, on_event=lambda line: print(f"tokenlens: {line}", file=sys.stderr))
     if args.recommend is False:  # keep the ranking's reasoning, drop the verdict (its last line)
         rec = sweep_map.recommendation
@@ -234,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from rich.console import Console
 
-        from tokenlens.sweep.report import render_map
+        from tokenlens.report.sweep_map import render_map
 
         console = Console()
         if not console.is_terminal:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tokenlens.cli.inspect import add_model_options, load_from_args
+from tokenlens.cli.options import ModelOptions
 from tokenlens.errors import TokenlensError
 
 EPILOG = """examples:
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_options(p)
+    ModelOptions.add_arguments(p)
     p.add_argument("--method", help="the method (see --list-methods)")
     p.add_argument("--data", help="JSONL training file")
     p.add_argument("--out", help="output folder (refused if it exists, unless --force or --resume)")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if record.needs_quantized and not args.quantize:
         raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
     check_out_dir(Path(args.out), resume=args.resume, force=args.force)
-    loaded = load_from_args(args)
+    loaded = ModelOptions.from_args(args).load()
     with _progress() as on_progress:
         result = train(
             loaded,
@@ -146,7 +146,7 @@ def _list_methods(args: argparse.Namespace) -> int:
 
     from tokenlens.training.methods import METHODS, trainable_count
 
-    loaded = load_from_args(args)
+    loaded = ModelOptions.from_args(args).load()
     total = sum(p.numel() for p in loaded.model.parameters())
     print(f"methods for {args.model} ({total:,} parameters):")
     for record in METHODS.values():

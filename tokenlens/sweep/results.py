@@ -114,8 +114,13 @@ class Spread:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (0 for one value)."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+        """Sample standard deviation (0 for one value; NaN when a value is not finite, which
+        ``statistics.stdev`` cannot take)."""
+        if len(self.values) < 2:
+            return 0.0
+        if not all(math.isfinite(v) for v in self.values):
+            return math.nan
+        return statistics.stdev(self.values)
 
     def overlaps(self, other: Spread) -> bool:
         """The two ranges ``low..high`` share a point."""

@@ -2,7 +2,7 @@
 
 A report shows untrusted text (tokens and prompts from a tokenizer, file names, chat messages) next to
 numbers that must read the same everywhere. The kit owns both rules, so each renderer (the attribution and
-diff reports, and later the sweep map) writes a section's content and nothing else:
+diff reports, the sweep map) writes a section's content and nothing else:
 
 * :mod:`~tokenlens.report.kit.text`: plain text, shared by every format: token literals, visible escapes,
   probability formatting, JSON-safe numbers, the names of explained quantities.
