@@ -194,6 +194,14 @@ LORA_OPTIONS = {
 }
 VIRTUAL_TOKENS = {"virtual_tokens": Option(8, "number of virtual tokens", positive_int)}
 
+
+def _custom(name: str, summary: str, lr: float) -> Method:
+    """A model structure of :data:`tokenlens.models.custom.CUSTOM` as a method: its options and how to apply
+    it come from the structure, and it is saved as a method folder."""
+    structure = custom.CUSTOM[name]
+    return Method(name, summary, lr, structure.options, structure.apply, custom.save, output="custom")
+
+
 METHODS: dict[str, Method] = {}
 """The registry: every method by name, in menu order (:func:`register_method` adds one)."""
 
@@ -280,32 +288,20 @@ for _method in (
         _save_adapter,
     ),
     Method("full", "all weights", 1e-4, {}, _apply_full, _save_checkpoint, output="checkpoint"),
-    Method(
+    _custom(
         "bias",
         "zero-initialised biases added to o_proj / down_proj (optionally a logit bias on lm_head)",
         1e-2,
-        custom.CUSTOM["bias"].options,
-        custom.CUSTOM["bias"].apply,
-        custom.save,
-        output="custom",
     ),
-    Method(
+    _custom(
         "adapter",
         "bottleneck adapters (down, SiLU, zero-initialised up, residual) on MLP outputs",
         1e-3,
-        custom.CUSTOM["adapter"].options,
-        custom.CUSTOM["adapter"].apply,
-        custom.save,
-        output="custom",
     ),
-    Method(
+    _custom(
         "rope",
         "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
         1e-2,
-        custom.CUSTOM["rope"].options,
-        custom.CUSTOM["rope"].apply,
-        custom.save,
-        output="custom",
     ),
 ):
     register_method(_method)
