@@ -197,6 +197,29 @@ def test_messages_name_settings_as_the_reader_types_them(tiny_loaded, tiny_check
         load(str(tiny_checkpoint), device="cuda")
 
 
+def test_a_full_disk_while_writing_a_report_keeps_the_previous_file(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import os
+
+    out = tmp_path / "report.json"
+    out.write_text("the previous report")
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    argv = ["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--format", "json"]
+    assert main([*argv, "--out", str(out), "--force"]) == 2
+    err = one_line_error(capsys)
+    assert f"could not write {out}: No space left on device; the previous file there is intact" in err
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert out.read_text() == "the previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left
+
+
 # --- Markdown figure folders ------------------------------------------------------------------------------
 
 
