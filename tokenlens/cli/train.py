@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("method", "data", "out") if not getattr(args, flag)]
     if missing:
         raise TokenlensError(f"train needs {', '.join('--' + m for m in missing)} (or --list-methods)")
+    from tokenlens.training.folder import check_out_dir
     from tokenlens.training.methods import get_method
-    from tokenlens.training.trainer import check_out_dir, check_settings, train
+    from tokenlens.training.trainer import check_settings, train
 
     record = get_method(args.method)  # fail fast, before loading a model
     options = parse_options(args.option)

@@ -9,8 +9,9 @@ states; resuming from it reaches bitwise the same weights as an uninterrupted ru
 Order of work, so that a bad input never costs the previous output: every setting is checked first (those
 that need no model in :func:`check_settings`, which the CLI runs before a model loads), then the data, then
 the method is applied (checking what needs the model, e.g. layer indices); only then is ``out_dir`` touched.
-For the whole run the folder is locked (``flock`` on the folder itself, released by the kernel when the
-process ends, even on SIGKILL), so a second run into it fails at once instead of replacing the first.
+For the whole run the folder is locked (:mod:`tokenlens.training.folder`: ``flock`` on the folder itself,
+released by the kernel when the process ends, even on SIGKILL), so a second run into it fails at once
+instead of replacing the first.
 
 Checkpoints live in ``out_dir/tokenlens-checkpoint`` and are replaced atomically (see
 :mod:`tokenlens.training.checkpoint`). Ctrl-C (SIGINT) and SIGTERM are deferred to the end of the running
@@ -33,15 +34,13 @@ as before).
 
 from __future__ import annotations
 
-import fcntl
 import math
-import os
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -50,13 +49,13 @@ from typing import Any
 import torch
 
 from tokenlens.errors import Interrupted, TokenlensError, first_line, option
-from tokenlens.files import CHECKPOINT, MANIFEST, STAGING_PREFIX
+from tokenlens.files import CHECKPOINT
 from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.options import is_integer
-from tokenlens.training import checkpoint, output
+from tokenlens.training import checkpoint, folder, output
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
 from tokenlens.training.methods import Method, get_method, trainable_count
-from tokenlens.training.parallel import Parallel, parallel_context
+from tokenlens.training.parallel import parallel_context
 
 SEED_LIMIT = 2**64
 """Seeds are integers from 0 to ``SEED_LIMIT - 1``: what ``torch.manual_seed`` accepts."""
@@ -205,7 +204,7 @@ def train(
     if quantized and record.output == "checkpoint":
         raise TokenlensError(f"method {record.name} trains base weights, which a quantised base cannot do")
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, resume=resume, force=force)  # early; checked again under the folder's lock
+    folder.check_out_dir(out_dir, resume=resume, force=force)  # early; checked again under the lock
     max_length = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
@@ -226,7 +225,7 @@ def train(
     }
     torch.manual_seed(seed)
     core = record.apply(model, resolved)  # checks what needs the model: before the folder is touched
-    with _claim(out_dir, resume=resume, force=force, parallel=parallel):
+    with folder.claim(out_dir, resume=resume, force=force, parallel=parallel):
         model = core if parallel.accelerator is None else parallel.accelerator.prepare(core)  # DDP-wrapped
         device = next(core.parameters()).device
         autocast = device.type == "cuda" and _float_dtype(core) == torch.float32
@@ -437,113 +436,6 @@ def _checkpointing(model, enabled: bool) -> Iterator[None]:
             hf.gradient_checkpointing_disable()
         if getattr(hf, "_require_grads_hook", None) is not None:
             hf.disable_input_require_grads()
-
-
-def check_out_dir(out_dir: Path, *, resume: bool, force: bool) -> None:
-    """Refuse an output folder this run may not use (it only reads the folder).
-
-    Without ``resume`` the folder must be missing or empty (leftovers of an interrupted write of ours do not
-    count), or hold a tokenlens output or checkpoint and ``force`` be set; with ``resume`` it must hold a
-    checkpoint.
-
-    Raises:
-        TokenlensError: Not a folder, in use without ``force``, not ours, or nothing to resume.
-    """
-    if resume:
-        if not (out_dir / CHECKPOINT).is_dir():
-            raise TokenlensError(f"nothing to resume: {out_dir} has no {CHECKPOINT} folder")
-        return
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TokenlensError(f"{out_dir} is a file: {option('out_dir')} needs a folder")
-    if out_dir.is_dir() and any(not _leftover(entry) for entry in out_dir.iterdir()):
-        ours = (out_dir / MANIFEST).is_file() or (out_dir / CHECKPOINT).is_dir()
-        if not force:
-            raise TokenlensError(
-                f"{out_dir} already exists; pass {option('force', True)} to replace its output or "
-                f"{option('resume', True)}"
-            )
-        if not ours:
-            raise TokenlensError(f"{out_dir} is not a tokenlens training output; remove it yourself")
-
-
-def _leftover(entry: Path) -> bool:
-    """A temporary file or folder that an interrupted write of ours left (a staging folder, a checkpoint
-    being written): removed by the next run that holds the folder's lock."""
-    return entry.name.startswith(STAGING_PREFIX) or entry == checkpoint.staging_file(
-        entry.parent / CHECKPOINT
-    )
-
-
-@contextmanager
-def _claim(out_dir: Path, *, resume: bool, force: bool, parallel: Parallel) -> Iterator[None]:
-    """Hold ``out_dir`` for the run: create it, lock it, check it again under the lock, clear leftovers.
-
-    A folder it created is removed again when the run fails before writing anything into it.
-
-    Only the main process locks and checks; every process raises when it fails, so none waits for the
-    others at a barrier that will not come.
-
-    Raises:
-        TokenlensError: Another run holds the folder, it cannot be created, or :func:`check_out_dir`
-            refuses it.
-    """
-    lock: int | None = None
-    failure: TokenlensError | None = None
-    created = parallel.main and not out_dir.exists()
-    try:
-        if parallel.main:
-            try:
-                lock = _lock(out_dir)
-                check_out_dir(out_dir, resume=resume, force=force)
-                for entry in out_dir.iterdir():
-                    if _leftover(entry):
-                        _remove(entry)
-            except TokenlensError as exc:
-                failure = exc
-        if parallel.any(failure is not None):
-            raise failure or TokenlensError(f"the main process cannot use {out_dir} (see its error)")
-        yield
-    except BaseException:
-        if created and lock is not None and not any(out_dir.iterdir()):
-            with suppress(OSError):
-                out_dir.rmdir()  # a run that failed before writing anything leaves no empty folder behind
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)  # releases the lock
-
-
-def _lock(out_dir: Path) -> int:
-    """Create ``out_dir`` if needed and take an exclusive ``flock`` on it; returns the descriptor to close.
-
-    The lock is on the folder itself (no lock file to leave behind) and belongs to this open descriptor, so
-    the kernel drops it when the process ends, however it ends.
-
-    Raises:
-        TokenlensError: The folder cannot be created or opened, or another process holds the lock.
-    """
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out_dir, os.O_RDONLY)
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise TokenlensError(f"cannot create or open the output folder {out_dir}: {reason}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise TokenlensError(
-            f"{out_dir} is in use by another tokenlens training run; wait for it to end or choose another "
-            f"{option('out_dir')}"
-        ) from exc
-    return fd
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 @contextmanager
