@@ -75,11 +75,6 @@ class AttributionRequest:
             raise TokenlensError(f"{option('sources')} must be a list of scopes such as ['L3', 'L3.H2']")
         object.__setattr__(self, "sources", tuple(self.sources))
 
-    @property
-    def contrast(self) -> bool:
-        """Whether a contrast token is asked for."""
-        return self.vs is not None or self.vs_id is not None
-
     @classmethod
     def of(cls, request: AttributionRequest | None, options: Mapping[str, Any]) -> AttributionRequest:
         """``request``, or one made from keyword ``options`` (the fields); not both.

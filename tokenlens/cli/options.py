@@ -107,23 +107,21 @@ class ModelOptions:
             allow_pickle=getattr(args, "allow_pickle", False),
         )
 
-    def load_kwargs(self) -> dict[str, Any]:
-        """How to load (the keyword arguments of :func:`tokenlens.load` other than the reference)."""
-        return {
-            "dtype": self.dtype,
-            "device": self.device,
-            "device_map": self.device_map,
-            "quantize": self.quantize,
-            "trust_remote_code": self.trust_remote_code,
-            "allow_pickle": self.allow_pickle,
-        }
-
     def load(self) -> Any:
         """:func:`tokenlens.load` the model (transformers' own progress bars and chatter silenced)."""
         quiet_transformers()
         from tokenlens.models.loading import load
 
-        return load(self.model, base=self.base, **self.load_kwargs())
+        return load(
+            self.model,
+            base=self.base,
+            dtype=self.dtype,
+            device=self.device,
+            device_map=self.device_map,
+            quantize=self.quantize,
+            trust_remote_code=self.trust_remote_code,
+            allow_pickle=self.allow_pickle,
+        )
 
 
 def quiet_transformers() -> None:
