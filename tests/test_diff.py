@@ -342,3 +342,33 @@ def test_pairs_that_do_not_match_are_refused(tmp_path, lora_layer1, qwen_tokeniz
         pair_models(str(tmp_path / "other_tok"), str(base_dir))
     with pytest.raises(TokenlensError, match="pass base=REF"):
         pair_models(str(base_dir))
+
+
+def test_verdict_reasons_name_the_tokens():
+    """A check line read alone in a CI log says which tokens moved: checked wording, every branch."""
+    from tokenlens.diff.check import judge
+
+    flip = dict(
+        flipped=True, target_top=False, prob_gain=0.0, kl=21.4, base_top1=" Berlin", tuned_top1=" Lyon"
+    )
+    assert judge("unchanged", **flip).reason == "top-1 changed ' Berlin' → ' Lyon' (KL 21.4)"
+    kept = dict(flip, flipped=False, tuned_top1=" Berlin", kl=0.2)
+    assert judge("unchanged", **kept).reason == "top-1 ' Berlin' kept but KL 0.2 > 0.05"
+    assert judge("unchanged", **dict(kept, kl=0.01)).reason == "top-1 ' Berlin' kept, KL 0.01 <= 0.05"
+    moved = dict(flip, target=" Lyon", target_top=True, prob_gain=0.9, probs=(6e-6, 0.9))
+    assert (
+        judge("changed", **moved).reason
+        == "target ' Lyon' is now top-1 (was ' Berlin'), p 6.0e-06 → 0.900, +0.900"
+    )
+    rose = dict(moved, target_top=False, flipped=False, tuned_top1=" Berlin", prob_gain=0.2, probs=(0.1, 0.3))
+    assert (
+        judge("changed", **rose).reason
+        == "target ' Lyon' gained p >= +0.1 (p 0.100 → 0.300, +0.200); top-1 is ' Berlin'"
+    )
+    stuck = dict(rose, prob_gain=-0.0004, probs=(0.1, 0.0996), tuned_top1="\u202e")
+    verdict = judge("changed", **stuck)
+    assert verdict.passed is False
+    assert (
+        verdict.reason
+        == "target ' Lyon' not top-1 and gained p < +0.1 (p 0.100 → 0.100, -4.0e-04); top-1 is '\\u202e'"
+    )

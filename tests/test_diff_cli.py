@@ -58,7 +58,8 @@ def test_diff_json_html_markdown(folders, tmp_path):
     assert {"name", "direct", "causal"} <= set(components[0])
     measured = [abs(c["causal"]) for c in components if c["causal"] is not None]
     assert measured == sorted(measured, reverse=True)
-    assert data["passed"] is False and data["failures"] == [1]
+    assert data["passed"] is False and data["failures"] == [2]  # the probe file's line, as check says
+    assert [p["number"] for p in data["probes"]] == [1, 2] == [p["line"] for p in data["probes"]]
     readout = first["readout"]["readout.logit_bias"]
     assert readout == pytest.approx(20.0, abs=1e-4)  # the planted bias, and nothing else moved
     html = tmp_path / "d.html"
@@ -67,19 +68,42 @@ def test_diff_json_html_markdown(folders, tmp_path):
     md = tmp_path / "d.md"
     assert main(["diff", *pair_args(root), "--prompt", PROMPT, "--format", "md", "--out", str(md)]) == 0
     assert md.read_text().startswith("#") and (tmp_path / "d_files").is_dir()
+    prompts = tmp_path / "p.json"  # command-line prompts are numbered from 1, in the order given
+    assert main(["diff", *pair_args(root), "--prompt", PROMPT, "--prompt", "Hi", "--no-causal", "--format",
+                 "json", "--out", str(prompts)]) == 0  # fmt: skip
+    numbered = [(p["number"], p["line"]) for p in json.loads(prompts.read_text())["probes"]]
+    assert numbered == [(1, None), (2, None)]
+
+
+def top1(root, prompt: str) -> str:
+    """The base model's top-1 token after ``prompt``, from a plain transformers forward pass."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    with torch.no_grad():
+        logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1, : len(tokenizer)]
+    return tokenizer.decode([int(logits.argmax())])
 
 
 def test_check_exit_codes(folders, capsys):
     root, probes, intended = folders
     assert main(["check", *pair_args(root), "--probes", str(probes), "--no-causal"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL line 2 [unchanged] 'Hello, my name is': top-1 changed" in out
-    assert "PASS line 1 [changed]" in out and "check FAILED: 1 of 2" in out
+    control, intended_top = top1(root, "Hello, my name is"), top1(root, PROMPT)
+    # a CI log names the tokens: what the control said before and after, the target and what won
+    changed = f"FAIL line 2 [unchanged] 'Hello, my name is': top-1 changed {control!r} → ' Lyon' (KL "
+    assert changed in out
+    assert f"PASS line 1 [changed] {PROMPT!r}: target ' Lyon' is now top-1 (was {intended_top!r}), p " in out
+    assert "check FAILED: 1 of 2" in out
     assert main(["check", *pair_args(root), "--probes", str(intended), "--no-causal"]) == 0
     assert "check passed" in capsys.readouterr().out
     # the same gate on identical models: the intended probe did not move
     same = ["--base", str(root / "base"), "--tuned", str(root / "base")]
     assert main(["check", *same, "--probes", str(intended), "--no-causal"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL line 1 [changed] {PROMPT!r}: target ' Lyon' not top-1 and gained p < +0.1 (p " in out
+    assert f", +0.000); top-1 is {intended_top!r}" in out
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def unjudged() -> ProbeDiff:
     """A chat probe, not judged, top-1 flipped, no causal value measured (one is NaN)."""
     messages = ({"role": "system", "content": "be brief"}, {"role": "user", "content": "Say `hi` | now"})
     return ProbeDiff(
-        probe=Probe(None, messages=messages),
+        probe=Probe(None, messages=messages, line=9),
         token_ids=tuple(range(40, 50)),
         tokens=("<|im_start|>", "user", "\n", "Say", " `", "hi", "`", " |", " now", "<|im_end|>"),
         position=9,
@@ -216,13 +216,13 @@ def test_every_format_follows_the_plans():
     assert bold == titles and markdown.index("- **logit[") < markdown.index("- **flip logit[")
     page = render_diff_html(build(drilled))
     assert re.findall(r"<h3>([^<]*)</h3>", page)[:5] == [*titles[:-1], f"{titles[-1]} (direct)"]
-    assert page.index('id="probe-0-split"') < page.index('id="probe-0-flip"') < page.index("<h3>Components")
+    assert page.index('id="probe-3-split"') < page.index('id="probe-3-flip"') < page.index("<h3>Components")
     report = build(intended(), control())
-    plan, homes = plan_diff(report, ["heatmap", "topk-1", "extra"], probes=[1])
+    plan, homes = plan_diff(report, ["heatmap", "topk-7", "topk-1", "extra"], probes=[1])
     assert [s.anchor for s in plan] == [
-        "summary", "probes", "probe-1", "weights", "aggregate", "figures", "how-to-read",
+        "summary", "probes", "probe-7", "weights", "aggregate", "figures", "how-to-read",
     ]  # fmt: skip
-    assert homes == {"probes": ["heatmap"], "probe-1": ["topk-1"], "figures": ["extra"]}
+    assert homes == {"probes": ["heatmap"], "probe-7": ["topk-7"], "figures": ["topk-1", "extra"]}
     assert [s.anchor for s in plan_diff(report)[0]].count("figures") == 0
 
 
@@ -246,7 +246,7 @@ def test_json_round_trips_and_carries_every_number(report):
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     assert data["tool"] == "tokenlens" and data["kind"] == "diff"
     assert data["thresholds"] == {"min_gain": 0.1, "max_kl": 0.05}
-    assert (data["passed"], data["judged"], data["failures"]) == (False, 2, [1])
+    assert (data["passed"], data["judged"], data["failures"]) == (False, 2, [7])
     assert data["weights"]["layers"] == [0, 1, 3] and data["weights"]["changes"][1]["relative"] is None
     assert data["aggregate"][1] == {
         "name": "embed",
@@ -320,17 +320,18 @@ def terminal(report: DiffReport, styles: bool = False) -> str:
 def test_terminal_shows_probes_verdicts_and_tokens(report):
     text = terminal(report)
     assert "base-model → tuned <b>model</b>" in text and "FAIL: 1 of 2 judged (1 not judged)" in text
-    for i, p in enumerate(report.probes):
-        assert f"Probe {i}: {p.probe.label}" in text
-    assert "The capital of France is" in text.split("Probe 0:")[0]  # in the probe table
+    for p in report.probes:  # numbered by their probe file's line, as check names them
+        assert f"Probe on line {p.probe.line}: {p.probe.label}" in text
+    assert "The capital of France is" in text.split("Probe on line 3:")[0]  # in the probe table
     for token in (" Paris", " Lyon", "<script>", "|", "`", " no", " yes"):
         assert repr(token) in text
     assert "⇄" in text and "layers touched: 0–1, 3" in text and "ESTIMATE" in text
-    table = text.split("Probe 0:")[0]
+    table = text.split("Probe on line 3:")[0]
+    assert re.search(r"^ *line +probe", table, re.M) and re.search(r"^ +7 +x <script>", table, re.M)
     assert re.search(r"\bpass\b", table) and "FAIL" in table and "—" in table
     assert "0.100→0.700" in table and "0.900" in table
     # probe 0's components in |causal| order, all five shown
-    details = text.split("Probe 0:")[1].split("Probe 1:")[0]
+    details = text.split("Probe on line 3:")[1].split("Probe on line 7:")[0]
     order = [details.index(f"\n  {name} ") for name in ("L1.attn", "L0.mlp", "L1.mlp", "L0.attn", "embed")]
     assert order == sorted(order)
     assert "Group 'edit'" in text and "1/3" not in text and "2/3" in text
@@ -342,7 +343,7 @@ def test_terminal_colours_and_which_probes_get_details(report):
     quiet = dataclasses.replace(intended(), tuned_top=intended().base_top, flip_split=None)
     many = build(control(), unjudged(), *[quiet] * 5)
     text = terminal(many)
-    assert re.findall(r"Probe (\d+):", text) == ["0", "1"]  # failing and flipped only
+    assert re.findall(r"Probe on line (\d+):", text) == ["7", "9"]  # failing and flipped only
     assert "Details for the 2 failing or flipped probes" in text
 
 
@@ -406,7 +407,7 @@ def test_markdown_tables_keep_their_columns_and_escape_tokens(report):
         assert len(set(pipes)) == 1, lines  # every row splits into the header's columns
     page = render(text)
     assert "script" not in page.tags and "b" not in page.tags  # hostile text never becomes HTML
-    probes = next(t for t in page.tables if t[0][0][0] == "#")
+    probes = next(t for t in page.tables if t[0][0][0] == "line")
     assert len(probes) == 4 and all(len(row) == 12 for row in probes)
     assert probes[2][3][1] == [repr("<script>")] and probes[2][11][0] == "❌ FAIL"
     assert probes[1][4][1] == [repr(" Lyon")] and probes[3][2][0] == "—"
@@ -442,16 +443,16 @@ def test_every_number_in_a_markdown_table_is_in_the_json(report):
 
 
 def test_markdown_places_figures_and_anchors(report):
-    figures = {"heatmap": "figs/heat map.png", "waterfall-2": "figs/w2.png", "other": "o.png"}
+    figures = {"heatmap": "figs/heat map.png", "waterfall-9": "figs/w2.png", "other": "o.png"}
     text = render_diff_markdown(report, figures=figures)
     sections = {m[1]: m[2] for m in re.finditer(r'<a id="([\w-]+)"></a>\n(.*?)(?=<a id=|\Z)', text, re.S)}
     assert list(sections) == [
-        "summary", "probes", "probe-0", "probe-1", "probe-2", "weights", "aggregate", "figures", "how-to-read"
+        "summary", "probes", "probe-3", "probe-7", "probe-9", "weights", "aggregate", "figures", "how-to-read"
     ]  # fmt: skip
-    assert "figs/heat%20map.png" in sections["probes"] and "figs/w2.png" in sections["probe-2"]
-    assert "o.png" in sections["figures"] and "[1](#probe-1)" in sections["summary"]
+    assert "figs/heat%20map.png" in sections["probes"] and "figs/w2.png" in sections["probe-9"]
+    assert "o.png" in sections["figures"] and "[line 7](#probe-7)" in sections["summary"]
     assert "Layers touched: **0–1, 3**" in sections["weights"]
-    assert f"``{HOSTILE!r}``" in sections["probe-1"]  # the raw prompt, newline visible
+    assert f"``{HOSTILE!r}``" in sections["probe-7"]  # the raw prompt, newline visible
 
 
 # --- HTML ---------------------------------------------------------------------------------------------------
@@ -484,7 +485,7 @@ class Dom(HTMLParser):
 
 
 def test_html_is_escaped_and_structured(report):
-    images = {slug: figure_png(topk_bars(intended()), dpi=20) for slug in ("heatmap", "topk-1", "extra")}
+    images = {slug: figure_png(topk_bars(intended()), dpi=20) for slug in ("heatmap", "topk-7", "extra")}
     text = render_diff_html(report, images=images)
     assert text.startswith("<!DOCTYPE html>") and "<script" not in text.lower() and "<b>model" not in text
     assert "&lt;script&gt;" in text and "&lt;b&gt;model" in text and "Content-Security-Policy" in text
@@ -492,15 +493,15 @@ def test_html_is_escaped_and_structured(report):
     assert "script" not in dom.tags and "b" in dom.tags  # only the renderer's own <b>
     sections = [i for i in dom.ids if i in {"summary", "probes", "weights", "aggregate", "figures"}]
     assert sections == ["summary", "probes", "weights", "aggregate", "figures"]
-    assert {"probe-0", "probe-1", "probe-2", "probe-0-flip", "how-to-read", "verdict"} <= set(dom.ids)
-    assert [s for s, _ in dom.images] == ["probes", "probe-1", "figures"]
+    assert {"probe-3", "probe-7", "probe-9", "probe-3-flip", "how-to-read", "verdict"} <= set(dom.ids)
+    assert [s for s, _ in dom.images] == ["probes", "probe-7", "figures"]
     assert all(base64.b64decode(src.split(",", 1)[1]).startswith(PNG) for _, src in dom.images)
-    assert "FAIL: 1 of 2 judged" in dom.text["summary"] and repr(HOSTILE) in dom.text["probe-1"]
-    assert "system: 'be brief'" in dom.text["probe-2"]
-    assert re.search(r'<tr data-name="probe-1" class="failed">.*?kind fail', text)
+    assert "FAIL: 1 of 2 judged" in dom.text["summary"] and repr(HOSTILE) in dom.text["probe-7"]
+    assert "system: 'be brief'" in dom.text["probe-9"]
+    assert re.search(r'<tr data-name="probe-7" class="failed">.*?kind fail', text)
     # not measured: probe 2's 5 components × (causal, reverse, KL, estimate); probe 0's heads and neuron
-    assert dom.values["probe-2"].count("null") == 20 and dom.values["probe-0"].count("null") == 3 + 3 + 4
-    assert "2.4" in dom.values["probe-0"]  # causal_reverse of L1.attn
+    assert dom.values["probe-9"].count("null") == 20 and dom.values["probe-3"].count("null") == 3 + 3 + 4
+    assert "2.4" in dom.values["probe-3"]  # causal_reverse of L1.attn
     with pytest.raises(ValueError, match="not PNG"):
         render_diff_html(report, images={"heatmap": b"GIF89a"})
 
@@ -523,11 +524,11 @@ def test_chromium_renders_the_diff_page(report, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Dom(done.stdout)
-    assert "script" not in dom.tags and {"summary", "probes", "probe-2", "weights", "aggregate"} <= set(
+    assert "script" not in dom.tags and {"summary", "probes", "probe-9", "weights", "aggregate"} <= set(
         dom.ids
     )
     assert (
-        repr(HOSTILE) in dom.text["probe-1"]
+        repr(HOSTILE) in dom.text["probe-7"]
         and "'x <script>alert(1)</script> a|b `c` d new'" in dom.text["probes"]
     )
 
@@ -574,4 +575,22 @@ def test_topk_bars_and_figure_set(report):
     assert [b.get_width() for b in tuned.patches] == pytest.approx([0.7, 0.2, 0.01])
     assert [t.get_text() for t in tuned.get_yticklabels()] == ["◆ ' Lyon'", "' Paris'", "'`'"]
     figures = diff_figures(report, max_probes=2)  # the failing probe first, then a flipped one
-    assert list(figures) == ["heatmap", "waterfall-0", "flip-0", "topk-0", "waterfall-1", "topk-1"]
+    assert list(figures) == ["heatmap", "waterfall-3", "flip-3", "topk-3", "waterfall-7", "topk-7"]
+
+
+def test_command_line_prompts_are_numbered_from_1_in_every_format():
+    """Without a probe file, a probe's number is its place among the prompts, counted from 1, everywhere."""
+    prompts = [
+        dataclasses.replace(p, probe=dataclasses.replace(p.probe, line=None)) for p in (intended(), control())
+    ]
+    report = build(*prompts)
+    assert [s.anchor for s in plan_diff(report)[0]][2:4] == ["probe-1", "probe-2"]
+    data = diff_to_dict(report)
+    assert [p["number"] for p in data["probes"]] == [1, 2] and data["failures"] == [2]
+    text = terminal(report)
+    assert "Prompt 1: The capital" in text and "Prompt 2: x <script>" in text
+    assert re.search(r"^ +# +probe", text, re.M) and re.search(r"^ +2 +x <script>", text, re.M)
+    markdown = render_diff_markdown(report)
+    assert "[prompt 2](#probe-2)" in markdown and "| [1](#probe-1) |" in markdown
+    assert '<a href="#probe-2">prompt 2</a>' in render_diff_html(report, figures=False)
+    assert list(diff_figures(report, max_probes=1)) == ["heatmap", "waterfall-2", "topk-2"]

@@ -143,14 +143,17 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def verdict_lines(report) -> list[str]:
-    """One line per judged probe for ``check``: PASS/FAIL, the probe, and why."""
+    """One line per judged probe for ``check``: PASS/FAIL, the probe (its number as in every report: the
+    probe file's line, else ``prompt N``), and why, naming the tokens."""
+    from tokenlens.report.diff_layout import probe_where
+
     lines = []
     for index, probe in enumerate(report.probes):
         verdict = probe.verdict
         if verdict.passed is None:
             continue
-        where = f"line {probe.probe.line}" if probe.probe.line is not None else f"#{index + 1}"
         mark = "PASS" if verdict.passed else "FAIL"
+        where = probe_where(probe, index)
         lines.append(f"{mark} {where} [{verdict.expect}] {probe.probe.label!r}: {verdict.reason}")
     return lines
 

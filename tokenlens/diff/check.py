@@ -41,8 +41,15 @@ def judge(
     kl: float,
     min_gain: float = MIN_GAIN,
     max_kl: float = MAX_KL,
+    base_top1: str | None = None,
+    tuned_top1: str | None = None,
+    target: str | None = None,
+    probs: tuple[float, float] | None = None,
 ) -> Verdict:
-    """The verdict for one probe.
+    """The verdict for one probe, worded so that a CI log alone says what happened.
+
+    The reason names the tokens as Python literals (``' Berlin'``): a control's top-1 before and after, an
+    intended probe's target, its probability before and after, and the token that won.
 
     Args:
         expect: ``"changed"``, ``"unchanged"`` or ``None``.
@@ -50,17 +57,42 @@ def judge(
         target_top: The tracked token (the target, for intended probes) is the tuned top-1.
         prob_gain: The tracked token's probability gain, tuned − base.
         kl: KL(base‖tuned) in nats.
+        base_top1: The base model's top-1 token text (named in the reason when given).
+        tuned_top1: The tuned model's top-1 token text.
+        target: The probe's target token text.
+        probs: The target's probability ``(base, tuned)``.
     """
     if expect == "changed":
+        what = "target" if target is None else f"target {target!r}"
+        moved = (
+            f"p {_gain(prob_gain)}"
+            if probs is None
+            else f"p {_p(probs[0])} → {_p(probs[1])}, {_gain(prob_gain)}"
+        )
         if target_top:
-            return Verdict(expect, True, f"target is now top-1 (p {prob_gain:+.3f})")
+            now = "is now top-1" if flipped else "is top-1"
+            was = "" if base_top1 is None or not flipped else f" (was {base_top1!r})"
+            return Verdict(expect, True, f"{what} {now}{was}, {moved}")
+        won = "" if tuned_top1 is None else f"; top-1 is {tuned_top1!r}"
         if prob_gain >= min_gain:
-            return Verdict(expect, True, f"target p {prob_gain:+.3f} >= +{min_gain:g}")
-        return Verdict(expect, False, f"target not top-1 and p {prob_gain:+.3f} < +{min_gain:g}")
+            return Verdict(expect, True, f"{what} gained p >= +{min_gain:g} ({moved}){won}")
+        return Verdict(expect, False, f"{what} not top-1 and gained p < +{min_gain:g} ({moved}){won}")
     if expect == "unchanged":
+        kept = "" if base_top1 is None else f" {base_top1!r}"
         if flipped:
-            return Verdict(expect, False, f"top-1 changed (KL {kl:.3g})")
+            change = "" if base_top1 is None or tuned_top1 is None else f" {base_top1!r} → {tuned_top1!r}"
+            return Verdict(expect, False, f"top-1 changed{change} (KL {kl:.3g})")
         if kl > max_kl:
-            return Verdict(expect, False, f"KL {kl:.3g} > {max_kl:g}")
-        return Verdict(expect, True, f"top-1 kept, KL {kl:.3g} <= {max_kl:g}")
+            return Verdict(expect, False, f"top-1{kept} kept but KL {kl:.3g} > {max_kl:g}")
+        return Verdict(expect, True, f"top-1{kept} kept, KL {kl:.3g} <= {max_kl:g}")
     return Verdict(None, None, "not judged (no expect)")
+
+
+def _p(value: float) -> str:
+    """A probability: 3 decimals, e-notation below 0.001 (where ``0.000`` would hide it)."""
+    return f"{value:.3f}" if value >= 1e-3 or value == 0 else f"{value:.1e}"
+
+
+def _gain(value: float) -> str:
+    """A signed probability change, e-notation below 0.001 in size."""
+    return f"{value:+.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:+.1e}"

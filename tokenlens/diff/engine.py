@@ -187,6 +187,10 @@ def _diff_probe(
         kl=kl,
         min_gain=options.min_gain,
         max_kl=options.max_kl,
+        base_top1=base_top[0].token,
+        tuned_top1=tuned_top[0].token,
+        target=None if target is None else tracked_base.token,
+        probs=(tracked_base.prob, tracked_tuned.prob),
     )
     return ProbeDiff(
         probe=probe,

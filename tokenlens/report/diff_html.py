@@ -4,9 +4,10 @@ One HTML5 file built from :mod:`tokenlens.report.kit.html` with the attribution 
 inline styles, no script, a Content-Security-Policy that forbids scripts and network loads, figures as
 ``data:`` PNG URIs, every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections
 follow :func:`tokenlens.report.diff_layout.plan_diff` and have stable ids: ``summary``, ``probes``,
-``probe-{i}`` per probe, ``weights``, ``aggregate`` (``figures`` for figures with no other home),
-``how-to-read``. Number cells carry their exact value in ``data-value`` (``null`` for a value that was not
-measured, shown as ``—``); causal effects are badged MEASURED, attribution-patching values ESTIMATE.
+``probe-{n}`` per probe (``n`` its probe-file line, or its place among command-line prompts from 1),
+``weights``, ``aggregate`` (``figures`` for figures with no other home), ``how-to-read``. Number cells
+carry their exact value in ``data-value`` (``null`` for a value that was not measured, shown as ``—``);
+causal effects are badged MEASURED, attribution-patching values ESTIMATE.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def _score(s: TokenScore) -> str:
 
 
 def _summary(report: DiffReport) -> str:
-    failing = [i for i, p in enumerate(report.probes) if p.verdict.passed is False]
+    failing = [
+        (layout.probe_number(p, i), layout.probe_where(p, i))
+        for i, p in enumerate(report.probes)
+        if p.verdict.passed is False
+    ]
     check = "none" if report.judged == 0 else "pass" if report.passed else "fail"
     rows = [
         f'<tr><th>base</th><td><bdi dir="ltr">{html.escape(visible(report.base))}</bdi></td></tr>',
@@ -59,7 +64,7 @@ def _summary(report: DiffReport) -> str:
         f"{html.escape(layout.verdict_summary(report))}</td></tr>",
     ]
     if failing:
-        links = ", ".join(f'<a href="#probe-{i}">probe {i}</a>' for i in failing)
+        links = ", ".join(f'<a href="#probe-{n}">{where}</a>' for n, where in failing)
         rows.append(f"<tr><th>failing probes</th><td>{links}</td></tr>")
     return html.key_values(rows)
 
@@ -71,8 +76,9 @@ def _probes(report: DiffReport) -> str:
         tracked = html.token(p.tracked.token, title=f"id {p.tracked.id}") + (
             " (target)" if p.tracked_is_target else ""
         )
+        n = layout.probe_number(p, i)
         rows.append(
-            f'<tr data-name="probe-{i}"{cls}><td><a href="#probe-{i}">{i}</a></td><td>{_label(p)}</td>'
+            f'<tr data-name="probe-{n}"{cls}><td><a href="#probe-{n}">{n}</a></td><td>{_label(p)}</td>'
             f"<td>{html.escape(p.probe.expect or '—')}</td><td>{_score(p.base_top[0])}</td>"
             f"<td>{_score(p.tuned_top[0])}</td>"
             f"<td>{'<span class=flip>⇄ flip</span>' if p.flipped else ''}</td>"
@@ -81,7 +87,18 @@ def _probes(report: DiffReport) -> str:
             f"{_gain(p.prob_gain)}"
             f"<td>{_verdict(p.verdict.passed)}</td></tr>"
         )
-    head = ["#", "probe", "expect", "base top-1", "tuned top-1", "", "KL", "JS", "tracked", "p base"]
+    head = [
+        layout.number_column(report),
+        "probe",
+        "expect",
+        "base top-1",
+        "tuned top-1",
+        "",
+        "KL",
+        "JS",
+        "tracked",
+        "p base",
+    ]
     return html.table([*head, "p tuned", "Δp", "check"], rows)
 
 
@@ -140,12 +157,12 @@ def _effects(part: layout.ProbePart, top: int) -> str:
     )
 
 
-def _part(i: int, p: ProbeDiff, part: layout.ProbePart, top: int) -> str:
+def _part(n: int, p: ProbeDiff, part: layout.ProbePart, top: int) -> str:
     if part.key == "split":
-        return _split(part.split, f"logit[{html.token(p.tracked.token)}]", f"probe-{i}-split")
+        return _split(part.split, f"logit[{html.token(p.tracked.token)}]", f"probe-{n}-split")
     if part.key == "flip":
         what = f"flip: logit[{html.token(p.tuned_top[0].token)}] − logit[{html.token(p.base_top[0].token)}]"
-        return _split(part.split, what, f"probe-{i}-flip")
+        return _split(part.split, what, f"probe-{n}-flip")
     return _effects(part, top)
 
 
@@ -179,7 +196,8 @@ def _probe(i: int, p: ProbeDiff, top: int) -> str:
         f"<tr><th>KL(base ‖ tuned)</th>{number(p.kl, '.4f', False, name='kl')}</tr>",
         f"<tr><th>JS</th>{number(p.js, '.4f', False, name='js')}</tr>",
     ]
-    parts = [html.key_values(rows), _top(p), *(_part(i, p, part, top) for part in layout.probe_plan(p))]
+    n = layout.probe_number(p, i)
+    parts = [html.key_values(rows), _top(p), *(_part(n, p, part, top) for part in layout.probe_plan(p))]
     parts += [f'<p class="note">note: {html.escape(visible(n))}</p>' for n in p.notes]
     return "".join(parts)
 

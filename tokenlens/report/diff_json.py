@@ -20,11 +20,13 @@ from tokenlens.diff.result import (
     ProbeDiff,
     Telescope,
 )
-from tokenlens.report.diff_layout import drills, verdict_summary
+from tokenlens.report.diff_layout import drills, probe_number, verdict_summary
 from tokenlens.report.kit.text import json_number
 from tokenlens.version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: probes are numbered as everywhere else (``number``: the probe file's line, else the command-line
+prompt's place from 1) and ``failures`` lists those numbers; 1 had a 0-based ``index``."""
 
 
 def _score(s: TokenScore) -> dict[str, Any]:
@@ -70,10 +72,10 @@ def _aggregate(rows: Sequence[AggregateRow]) -> list[dict[str, Any]]:
 
 
 def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
-    """One probe's JSON form (see :func:`diff_to_dict`)."""
+    """One probe's JSON form (see :func:`diff_to_dict`); ``index`` is its place in the report (0-based)."""
     probe, split = p.probe, p.split
     return {
-        "index": index,
+        "number": probe_number(p, index),
         "label": probe.label,
         "prompt": probe.prompt,
         "messages": None if probe.messages is None else [dict(m) for m in probe.messages],
@@ -118,7 +120,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
     not measured. Per probe, ``components``, ``heads``, ``neurons`` and ``experts`` are sorted by measured
     |causal| (unmeasured last, by |estimate|, then |direct|); ``split`` and ``flip_split`` hold every term
     of the exact telescoping split (``terms``: components in model order, then the readout terms).
-    ``failures`` lists probe indices (0-based, as in ``probes[i].index``).
+    Probes are numbered as in every other view and in ``tokenlens check`` (``probes[k].number``: the probe
+    file's line, else the command-line prompt's place counted from 1); ``failures`` lists those numbers.
     """
     w = report.weights
     return {
@@ -132,7 +135,7 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "thresholds": {"min_gain": json_number(report.min_gain), "max_kl": json_number(report.max_kl)},
         "passed": report.passed,
         "judged": report.judged,
-        "failures": [i for i, p in enumerate(report.probes) if p.verdict.passed is False],
+        "failures": [probe_number(p, i) for i, p in enumerate(report.probes) if p.verdict.passed is False],
         "summary": verdict_summary(report),
         "weights": {
             "changes": [

@@ -36,8 +36,11 @@ HOW_TO_READ = (
     "base run, everything downstream recomputed; reverse: the base output patched into the tuned run; KL: "
     "KL(base ‖ patched base) in nats. ESTIMATE: a first-order attribution-patching estimate of causal. "
     "— means not measured. Components are sorted by measured |causal|, then |estimate|, then |direct|.",
-    "The check: an intended probe (expect changed) passes when its target's probability gains at least "
-    "min_gain; a control (expect unchanged) passes when KL(base ‖ tuned) stays at most max_kl.",
+    "The check: an intended probe (expect changed) passes when its target becomes the tuned top-1 or its "
+    "probability gains at least min_gain; a control (expect unchanged) passes when its top-1 is kept and "
+    "KL(base ‖ tuned) stays at most max_kl.",
+    "Probes are numbered by their probe file's line (as tokenlens check names them), command-line prompts "
+    "from 1 in the order given.",
 )
 """Paragraphs explaining a diff report (Markdown and HTML)."""
 
@@ -47,7 +50,40 @@ FIGURE_ALT = {
     "flip": "The exact split of probe {i}'s change of logit[tuned top-1] − logit[base top-1]",
     "topk": "Probe {i}: the base and the tuned model's top-k next tokens",
 }
-"""Alt text of each diff figure, by the slug's kind (``waterfall-3`` -> ``waterfall`` with ``i = 3``)."""
+"""Alt text of each diff figure, by the slug's kind (``waterfall-3`` -> ``waterfall`` with ``i = 3``, the
+probe's number)."""
+
+
+def probe_number(p: ProbeDiff, index: int) -> int:
+    """The number a probe has in every report, JSON and ``check`` line alike: its probe file's line (what a
+    CI user finds in their file; a built-in task's probes have their line in the task's ``probes.jsonl``),
+    else, for command-line prompts, its place among them counted from 1.
+
+    Args:
+        p: The probe's diff.
+        index: Its place in :attr:`~tokenlens.diff.result.DiffReport.probes` (0-based).
+    """
+    return p.probe.line if p.probe.line is not None else index + 1
+
+
+def probe_numbers(report: DiffReport) -> list[int]:
+    """:func:`probe_number` of every probe, in report order."""
+    return [probe_number(p, i) for i, p in enumerate(report.probes)]
+
+
+def probe_where(p: ProbeDiff, index: int) -> str:
+    """``line 4`` (a probe file's line) or ``prompt 2`` (the second ``--prompt``): a probe's number, named."""
+    return f"line {p.probe.line}" if p.probe.line is not None else f"prompt {index + 1}"
+
+
+def probe_title(p: ProbeDiff, index: int) -> str:
+    """A probe section's heading: ``Probe on line 4`` or ``Prompt 2``."""
+    return f"Probe on line {p.probe.line}" if p.probe.line is not None else f"Prompt {index + 1}"
+
+
+def number_column(report: DiffReport) -> str:
+    """The heading of the probe-number column: ``line`` when the probes come from a file, else ``#``."""
+    return "line" if report.probes and all(p.probe.line is not None for p in report.probes) else "#"
 
 
 @dataclass(frozen=True)
@@ -55,10 +91,10 @@ class DiffSection:
     """One section of a diff report, in page order.
 
     Attributes:
-        anchor: Its stable id: ``summary``, ``probes``, ``probe-{i}``, ``weights``, ``aggregate``,
-            ``figures``, ``how-to-read``.
+        anchor: Its stable id: ``summary``, ``probes``, ``probe-{n}`` (``n`` the probe's number,
+            :func:`probe_number`), ``weights``, ``aggregate``, ``figures``, ``how-to-read``.
         title: Its heading (a probe's is worded by each format: it shows the probe's label).
-        index: The probe's index for a ``probe-{i}`` section, else ``None``.
+        index: The probe's place in ``report.probes`` (0-based) for a probe section, else ``None``.
     """
 
     anchor: str
@@ -82,11 +118,12 @@ def plan_diff(
         probes: The probes that get a section (default: all).
     """
     homes: dict[str, list[str]] = {}
+    numbers = probe_numbers(report)
     for slug in slugs:
-        homes.setdefault(figure_home(slug, len(report.probes)), []).append(slug)
+        homes.setdefault(figure_home(slug, numbers), []).append(slug)
     shown = range(len(report.probes)) if probes is None else probes
     plan = [DiffSection("summary", "Summary"), DiffSection("probes", "Probes")]
-    plan += [DiffSection(f"probe-{i}", f"Probe {i}", i) for i in shown]
+    plan += [DiffSection(f"probe-{numbers[i]}", probe_title(report.probes[i], i), i) for i in shown]
     plan += [DiffSection("weights", "Weights"), DiffSection("aggregate", "Components over all probes")]
     if "figures" in homes:
         plan.append(DiffSection("figures", "Figures"))
@@ -94,12 +131,12 @@ def plan_diff(
     return plan, homes
 
 
-def figure_home(slug: str, count: int) -> str:
-    """The section a figure goes to: ``probe-{i}`` for ``waterfall-3`` (of ``count`` probes), ``probes`` for
-    the heatmap, else ``figures``."""
+def figure_home(slug: str, numbers: Sequence[int]) -> str:
+    """The section a figure goes to: ``probe-3`` for ``waterfall-3`` (3 one of the probes' ``numbers``,
+    :func:`probe_number`), ``probes`` for the heatmap, else ``figures``."""
     kind, _, rest = slug.rpartition("-")
-    if kind and rest.isdigit() and int(rest) < count:
-        return f"probe-{rest}"
+    if kind and rest.isdigit() and int(rest) in numbers:
+        return f"probe-{int(rest)}"
     return "probes" if slug == "heatmap" else "figures"
 
 

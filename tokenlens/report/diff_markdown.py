@@ -30,7 +30,9 @@ def _label(p: ProbeDiff, limit: int = 60, table: bool = True) -> str:
 
 def _summary(report: DiffReport) -> str:
     failures = ", ".join(
-        f"[{i}](#probe-{i})" for i, p in enumerate(report.probes) if p.verdict.passed is False
+        f"[{layout.probe_where(p, i)}](#probe-{layout.probe_number(p, i)})"
+        for i, p in enumerate(report.probes)
+        if p.verdict.passed is False
     )
     lines = [
         f"- **base**: {code(report.base)}",
@@ -48,10 +50,10 @@ def _summary(report: DiffReport) -> str:
 def _probes(report: DiffReport) -> str:
     rows = []
     for i, p in enumerate(report.probes):
-        b, t = p.base_top[0], p.tuned_top[0]
+        b, t, n = p.base_top[0], p.tuned_top[0], layout.probe_number(p, i)
         rows.append(
             [
-                f"[{i}](#probe-{i})",
+                f"[{n}](#probe-{n})",
                 _label(p),
                 p.probe.expect or "—",
                 f"{token(b.token, True)} {probability(b.prob)}",
@@ -65,7 +67,19 @@ def _probes(report: DiffReport) -> str:
                 "✅ pass" if p.verdict.passed else "❌ **FAIL**" if p.verdict.passed is False else "—",
             ]
         )
-    head = ["#", "probe", "expect", "base top-1", "tuned top-1", "flip", "KL", "JS", "tracked", "p", "Δp"]
+    head = [
+        layout.number_column(report),
+        "probe",
+        "expect",
+        "base top-1",
+        "tuned top-1",
+        "flip",
+        "KL",
+        "JS",
+        "tracked",
+        "p",
+        "Δp",
+    ]
     return markdown.table([*head, "check"], rows)
 
 
@@ -184,11 +198,12 @@ def render_diff_markdown(
         report: The diff.
         figures: Figure paths relative to the Markdown file, by the slugs of
             :func:`tokenlens.report.plots.diff.diff_figures` (``heatmap`` under the probes, ``waterfall-3``,
-            ``flip-3``, ``topk-3`` under probe 3, any other slug in a Figures section).
+            ``flip-3``, ``topk-3`` under probe number 3, any other slug in a Figures section).
         top: Rows per components / heads / neurons / weights / aggregate table (the JSON has all).
 
     Returns:
-        The Markdown text, ending with a newline. Every probe has an anchor ``probe-{i}``.
+        The Markdown text, ending with a newline. Every probe has an anchor ``probe-{n}``, ``n`` its number
+        (:func:`~tokenlens.report.diff_layout.probe_number`).
     """
     paths = dict(figures or {})
     plan, homes = layout.plan_diff(report, list(paths))

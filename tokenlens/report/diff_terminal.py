@@ -78,10 +78,10 @@ def _probes(report: DiffReport, shown: int) -> list[RenderableType]:
         pad_edge=False,
         collapse_padding=True,
     )
-    for column in _PROBE_COLUMNS:
+    for column in (layout.number_column(report), *_PROBE_COLUMNS[1:]):
         table.add_column(
             column,
-            justify="right" if column in ("#", "KL", "JS", "p base→tuned") else "left",
+            justify="right" if column in ("#", "line", "KL", "JS", "p base→tuned") else "left",
             no_wrap=True,
             overflow="ellipsis",
             max_width=26 if column == "probe" else None,
@@ -90,7 +90,7 @@ def _probes(report: DiffReport, shown: int) -> list[RenderableType]:
     for i, p in enumerate(report.probes):
         tracked = show_token(p.tracked.token) + (" ◆" if p.tracked_is_target else "")
         table.add_row(
-            str(i),
+            str(layout.probe_number(p, i)),
             Text(cut(p.probe.label, 26)),
             Text(p.probe.expect or "—", style="" if p.probe.expect else "dim"),
             Text(_top1(p.base_top[0])),
@@ -150,7 +150,7 @@ def _part(p: ProbeDiff, part: layout.ProbePart, top: int) -> RenderableType:
 def _probe(i: int, p: ProbeDiff, top: int) -> list[RenderableType]:
     tracked = show_token(p.tracked.token)
     parts: list[RenderableType] = [
-        Text(f"Probe {i}: {cut(p.probe.label, 100)}", style="bold"),
+        Text(f"{layout.probe_title(p, i)}: {cut(p.probe.label, 100)}", style="bold"),
         Text.assemble(("verdict: ", "bold"), _verdict(p.verdict.passed), f"  {p.verdict.reason}"),
         Text(
             f"tracked {tracked}: p {probability(p.tracked.prob, 4, 1)} → "

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from tokenlens.diff.result import READOUT_TERMS, DiffReport, ProbeDiff, Telescope
+from tokenlens.report.diff_layout import probe_number
 from tokenlens.report.kit.text import cut, json_number, probability
 from tokenlens.report.plots.attribution import ANNOTATE_CELLS
 from tokenlens.report.plots.common import (
@@ -67,7 +68,7 @@ def diff_waterfall(probe: ProbeDiff, *, index: int | None = None, flip: bool = F
 
     Args:
         probe: The probe.
-        index: Its index in the report, for the title.
+        index: Its number, for the title (:func:`~tokenlens.report.diff_layout.probe_number`).
         flip: Draw ``probe.flip_split`` (the change of ``logit[tuned top-1] − logit[base top-1]``) instead.
 
     Raises:
@@ -158,7 +159,7 @@ def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
         measured = any(json_number(e.causal) is not None for p in report.probes for e in p.components)
         kind = "causal" if measured else "direct"
     grid, names = _grid(report, kind)
-    labels = [f"{i} {cut(p.probe.label, 28)!r}" for i, p in enumerate(report.probes)]
+    labels = [f"{probe_number(p, i)} {cut(p.probe.label, 28)!r}" for i, p in enumerate(report.probes)]
     fig = new_figure(max(6.0, 3.6 + 0.42 * len(names)), max(3.2, 2.2 + 0.3 * len(labels)))
     ax = fig.add_subplot()
     ax.set_facecolor("0.9")  # blank (unmeasured) cells
@@ -245,14 +246,16 @@ def chosen_probes(report: DiffReport, max_probes: int = MAX_PROBES) -> list[int]
 def diff_figures(report: DiffReport, max_probes: int = MAX_PROBES) -> dict[str, Figure]:
     """Every diff figure, keyed by a stable slug, in display order.
 
-    ``heatmap`` (:func:`delta_heatmap`), then per chosen probe ``i`` (:func:`chosen_probes`):
-    ``waterfall-{i}``, ``flip-{i}`` when its top-1 flipped, and ``topk-{i}``.
+    ``heatmap`` (:func:`delta_heatmap`), then per chosen probe (:func:`chosen_probes`) numbered ``n``
+    (:func:`~tokenlens.report.diff_layout.probe_number`: its probe-file line, else its place among the
+    command-line prompts from 1): ``waterfall-{n}``, ``flip-{n}`` when its top-1 flipped, and ``topk-{n}``.
     """
     figures = {"heatmap": delta_heatmap(report)} if report.probes else {}
     for i in chosen_probes(report, max_probes):
         p = report.probes[i]
-        figures[f"waterfall-{i}"] = diff_waterfall(p, index=i)
+        n = probe_number(p, i)
+        figures[f"waterfall-{n}"] = diff_waterfall(p, index=n)
         if p.flip_split is not None:
-            figures[f"flip-{i}"] = diff_waterfall(p, index=i, flip=True)
-        figures[f"topk-{i}"] = topk_bars(p, index=i)
+            figures[f"flip-{n}"] = diff_waterfall(p, index=n, flip=True)
+        figures[f"topk-{n}"] = topk_bars(p, index=n)
     return figures
