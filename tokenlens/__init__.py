@@ -23,6 +23,8 @@ __all__ = [
     "LoadedModel",
     "attribute",
     "attribute_batch",
+    "attribute_sequence",
+    "SequenceAttribution",
     "AttributionRequest",
     "logit_lens",
     "LogitLens",
@@ -41,6 +43,8 @@ _LAZY = {
     "DEFAULT_MODEL": "tokenlens.models.zoo",
     "attribute": "tokenlens.attribution.direct",
     "attribute_batch": "tokenlens.attribution.direct",
+    "attribute_sequence": "tokenlens.attribution.sequence",
+    "SequenceAttribution": "tokenlens.attribution.sequence_result",
     "AttributionRequest": "tokenlens.attribution.request",
     "logit_lens": "tokenlens.attribution.lens",
     "LogitLens": "tokenlens.attribution.result",
@@ -53,12 +57,18 @@ _LAZY = {
 display.register_html(
     "tokenlens.attribution.result.LogitAttribution", "tokenlens.report.notebook:attribution_html"
 )
+display.register_html(
+    "tokenlens.attribution.sequence_result.SequenceAttribution",
+    "tokenlens.report.sequence_html:sequence_html_fragment",
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
     from tokenlens.attribution.lens import logit_lens
     from tokenlens.attribution.request import AttributionRequest
     from tokenlens.attribution.result import Decomposition, LogitAttribution, LogitLens
+    from tokenlens.attribution.sequence import attribute_sequence
+    from tokenlens.attribution.sequence_result import SequenceAttribution
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
 

@@ -21,9 +21,14 @@ EPILOG = """examples:
   tokenlens inspect --model qwen3-tiny --prompt "Hello" --experts        (MoE models only)
   tokenlens inspect --model qwen3-tiny --prompt "Hi" --chat --format json --out out/hi.json
   tokenlens inspect --model path/to/adapter --base Qwen/Qwen3-0.6B --prompt "..."
+  tokenlens inspect --prompt "The capital of France is" --completion " Paris, of course."   (whole answer)
+  tokenlens inspect --prompt "The capital of France is" --generate 8 --heads
+  tokenlens inspect --prompt "Once upon a time" --generate 20 --sample --temperature 0.8 --seed 1
 
 Target strings are decoded text: " Paris" (leading space included) is usually a different token from
 "Paris". Without --target the model's top-1 token (among ids the tokenizer can decode) is explained.
+A --target of several tokens (without --first-token) is explained as the sequence log-probability of that
+continuation, token by token, as --completion TARGET --logprob would.
 """
 
 
@@ -69,7 +74,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="logit lens: top tokens and the target after every layer, at the position (or all positions)",
     )
     p.add_argument(
-        "--position", type=int, default=-1, help="prompt position to explain (default -1: the last)"
+        "--position", type=int, default=None, help="prompt position to explain (default -1: the last)"
+    )
+    answer = p.add_mutually_exclusive_group()
+    answer.add_argument(
+        "--completion",
+        metavar="TEXT",
+        help="explain every token of this answer after the prompt (teacher-forced) and log p(answer)",
+    )
+    answer.add_argument(
+        "--generate", metavar="N", type=int, help="let the model write N tokens (greedy) and explain each one"
+    )
+    p.add_argument("--sample", action="store_true", help="sample the --generate tokens instead of greedy")
+    p.add_argument("--temperature", metavar="T", type=float, help="sampling temperature (default 1.0)")
+    p.add_argument("--seed", metavar="S", type=int, help="sampling seed (default 0)")
+    p.add_argument(
+        "--tokenize",
+        choices=("joint", "separate"),
+        help="tokenize --completion with the prompt (joint, default) or on its own (separate)",
+    )
+    p.add_argument(
+        "--color-by",
+        metavar="COMPONENT",
+        help="colour a whole answer's tokens by this component's share (default: the largest, e.g. L3.mlp)",
     )
     p.add_argument(
         "--chat", action="store_true", help="wrap the prompt as a user turn with the chat template"
@@ -87,9 +114,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     request = _request(args)  # everything that needs no model is checked before one loads
     causal_options.validate(args)
+    _check_answer_flags(args)
     from tokenlens.attribution.inputs import check_text
 
-    texts = {"prompt": args.prompt, "target": args.target, "--vs": args.vs, "--patch prompt": args.patch}
+    texts = {
+        "prompt": args.prompt,
+        "target": args.target,
+        "--vs": args.vs,
+        "--patch prompt": args.patch,
+        "completion": args.completion,
+    }
     for what, text in texts.items():
         if text is not None:
             check_text(text, what)
@@ -101,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = model.load()
     result, sections = _compute(args, loaded, request)
     with progress("rendering"):
-        output.write(render(output, result, sections, _settings(model)))
+        output.write(render(output, result, sections, _settings(model), colour_by=args.color_by))
     return 0
 
 
@@ -116,7 +150,7 @@ def _request(args: argparse.Namespace):
         vs=args.vs,
         vs_id=args.vs_id,
         logprob=args.logprob,
-        position=args.position,
+        position=-1 if args.position is None else args.position,
         chat=args.chat,
         top_k=args.top_k,
         heads=args.heads,
@@ -126,12 +160,89 @@ def _request(args: argparse.Namespace):
     )
 
 
-def _compute(args: argparse.Namespace, loaded, request):
-    """The attribution and the report sections ``args`` ask for: the logit lens, then the causal ones."""
-    from tokenlens.attribution.direct import attribute
+def _whole_answer(args: argparse.Namespace) -> bool:
+    return args.completion is not None or args.generate is not None
 
-    with progress("attributing"):
-        result = attribute(loaded, args.prompt, request)
+
+def _check_answer_flags(args: argparse.Namespace) -> None:
+    """Refuse, before any model loads, whole-answer flags that contradict each other or the rest."""
+    from tokenlens.attribution.sequence_inputs import check_generation
+
+    check_generation(args.generate, args.sample, args.temperature, args.seed)
+    if args.completion == "":
+        raise TokenlensError("the completion is empty: give the text of the answer to explain")
+    if args.tokenize is not None and args.completion is None:
+        raise TokenlensError("--tokenize chooses how a --completion is tokenized: add --completion TEXT")
+    if not _whole_answer(args):
+        if args.color_by is not None and args.target is None:
+            raise TokenlensError("--color-by colours a whole answer: add --completion TEXT or --generate N")
+        return
+    what = "--completion" if args.completion is not None else "--generate"
+    if args.position is not None:
+        raise TokenlensError(
+            f"--position explains one prompt position; {what} explains every position after the prompt: drop "
+            "--position"
+        )
+    if args.target is not None or args.target_id is not None:
+        raise TokenlensError(f"the answer's tokens are the targets of {what}: drop --target/--target-id")
+    _no_single_position_extras(args, what)
+
+
+def _no_single_position_extras(args: argparse.Namespace, what: str) -> None:
+    if args.lens:
+        raise TokenlensError(f"--lens is not available with {what} (it reads one position): drop one of them")
+    if causal_options.wanted(args):
+        raise TokenlensError(
+            f"causal experiments measure one position's metric and are not available with {what}: run them "
+            "on a single position (without it)"
+        )
+
+
+def _sequence(args: argparse.Namespace, loaded, request, completion=None, source=None):
+    """A whole answer: ``--completion``, ``--generate``, or a multi-token ``--target`` as its completion."""
+    import dataclasses
+
+    from tokenlens.attribution.sequence import attribute_sequence
+
+    if completion is not None:
+        request = dataclasses.replace(request, target=None, logprob=True)
+    return attribute_sequence(
+        loaded,
+        args.prompt,
+        request,
+        completion=completion if completion is not None else args.completion,
+        generate=args.generate,
+        sample=args.sample,
+        temperature=args.temperature,
+        seed=args.seed,
+        tokenize=args.tokenize or "joint",
+        source=source,
+    )
+
+
+def _compute(args: argparse.Namespace, loaded, request):
+    """The attribution and the report sections ``args`` ask for: the logit lens, then the causal ones; or a
+    whole answer (``--completion``, ``--generate``, a multi-token ``--target``), which has no sections."""
+    from tokenlens.attribution.direct import attribute
+    from tokenlens.errors import MultiTokenTarget
+
+    if _whole_answer(args):
+        with progress("attributing the answer"):
+            return _sequence(args, loaded, request), []
+    try:
+        with progress("attributing"):
+            result = attribute(loaded, args.prompt, request)
+    except MultiTokenTarget as exc:
+        if args.target is None or exc.text != args.target or args.first_token:
+            raise
+        _no_single_position_extras(args, f"a target of several tokens ({exc.base})")
+        if args.vs is not None or args.vs_id is not None:
+            raise TokenlensError(
+                f"{exc.base}: it is explained as its sequence log-probability, which has no contrast; drop "
+                "--vs or add --first-token"
+            ) from None
+        with progress("attributing the answer"):
+            return _sequence(args, loaded, request, completion=args.target, source="target"), []
     with progress("measuring"):
         lens = _lens(args, loaded, result)
         sections = [("lens", lens)] if lens is not None else []
@@ -150,8 +261,15 @@ def _lens(args: argparse.Namespace, loaded, result):
     )
 
 
-def render(output: OutputOptions, result, sections: list, settings: dict[str, str]) -> str | None:
-    """The output text in ``output.format`` (``None`` when the table was printed to the terminal)."""
+def render(
+    output: OutputOptions, result, sections: list, settings: dict[str, str], colour_by: str | None = None
+) -> str | None:
+    """The output text in ``output.format`` (``None`` when the table was printed to the terminal);
+    ``colour_by`` names the component whose share colours a whole answer's tokens."""
+    from tokenlens.attribution.sequence_result import SequenceAttribution
+
+    if isinstance(result, SequenceAttribution):
+        return render_sequence(output, result, settings, colour_by)
     if output.format == "json":
         import json
 
@@ -179,6 +297,57 @@ def render(output: OutputOptions, result, sections: list, settings: dict[str, st
     from tokenlens.report.terminal import render_report
 
     parts = render_report(result, sections)
+    if output.out is not None:
+        from tokenlens.report.kit.terminal import renderables_to_text
+
+        return renderables_to_text(parts)
+    from rich.console import Console
+
+    console = Console()
+    for part in parts:
+        console.print(part)
+    return None
+
+
+def render_sequence(
+    output: OutputOptions, result, settings: dict[str, str], colour_by: str | None = None
+) -> str | None:
+    """A whole answer's output text in ``output.format`` (``None`` when printed to the terminal)."""
+    try:
+        from tokenlens.report.sequence_layout import colour_component
+
+        colour_component(result, colour_by)
+    except ValueError as exc:
+        raise TokenlensError(f"--color-by: {exc}") from None
+    if output.format == "json":
+        import json
+
+        from tokenlens.report.sequence_json import sequence_to_dict
+
+        return json.dumps(sequence_to_dict(result), indent=2, ensure_ascii=False) + "\n"
+    if output.format in ("html", "markdown"):
+        from tokenlens.report.plots import figure_png, save_figure
+        from tokenlens.report.plots.sequence import sequence_figures
+
+        figures = sequence_figures(result)
+    if output.format == "html":
+        from tokenlens.report.sequence_html import render_sequence_html
+
+        images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
+        return render_sequence_html(result, images=images, settings=settings, colour_by=colour_by)
+    if output.format == "markdown":
+        from tokenlens.io import figures_folder
+        from tokenlens.report.sequence_markdown import render_sequence_markdown
+
+        folder = figures_folder(output.out)
+        paths = {}
+        for key, figure in figures.items():
+            png, _ = save_figure(figure, folder / key)
+            paths[key] = f"{folder.name}/{png.name}"
+        return render_sequence_markdown(result, image_paths=paths, settings=settings, colour_by=colour_by)
+    from tokenlens.report.sequence_terminal import render_sequence as terminal_view
+
+    parts = terminal_view(result, colour_by)
     if output.out is not None:
         from tokenlens.report.kit.terminal import renderables_to_text
 
