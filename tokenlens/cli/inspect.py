@@ -76,13 +76,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--position", type=int, default=None, help="prompt position to explain (default -1: the last)"
     )
-    answer = p.add_mutually_exclusive_group()
-    answer.add_argument(
+    p.add_argument(
         "--completion",
         metavar="TEXT",
         help="explain every token of this answer after the prompt (teacher-forced) and log p(answer)",
     )
-    answer.add_argument(
+    p.add_argument(
         "--generate", metavar="N", type=int, help="let the model write N tokens (greedy) and explain each one"
     )
     p.add_argument("--sample", action="store_true", help="sample the --generate tokens instead of greedy")
@@ -168,6 +167,8 @@ def _check_answer_flags(args: argparse.Namespace) -> None:
     """Refuse, before any model loads, whole-answer flags that contradict each other or the rest."""
     from tokenlens.attribution.sequence_inputs import check_generation
 
+    if args.completion is not None and args.generate is not None:
+        raise TokenlensError("give the answer as --completion TEXT or ask for --generate N, not both")
     check_generation(args.generate, args.sample, args.temperature, args.seed)
     if args.completion == "":
         raise TokenlensError("the completion is empty: give the text of the answer to explain")
