@@ -74,7 +74,7 @@ def test_table_to_file(tiny_checkpoint, tmp_path, capsys):
 BAD_INPUTS = {
     "missing path": (["--model", "./no/such/dir"], "no such model"),
     "empty prompt": (["--prompt", ""], "prompt is empty"),
-    "multi-token target": (["--target", " Parisianism"], "--first-token"),
+    "multi-token contrast": (["--target", " Paris", "--vs", " Parisianism"], "--first-token"),
     "target id outside vocabulary": (["--target-id", "999999"], "outside the vocabulary"),
     "position outside prompt": (["--position", "9"], "outside the prompt"),
     "prompt longer than context": (["--prompt", "word " * 100], "longer than the model's context"),
