@@ -3,6 +3,8 @@
 The places are *sites*, named as in the attribution tables:
 
 - ``embed``: the token embedding's output (the first residual write);
+- ``L{i}.resid``: the residual stream entering layer ``i`` (the decoder layer's input ``hidden_states``:
+  the embedding plus every write of layers ``< i``);
 - ``L{i}.attn`` / ``L{i}.mlp``: layer ``i``'s attention / MLP write to the stream (the module's output;
   attention returns ``(output, weights)`` and only ``output`` is a site);
 - ``L{i}.H{h}``: head ``h``'s slice ``z_h`` of the input of ``o_proj`` (``z`` is per query head, so
@@ -27,11 +29,11 @@ from torch import nn
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import ArchitectureSpec, bare_model, optional_submodule
 
-KINDS = ("embed", "attn", "mlp", "head", "neuron", "expert")
+KINDS = ("embed", "resid", "attn", "mlp", "head", "neuron", "expert")
 _INDEX = r"(\d+|\d+-\d+|\*)"
-_PATTERN = re.compile(rf"^L{_INDEX}\.(attn|mlp|H{_INDEX}|N{_INDEX}|E{_INDEX})$")
+_PATTERN = re.compile(rf"^L{_INDEX}\.(resid|attn|mlp|H{_INDEX}|N{_INDEX}|E{_INDEX})$")
 _SYNTAX = (
-    "use embed, L{i}.attn, L{i}.mlp, L{i}.H{h}, L{i}.N{n} or L{i}.E{e} "
+    "use embed, L{i}.resid, L{i}.attn, L{i}.mlp, L{i}.H{h}, L{i}.N{n} or L{i}.E{e} "
     "(ranges and wildcards: L0-2.mlp, L3.H*)"
 )
 
@@ -41,8 +43,9 @@ class Site:
     """One place whose activation can be read or replaced.
 
     Attributes:
-        name: Its stable name: ``embed``, ``L3.attn``, ``L3.mlp``, ``L3.H5``, ``L3.N120`` or ``L3.E7``.
-        kind: One of ``embed``, ``attn``, ``mlp``, ``head``, ``neuron``, ``expert``.
+        name: Its stable name: ``embed``, ``L3.resid``, ``L3.attn``, ``L3.mlp``, ``L3.H5``, ``L3.N120`` or
+            ``L3.E7``.
+        kind: One of ``embed``, ``resid``, ``attn``, ``mlp``, ``head``, ``neuron``, ``expert``.
         layer: The decoder layer index (``None`` for ``embed``).
         index: The head, neuron or expert index (``None`` for whole modules).
     """
@@ -118,7 +121,7 @@ def _parse_one(item: str, model: nn.Module, spec: ArchitectureSpec) -> list[Site
         layers = having or layers[:1]  # none has them: the first one's error says so
     sites = []
     for i in layers:
-        if part in ("attn", "mlp"):
+        if part in ("resid", "attn", "mlp"):
             sites.append(Site(f"L{i}.{part}", part, i))
         elif part.startswith("H"):
             heads = _indices(match.group(3), head_count(model), "head", f" layer {i}")
@@ -182,6 +185,8 @@ def hook_point(model: nn.Module, spec: ArchitectureSpec, site: Site) -> tuple[nn
     if site.kind == "embed":
         return spec.module(model, spec.embed), False
     layer = spec.layer_list(model)[site.layer]
+    if site.kind == "resid":  # the decoder layer's first positional input
+        return layer, True
     if site.kind == "attn":
         return layer.get_submodule(spec.attn), False
     if site.kind in ("mlp", "expert"):  # an expert's share is taken out of the block's output
