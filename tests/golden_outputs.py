@@ -195,7 +195,8 @@ def _sweep_run(config: str, seed: int, **numbers: object) -> RunMetrics:
     values = dict(
         method=config.split("-")[0], lr=2e-4, steps=20, final_loss=0.25 + seed / 100, trainable=12288,
         wall_s=41.5 + seed, peak_mb=512.0 + seed, gain=0.3, flips=1, intended=2, collateral_kl=0.02,
-        unintended_flips=0, controls=3, components={"embed": 0.01, "L0.attn": 0.4, "L0.mlp": 0.2},
+        unintended_flips=0, controls=3, check_failures=0,
+        components={"embed": 0.01, "L0.attn": 0.4, "L0.mlp": 0.2},
     )  # fmt: skip
     values.update(numbers)
     return RunMetrics(config=config, seed=seed, run_dir=f"runs/{config}-s{seed}", **values)
@@ -217,8 +218,10 @@ def sweep_maps() -> dict[str, SweepMap]:
             _sweep_run("lora-early", 1, gain=0.36, collateral_kl=0.03, flips=1, unintended_flips=1),
         )),
         ConfigSummary("bias <b>&amp;</b>", "bias", "biases | `all` *layers*", 1e-2, (
-            _sweep_run("bias <b>&amp;</b>", 0, gain=0.12, collateral_kl=0.2, trainable=96, peak_mb=None),
-            _sweep_run("bias <b>&amp;</b>", 1, gain=0.1, collateral_kl=0.25, trainable=96, peak_mb=None),
+            _sweep_run("bias <b>&amp;</b>", 0, gain=0.12, collateral_kl=0.2, trainable=96, peak_mb=None,
+                       check_failures=2),
+            _sweep_run("bias <b>&amp;</b>", 1, gain=0.1, collateral_kl=0.25, trainable=96, peak_mb=None,
+                       check_failures=3),
         )),
         ConfigSummary("head", "head", "the readout head", 1e-3, (
             _sweep_run("head", 0, gain=0.02, collateral_kl=1.5, trainable=917504, components=parts),

@@ -130,6 +130,15 @@ def test_sweep_writes_trainer_folders_resumes_and_map_matches(small, tmp_path, m
             assert run["gain"] == pytest.approx(sum(gains) / len(gains), abs=1e-12)
             assert run["collateral_kl"] == pytest.approx(sum(kls) / len(kls), abs=1e-12)
             assert run["effect_per_collateral"] == pytest.approx(run["gain"] / (run["collateral_kl"] + 1e-3))
+            failed = [  # the check's rules at its defaults, by hand
+                p["expect"] == "changed"
+                and not p["target_top1_tuned"]
+                and p["p_tuned"] - p["p_base"] < 0.1
+                or p["expect"] == "unchanged"
+                and (p["flipped"] or p["kl"] > 0.05)
+                for p in probes
+            ]
+            assert run["check_failures"] == sum(failed)
         values = [r["gain"] for r in entry["runs"]]
         assert entry["gain"]["min"] == min(values) and entry["gain"]["max"] == max(values)
 
@@ -180,16 +189,41 @@ def test_embeddings_rows_come_from_the_data_and_probes(small, qwen_tokenizer):
     assert [c.name for c in select_configs(["lora"])] == ["lora-early", "lora-late", "lora-attn", "lora-mlp"]
 
 
-def _run(config: str, seed: int, gain: float, kl: float) -> RunMetrics:
+def _run(config: str, seed: int, gain: float, kl: float, fails: int = 0) -> RunMetrics:
     return RunMetrics(
         config=config, method=config, seed=seed, lr=1e-2, steps=3, final_loss=0.1, trainable=100,
         wall_s=1.0, peak_mb=None, gain=gain, flips=0, intended=2, collateral_kl=kl, unintended_flips=0,
-        controls=2, components={"embed": 0.0}, run_dir="-",
+        controls=2, check_failures=fails, components={"embed": 0.0}, run_dir="-",
     )  # fmt: skip
 
 
-def _config(name: str, runs: list[tuple[float, float]]) -> ConfigSummary:
-    return ConfigSummary(name, name, "", 1e-2, tuple(_run(name, i, g, k) for i, (g, k) in enumerate(runs)))
+def _config(name: str, runs: list[tuple[float, ...]]) -> ConfigSummary:
+    return ConfigSummary(name, name, "", 1e-2, tuple(_run(name, i, *r) for i, r in enumerate(runs)))
+
+
+def test_only_a_configuration_that_passes_check_is_recommended():
+    """The committed map's case: the best effect per collateral spills far past check's max KL."""
+    spills = _config("prompt", [(0.77, 0.95, 3), (0.8, 0.9, 2)])  # best effect per collateral, fails check
+    worse = _config("lora", [(0.9, 2.0, 4), (0.95, 1.8, 4)])
+    result = recommend([worse, spills], seeds=2)
+    assert result.recommended is None and result.ranking == ("prompt", "lora")  # least control KL first
+    assert result.separable == (False,)
+    assert (
+        "no configuration passes check's thresholds (min gain 0.1, max KL 0.05 nats) on every seed; the "
+        "least-spilling is prompt (control KL 0.925 (0.9..0.95), fails check (2.5 (2..3) of 4 probes))"
+    ) in result.lines
+    assert result.lines[-1] == "no recommendation: none of them passes check"
+    assert "max KL 0.2 nats" in recommend([spills], seeds=2, max_kl=0.2).lines[-2]
+    # one that passes on every seed is ranked first and recommended, though it moves less per unit of drift
+    careful = _config("bias", [(0.2, 0.02), (0.25, 0.03)])
+    half = _config("head", [(0.9, 0.01), (0.9, 0.01, 1)])  # one seed fails: it does not pass check
+    result = recommend([spills, half, careful], seeds=2)
+    assert result.ranking == ("bias", "head", "prompt") and result.recommended == "bias"
+    assert (
+        "#1 bias: passes check" in result.lines[0]
+        and "#2 head: fails check (0.5 (0..1) of 4" in result.lines[1]
+    )
+    assert result.lines[-1].startswith("recommended: bias (passes check;")
 
 
 def test_recommendation_refuses_overlapping_ranges():

@@ -38,6 +38,8 @@ EPILOG = """examples:
 Configurations: lora-early, lora-late, lora-attn, lora-mlp, head, bias, embeddings, attention, adapter,
 prompt, rope, full. Writes DIR/runs/<config>-s<seed>/ (normal trainer folders), DIR/map.json, map.md,
 map.html and map_files/*.png. Rerunning resumes: finished runs are not retrained (--force retrains).
+Every run is judged as tokenlens check would judge it (--min-gain, --max-kl; check's defaults): the map
+recommends only a configuration that passes on every seed, and says so when none does.
 """
 
 
@@ -69,6 +71,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--quick", action="store_true", help="a first look: lora-early, head, bias, prompt; 1 seed"
     )
     p.add_argument("--lr-search", action="store_true", help="search 3 learning rates per configuration")
+    p.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.1,
+        help="judge runs as tokenlens check would: intended probes' p gain needed (default 0.1, check's)",
+    )
+    p.add_argument(
+        "--max-kl",
+        type=float,
+        default=0.05,
+        help="judge runs as tokenlens check would: controls' max KL(base||tuned), nats (default 0.05)",
+    )
     p.add_argument(
         "--causal",
         action=argparse.BooleanOptionalAction,
@@ -118,12 +132,14 @@ def _files(args: argparse.Namespace) -> tuple[str, Path, Path]:
 
 def plan_from_args(args: argparse.Namespace):
     """Validate the arguments (before any model loads) into a :class:`~tokenlens.sweep.runner.SweepPlan`."""
+    from tokenlens.diff.check import check_thresholds
     from tokenlens.sweep.configs import select_configs
     from tokenlens.sweep.recommend import MIN_SEEDS
     from tokenlens.sweep.runner import SweepPlan
 
     if not args.out:
         raise TokenlensError("sweep needs --out DIR (runs and the map are written there)")
+    check_thresholds(args.min_gain, args.max_kl)
     names, seeds, steps = PRESETS["quick" if args.quick else "default"]
     if args.methods is not None:  # given, even empty: never the preset instead
         names = [name for name in args.methods.split(",") if name.strip()]
@@ -162,6 +178,8 @@ def plan_from_args(args: argparse.Namespace):
         force=args.force,
         dtype=args.dtype,
         device=args.device,
+        min_gain=args.min_gain,
+        max_kl=args.max_kl,
     )
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenlens.report.kit import html, markdown
 from tokenlens.report.kit.text import finite_json
-from tokenlens.sweep.recommend import CLEAR_GAIN
+from tokenlens.sweep.recommend import CLEAR_GAIN, thresholds
 from tokenlens.sweep.results import COLLATERAL_FLOOR, METRICS, ConfigSummary, RunMetrics, Spread, SweepMap
 from tokenlens.version import __version__
 
@@ -35,12 +35,16 @@ HOW_TO_READ = (
     "target became the top-1 token.",
     "control KL: the mean KL(base ‖ tuned) over the control probes, in nats (collateral drift); unintended "
     "flips: controls whose top-1 token changed.",
+    "check fails: the probes tokenlens check would fail at the map's thresholds (an intended probe whose "
+    "target neither becomes top-1 nor gains min gain; a control whose top-1 changes or whose KL exceeds max "
+    "KL), of the judged probes; a configuration passes check when no seed fails any.",
     "effect/param = gain / trainable parameters; "
     f"effect/collateral = gain / (control KL + {COLLATERAL_FLOOR:g}).",
     "Numbers are means over seeds with their min..max range; ranges that overlap mean the seeds do not "
     "separate the two configurations.",
-    f"Only configurations whose every seed gains at least {CLEAR_GAIN:g} are ranked; one is recommended over "
-    "another only when their effect/collateral ranges do not overlap.",
+    f"Only configurations whose every seed gains at least {CLEAR_GAIN:g} are ranked: those that pass check "
+    "first, by effect/collateral; then the others, least control KL first. Only one that passes check is "
+    "recommended, and only over another that passes when their effect/collateral ranges do not overlap.",
     "The heatmap shows where each configuration's effect lives: per component (embedding, each layer's "
     "attention and MLP) and readout term (readout.head for a head fine-tune), scaled to the row's largest.",
     "The direct split credits each component for the change of its own write, so a LoRA on early layers can "
@@ -62,6 +66,7 @@ COLUMNS = (
     "flips",
     "control KL",
     "unint. flips",
+    "check fails",
     "effect/param",
     "effect/collateral",
     "wall s",
@@ -81,6 +86,7 @@ TERMINAL = (
     "flips",
     "ctrl KL",
     "unint.",
+    "check",
     "eff/param",
     "eff/coll",
     "wall s",
@@ -113,6 +119,7 @@ def _cells(c: ConfigSummary) -> list[str]:
         f"{_spread_text(flips, 'g')}/{first.intended}",
         _spread_text(c.spread("collateral_kl"), ".3g"),
         f"{_spread_text(unint, 'g')}/{first.controls}",
+        f"{_spread_text(c.spread('check_failures'), 'g')}/{first.intended + first.controls}",
         _spread_text(c.spread("effect_per_param"), ".2e"),
         _spread_text(c.spread("effect_per_collateral"), ".3g"),
         _spread_text(c.spread("wall_s"), ".0f"),
@@ -122,11 +129,12 @@ def _cells(c: ConfigSummary) -> list[str]:
 
 
 def _header(m: SweepMap) -> str:
-    """One line saying what was swept: model, task, steps, seeds and how components were scored."""
+    """One line saying what was swept: model, task, steps, seeds, how components were scored and the check's
+    thresholds."""
     causal = "causal (exact patching of the top 3)" if m.causal else "direct split"
     return (
         f"model {m.model} · task {m.task} · {m.steps} steps · seeds {', '.join(map(str, m.seeds))} · "
-        f"components by {causal}"
+        f"components by {causal} · check at {thresholds(m.min_gain, m.max_kl)}"
     )
 
 
@@ -177,6 +185,7 @@ def _run_dict(r: RunMetrics) -> dict[str, Any]:
         "collateral_kl": r.collateral_kl,
         "unintended_flips": r.unintended_flips,
         "controls": r.controls,
+        "check_failures": r.check_failures,
         "effect_per_param": r.effect_per_param,
         "effect_per_collateral": r.effect_per_collateral,
         "top_components": [{"name": n, "score": s} for n, s in r.top_components],
@@ -194,6 +203,7 @@ def map_to_dict(m: SweepMap) -> dict[str, Any]:
             "summary": c.summary,
             "lr": c.lr,
             "trainable": c.trainable,
+            "passes_check": c.passes_check,
         }
         entry.update({metric: _spread_dict(c.spread(metric)) for metric in METRICS})
         entry["top_components"] = [{"name": n, "score": s} for n, s in c.top_components]
@@ -210,6 +220,7 @@ def map_to_dict(m: SweepMap) -> dict[str, Any]:
             "steps": m.steps,
             "seeds": list(m.seeds),
             "causal": m.causal,
+            "check_thresholds": {"min_gain": m.min_gain, "max_kl": m.max_kl},
             "definitions": {
                 "effect_per_param": "gain / trainable",
                 "effect_per_collateral": f"gain / (collateral_kl + {COLLATERAL_FLOOR:g})",

@@ -10,6 +10,9 @@ Per run (one configuration × one seed), from the run folder's files only (``tok
 * **where the effect lives** — per component (``embed``, ``L{i}.attn``, ``L{i}.mlp``) and readout term
   (``readout.head``, …): the mean over intended probes of |causal| where it was measured, else |direct| (the
   exact split's term), logit units;
+* **the check** — ``check_failures``: the judged probes that ``tokenlens check`` would fail at the sweep's
+  thresholds (``min_gain``, ``max_kl``; by default the check's own), of ``intended + controls``; a
+  configuration *passes check* when every seed has none;
 * **derived** — ``effect_per_param = gain / trainable``; ``effect_per_collateral = gain / (collateral_kl +
   COLLATERAL_FLOOR)`` (the floor keeps a config that moves nothing else from dividing by zero).
 """
@@ -20,6 +23,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from tokenlens.diff.check import MAX_KL, MIN_GAIN, judge
 
 COLLATERAL_FLOOR = 1e-3
 """Added to the mean control KL (nats) before dividing: effect per collateral = gain / (KL + 1e-3)."""
@@ -48,6 +53,7 @@ class RunMetrics:
         collateral_kl: Mean KL(base ‖ tuned) over control probes, nats (0 with no controls).
         unintended_flips: Controls whose top-1 changed.
         controls: Control probes.
+        check_failures: Judged probes ``tokenlens check`` would fail at the sweep's thresholds.
         components: Component or readout term -> its score (see the module docstring), model order.
         run_dir: The run's folder.
     """
@@ -67,8 +73,14 @@ class RunMetrics:
     collateral_kl: float
     unintended_flips: int
     controls: int
+    check_failures: int
     components: Mapping[str, float]
     run_dir: str
+
+    @property
+    def passes_check(self) -> bool:
+        """No judged probe would fail ``tokenlens check`` at the sweep's thresholds."""
+        return self.check_failures == 0
 
     @property
     def effect_per_param(self) -> float:
@@ -132,6 +144,7 @@ METRICS = (
     "flips",
     "collateral_kl",
     "unintended_flips",
+    "check_failures",
     "effect_per_param",
     "effect_per_collateral",
     "wall_s",
@@ -167,6 +180,11 @@ class ConfigSummary:
     def trainable(self) -> int:
         return self.runs[0].trainable
 
+    @property
+    def passes_check(self) -> bool:
+        """Every seed's run passes ``tokenlens check`` at the sweep's thresholds."""
+        return all(run.passes_check for run in self.runs)
+
     def spread(self, metric: str) -> Spread | None:
         """``metric`` (one of :data:`METRICS`) over seeds; ``None`` when a run did not measure it."""
         if metric not in METRICS:
@@ -191,10 +209,11 @@ class Recommendation:
     """The ranked recommendation and the reasoning behind it (see :mod:`tokenlens.sweep.recommend`).
 
     Attributes:
-        ranking: Configurations with a clearly positive intended effect, best effect per collateral first.
+        ranking: Configurations with a clearly positive intended effect: those that pass check on every seed
+            first, best effect per collateral first; then the others, least collateral drift first.
         excluded: Configurations left out of the ranking (effect not clearly positive).
-        separable: ``separable[i]``: ``ranking[i]``'s seed range of effect per collateral lies above
-            ``ranking[i + 1]``'s (no overlap).
+        separable: ``separable[i]``: both ``ranking[i]`` and ``ranking[i + 1]`` pass check and the first's
+            seed range of effect per collateral lies above the second's (no overlap).
         recommended: The configuration recommended, or ``None`` when the numbers do not support one.
         lines: The reasoning, one sentence per line.
     """
@@ -222,6 +241,8 @@ class SweepMap:
         recommendation: The ranked recommendation.
         lr_search: Configuration -> {learning rate: final loss} when ``--lr-search`` ran (else empty).
         notes: Caveats (memory not measured, …).
+        min_gain: The check threshold for intended probes the runs were judged by (absolute p gain).
+        max_kl: The check threshold for control probes (KL(base ‖ tuned), nats).
     """
 
     model: str
@@ -235,6 +256,8 @@ class SweepMap:
     recommendation: Recommendation
     lr_search: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    min_gain: float = MIN_GAIN
+    max_kl: float = MAX_KL
 
 
 def _top(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
@@ -242,8 +265,17 @@ def _top(scores: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
     return tuple(ranked[:TOP_COMPONENTS])
 
 
-def run_metrics(manifest: Mapping, record: Mapping, diff: Mapping, run_dir: str) -> RunMetrics:
-    """A run's metrics from its manifest, its ``sweep-run.json`` record and its ``diff.json``.
+def run_metrics(
+    manifest: Mapping,
+    record: Mapping,
+    diff: Mapping,
+    run_dir: str,
+    *,
+    min_gain: float = MIN_GAIN,
+    max_kl: float = MAX_KL,
+) -> RunMetrics:
+    """A run's metrics from its manifest, its ``sweep-run.json`` record and its ``diff.json``; its probes are
+    judged by ``tokenlens check``'s rules at ``min_gain`` and ``max_kl``.
 
     Raises:
         ValueError: The diff has no intended probe.
@@ -272,6 +304,7 @@ def run_metrics(manifest: Mapping, record: Mapping, diff: Mapping, run_dir: str)
         collateral_kl=kl,
         unintended_flips=sum(1 for p in controls if p["flipped"]),
         controls=len(controls),
+        check_failures=check_failures(probes, min_gain=min_gain, max_kl=max_kl),
         components=component_scores(intended),
         run_dir=run_dir,
     )
@@ -288,3 +321,21 @@ def component_scores(probes: Sequence[Mapping]) -> dict[str, float]:
             values.append(abs(causal if causal is not None else p["terms"][name]))
         scores[name] = statistics.fmean(values)
     return scores
+
+
+def check_failures(probes: Sequence[Mapping], *, min_gain: float = MIN_GAIN, max_kl: float = MAX_KL) -> int:
+    """How many of a run's ``diff.json`` probes ``tokenlens check`` would fail at these thresholds (its own
+    rules, :func:`tokenlens.diff.check.judge`)."""
+    return sum(
+        judge(
+            p["expect"],
+            flipped=p["flipped"],
+            target_top=p["target_top1_tuned"],
+            prob_gain=p["p_tuned"] - p["p_base"],
+            kl=p["kl"],
+            min_gain=min_gain,
+            max_kl=max_kl,
+        ).passed
+        is False
+        for p in probes
+    )

@@ -32,7 +32,7 @@ from tokenlens.sweep import jobs
 from tokenlens.sweep.child import EXIT_DIVERGED
 from tokenlens.sweep.configs import SweepConfig, sweep_facts
 from tokenlens.sweep.recommend import recommend
-from tokenlens.sweep.results import ConfigSummary, RunMetrics, SweepMap, run_metrics
+from tokenlens.sweep.results import MAX_KL, MIN_GAIN, ConfigSummary, RunMetrics, SweepMap, run_metrics
 from tokenlens.training.trainer import Diverged
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)
@@ -58,6 +58,8 @@ class SweepPlan:
         isolate: Train each run in a child process (``None``: on CPU yes, on GPU no).
         dtype: Load dtype for the runs' bases.
         device: Load device.
+        min_gain: The check threshold the runs are judged by for intended probes (``tokenlens check``'s).
+        max_kl: The same for control probes (nats). Both only judge: changing them retrains nothing.
     """
 
     model: str
@@ -75,6 +77,8 @@ class SweepPlan:
     isolate: bool | None = None
     dtype: str = "auto"
     device: str = "auto"
+    min_gain: float = MIN_GAIN
+    max_kl: float = MAX_KL
 
     def run_dir(self, config: str, seed: int) -> Path:
         return self.out / "runs" / f"{config}-s{seed}"
@@ -160,7 +164,7 @@ def run_sweep(plan: SweepPlan, loaded: Any, on_event: Event | None = None) -> Sw
             done = len(summaries) * len(plan.seeds) + len(runs) + 1
             note(f"[{done}/{total}] {config.name} seed {seed}: {state}")
             execute(j)
-            runs.append(load_run(folder))
+            runs.append(load_run(folder, min_gain=plan.min_gain, max_kl=plan.max_kl))
         summaries.append(
             ConfigSummary(config.name, config.method, config.summary, lrs[config.name], tuple(runs))
         )
@@ -176,9 +180,11 @@ def run_sweep(plan: SweepPlan, loaded: Any, on_event: Event | None = None) -> Sw
         seeds=tuple(plan.seeds),
         causal=plan.causal,
         configs=tuple(summaries),
-        recommendation=recommend(summaries, len(plan.seeds)),
+        recommendation=recommend(summaries, len(plan.seeds), min_gain=plan.min_gain, max_kl=plan.max_kl),
         lr_search=searched,
         notes=tuple(notes),
+        min_gain=plan.min_gain,
+        max_kl=plan.max_kl,
     )
 
 
@@ -211,14 +217,16 @@ def _state(job: jobs.Job, force: bool) -> str:
     return "resuming" if (Path(job.run_dir) / files.CHECKPOINT).is_dir() else "training"
 
 
-def load_run(folder: Path) -> RunMetrics:
-    """A finished run's :class:`~tokenlens.sweep.results.RunMetrics`, from its folder's files only."""
+def load_run(folder: Path, *, min_gain: float = MIN_GAIN, max_kl: float = MAX_KL) -> RunMetrics:
+    """A finished run's :class:`~tokenlens.sweep.results.RunMetrics`, from its folder's files only, its probes
+    judged at the check thresholds ``min_gain`` and ``max_kl``."""
     manifest = jobs.read_json(folder / files.MANIFEST)
     record_path = folder / files.RUN_RECORD
     record = (
         jobs.read_json(record_path) if record_path.is_file() else {"config": folder.name.rsplit("-s", 1)[0]}
     )
-    return run_metrics(manifest, record, jobs.read_json(folder / files.DIFF_FILE), str(folder))
+    diff = jobs.read_json(folder / files.DIFF_FILE)
+    return run_metrics(manifest, record, diff, str(folder), min_gain=min_gain, max_kl=max_kl)
 
 
 def _clear(folder: Path) -> None:
