@@ -8,6 +8,7 @@ rows, 151,669 ids); the extra rows are padding, so default targets are chosen am
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,62 @@ def encode_prompt(
             f"the prompt is {len(ids)} tokens, longer than the model's context of {max_positions}"
         )
     return list(ids)
+
+
+THINKING = "enable_thinking"
+"""The chat-template variable that chooses Qwen3's thinking (true, its template's default) or non-thinking
+(false) mode."""
+
+
+def thinking_kwargs(tokenizer: Any, thinking: bool | None) -> dict[str, bool]:
+    """Keyword arguments for ``apply_chat_template`` that choose thinking or non-thinking mode (``{}`` for
+    ``None``: the template's own default).
+
+    Qwen3's chat template reads ``enable_thinking``: with it false, the generation prompt ends in an empty
+    ``<think>\n\n</think>\n\n`` block, so the first token after it is the first token of a non-thinking
+    reply. A template that never reads the variable would ignore the choice silently, so it is refused.
+
+    Raises:
+        TokenlensError: ``thinking`` is not a boolean, the tokenizer has no chat template, or its template has
+            no thinking switch.
+    """
+    if thinking is None:
+        return {}
+    if not isinstance(thinking, bool):
+        raise TokenlensError(f"thinking must be true or false, not {thinking!r}")
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one is applied
+        template = template.get("default")
+    if not template:
+        raise TokenlensError("thinking mode applies to the chat template, and this tokenizer has none")
+    if THINKING not in template:
+        raise TokenlensError(
+            f"this model's chat template has no thinking switch (it never reads {THINKING}): "
+            "its replies have one mode only"
+        )
+    return {THINKING: thinking}
+
+
+def with_thinking(tokenizer: Any, thinking: bool | None) -> Any:
+    """``tokenizer``, or a shallow copy of it whose chat template renders in thinking (``True``) or
+    non-thinking (``False``) mode wherever it is applied (attribution, lens, causal effects, answers).
+
+    The copy's template starts by setting ``enable_thinking``, as ``apply_chat_template(...,
+    enable_thinking=thinking)`` would; the original tokenizer is left alone. ``None`` returns ``tokenizer``.
+
+    Raises:
+        TokenlensError: As :func:`thinking_kwargs`.
+    """
+    if not thinking_kwargs(tokenizer, thinking):
+        return tokenizer
+    clone = copy.copy(tokenizer)
+    template = tokenizer.chat_template
+    setting = f"{{%- set {THINKING} = {'true' if thinking else 'false'} %}}"
+    if isinstance(template, dict):
+        clone.chat_template = {**template, "default": setting + template["default"]}
+    else:
+        clone.chat_template = setting + template
+    return clone
 
 
 def check_prompt_ids(ids: Sequence[int], vocab_size: int, max_positions: int | None = None) -> list[int]:

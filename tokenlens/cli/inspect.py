@@ -100,6 +100,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--chat", action="store_true", help="wrap the prompt as a user turn with the chat template"
     )
+    p.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --chat: Qwen3's thinking or non-thinking mode (enable_thinking; default: the template's)",
+    )
     p.add_argument("--top-k", type=int, default=10, help="how many alternative tokens to list (default 10)")
     OutputOptions.add_arguments(
         p,
@@ -128,14 +134,35 @@ def run(args: argparse.Namespace) -> int:
             check_text(text, what)
     if not args.prompt.strip():
         raise TokenlensError("the prompt is empty: give some text to predict from")
+    if args.thinking is not None and not args.chat:
+        raise TokenlensError(f"{_thinking_flag(args)} chooses the chat template's mode: add --chat")
     output = OutputOptions.from_args(args)
     model = ModelOptions.from_args(args)
     with progress(f"loading {model.model}"):
         loaded = model.load()
+    loaded = _with_thinking(args, loaded)
     result, sections = _compute(args, loaded, request)
     with progress("rendering"):
         output.write(render(output, result, sections, _settings(model), colour_by=args.color_by))
     return 0
+
+
+def _thinking_flag(args: argparse.Namespace) -> str:
+    return "--thinking" if args.thinking else "--no-thinking"
+
+
+def _with_thinking(args: argparse.Namespace, loaded):
+    """``loaded`` with its chat template set to ``--thinking`` / ``--no-thinking`` mode (as it is without)."""
+    if args.thinking is None:
+        return loaded
+    import dataclasses
+
+    from tokenlens.attribution.inputs import with_thinking
+
+    try:
+        return dataclasses.replace(loaded, tokenizer=with_thinking(loaded.tokenizer, args.thinking))
+    except TokenlensError as exc:
+        raise TokenlensError(f"{exc}: drop {_thinking_flag(args)}") from None
 
 
 def _request(args: argparse.Namespace):

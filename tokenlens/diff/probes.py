@@ -7,8 +7,10 @@ A probe file is JSONL, one object per line::
 
 ``prompt`` (plain text) or ``messages`` (chat turns, rendered with the model's chat template), an
 optional single-token ``target``, ``expect`` (``changed`` needs a target; ``unchanged`` marks a control;
-absent: reported, not judged), ``group`` and ``position``. Every line is validated before any model
-runs; a bad line is reported with its line number.
+absent: reported, not judged), ``group``, ``position`` and, with ``messages``, ``thinking`` (``false``:
+Qwen3's non-thinking mode, whose generation prompt ends in an empty ``<think>`` block; ``true``: thinking
+mode; absent: the chat template's own default). Every line is validated before any model runs; a bad line is
+reported with its line number.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tokenlens.diff.result import Probe
 from tokenlens.errors import MultiTokenTarget, TokenlensError, option
 
 EXPECT = ("changed", "unchanged")
-_KEYS = {"prompt", "messages", "target", "expect", "group", "position"}
+_KEYS = {"prompt", "messages", "target", "expect", "group", "position", "thinking"}
 
 
 def load_probes(path: str | Path) -> tuple[Probe, ...]:
@@ -89,6 +91,11 @@ def _parse(line: str, where: str, number: int) -> Probe:
     position = record.get("position", -1)
     if not isinstance(position, int) or isinstance(position, bool):
         raise TokenlensError(f'{where}: "position" must be an integer')
+    thinking = record.get("thinking")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise TokenlensError(f'{where}: "thinking" must be true or false')
+    if thinking is not None and messages is None:
+        raise TokenlensError(f'{where}: "thinking" chooses the chat template\'s mode: it needs "messages"')
     return Probe(
         prompt=prompt,
         messages=None if messages is None else tuple(dict(m) for m in messages),
@@ -97,6 +104,7 @@ def _parse(line: str, where: str, number: int) -> Probe:
         group=_optional_str(record, "group", where),
         position=position,
         line=number,
+        thinking=thinking,
     )
 
 
@@ -129,8 +137,9 @@ def encode_probe(tokenizer: Any, probe: Probe, max_positions: int | None) -> lis
             return inputs.encode_prompt(tokenizer, probe.prompt, max_positions=max_positions)
         if not getattr(tokenizer, "chat_template", None):
             raise TokenlensError('the tokenizer has no chat template for "messages"')
+        thinking = inputs.thinking_kwargs(tokenizer, probe.thinking)
         text = tokenizer.apply_chat_template(
-            list(probe.messages or ()), tokenize=False, add_generation_prompt=True
+            list(probe.messages or ()), tokenize=False, add_generation_prompt=True, **thinking
         )
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has its own
         return inputs.check_prompt_ids(ids, len(tokenizer), max_positions)

@@ -32,6 +32,8 @@ class Probe:
         group: A free label to aggregate by (``"edit"``, ``"capitals"``, …).
         position: Which prompt position's prediction; negative counts from the end.
         line: The probe file's line number (``None`` for command-line prompts).
+        thinking: For ``messages``: Qwen3's thinking (``True``) or non-thinking (``False``) mode of the chat
+            template (``enable_thinking``); ``None``: the template's own default.
     """
 
     prompt: str | None
@@ -41,6 +43,7 @@ class Probe:
     group: str | None = None
     position: int = -1
     line: int | None = None
+    thinking: bool | None = None
 
     @property
     def label(self) -> str:

@@ -83,6 +83,7 @@ def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
         "expect": probe.expect,
         "group": probe.group,
         "line": probe.line,
+        "thinking": probe.thinking,
         "tokens": [{"id": i, "token": t} for i, t in zip(p.token_ids, p.tokens)],
         "position": p.position,
         "base_top": [_score(s) for s in p.base_top],

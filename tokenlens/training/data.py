@@ -9,7 +9,11 @@ Each line is one example, in one of three shapes:
   generation prompt for that turn ends (the conversation before it, rendered with
   ``add_generation_prompt=True``, must be a prefix of the full rendering) and ends after the turn's content
   plus an immediately following end-of-turn token (the tokenizer's eos, e.g. ``<|im_end|>``). Anything the
-  template inserts before the content (Qwen3's empty ``<think>`` block on the last turn) is learned too.
+  template inserts before the content (Qwen3's empty ``<think>`` block on the last turn) is learned too,
+  unless the line says ``"thinking": false``: the template then renders in Qwen3's non-thinking mode
+  (``enable_thinking=False``), whose generation prompt already ends in the empty ``<think>`` block, so only
+  the reply itself carries loss — as the model meets it when asked in non-thinking mode. ``"thinking":
+  true`` asks for thinking mode explicitly; a template without the switch refuses either.
 * ``{"text": str}`` — the loss covers every token.
 
 The file must be UTF-8 (other bytes are refused with their line, never replaced). Every line is validated
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenlens.attribution.inputs import thinking_kwargs
 from tokenlens.errors import TokenlensError
 
 IGNORE = -100
@@ -174,8 +179,11 @@ def _tokenize(record: dict, tokenizer: Any, where: str) -> tuple[str, list[int],
         p_ids = _encode(tokenizer, prompt) if prompt else []
         c_ids = _encode(tokenizer, completion)
         return "prompt/completion", p_ids + c_ids, [IGNORE] * len(p_ids) + c_ids
-    if keys == {"messages"}:
-        ids, labels = _tokenize_messages(record["messages"], tokenizer, where)
+    if keys in ({"messages"}, {"messages", "thinking"}):
+        thinking = record.get("thinking")
+        if thinking is not None and not isinstance(thinking, bool):
+            raise TokenlensError(f"{where}: 'thinking' must be true or false")
+        ids, labels = _tokenize_messages(record["messages"], tokenizer, where, thinking)
         return "messages", ids, labels
     if keys == {"text"}:
         ids = _encode(tokenizer, _require_str(record, "text", where))
@@ -184,7 +192,7 @@ def _tokenize(record: dict, tokenizer: Any, where: str) -> tuple[str, list[int],
         raise TokenlensError(f"{where}: a 'prompt' without a 'completion'")
     raise TokenlensError(
         f"{where}: unknown shape with keys {sorted(keys)}; expected exactly "
-        '{"prompt","completion"}, {"messages"} or {"text"}'
+        '{"prompt","completion"}, {"messages"[, "thinking"]} or {"text"}'
     )
 
 
@@ -204,21 +212,29 @@ def _check_messages(messages: Any, where: str) -> None:
         raise TokenlensError(f"{where}: no non-empty assistant turn to learn")
 
 
-def _tokenize_messages(messages: Any, tokenizer: Any, where: str) -> tuple[list[int], list[int]]:
-    """Render the whole conversation once; mark the character spans of the assistant turns; label the
-    tokens that start inside a span."""
+def _tokenize_messages(
+    messages: Any, tokenizer: Any, where: str, thinking: bool | None = None
+) -> tuple[list[int], list[int]]:
+    """Render the whole conversation once (in ``thinking`` mode when given); mark the character spans of the
+    assistant turns; label the tokens that start inside a span."""
     _check_messages(messages, where)
     if not getattr(tokenizer, "chat_template", None):
         raise TokenlensError(f"{where}: 'messages' needs a chat template, and this tokenizer has none")
     try:
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        mode = thinking_kwargs(tokenizer, thinking)
+    except TokenlensError as exc:
+        raise TokenlensError(f"{where}: {exc}") from None
+    try:
+        full = tokenizer.apply_chat_template(messages, tokenize=False, **mode)
     except Exception as exc:  # noqa: BLE001 - a template's own error (jinja) is the user's to see
         raise TokenlensError(f"{where}: the chat template failed: {str(exc).splitlines()[0]}") from exc
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        prefix = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True, **mode
+        )
         if not full.startswith(prefix):
             raise TokenlensError(f"{where}: the chat template renders turn {i} inconsistently")
         end = full.find(message["content"], len(prefix))
