@@ -276,3 +276,45 @@ def test_text_entry_points_label_tokens(tiny_loaded):
     traced = trace(loaded, "The capital of France is", "France", kinds="mlp", samples=1)
     assert traced.trace.subject == "France" and traced.trace.noised == (3,)
     assert traced.metric.kind == "prob"
+
+
+def _planted_trace(values: list[list[float]], noised=(0, 1), window=1) -> PatchGrids:
+    """A trace result with a known mlp grid (rows = layers, columns = positions 0..2), clean 1, noised 0."""
+    from tokenlens.causal.grid_results import PatchGrid, TraceSetup
+
+    grid = PatchGrid(
+        "mlp", tuple(f"L{i}" for i in range(len(values))), (0, 1, 2), torch.tensor(values), window
+    )
+    setup = TraceSetup(None, noised, 1.0, 3.0, 1, 0)
+    return PatchGrids(Metric("prob", 1, 2), ("a", "b", "c"), 1.0, 0.0, "clean → corrupted", (grid,), setup)
+
+
+def test_location_reads_the_peak_past_layer_zero_at_a_noised_position():
+    from tokenlens.causal.locate import location_from
+
+    # layer 0 restores most (the token's identity) and position 2 is not noised: neither is chosen
+    values = [[0.9, 0.9, 0.0], [0.1, 0.2, 0.95], [0.05, 0.6, 0.95], [0.0, 0.3, 0.0]]
+    loc = location_from(_planted_trace(values))
+    assert (loc.position, loc.token, loc.peak_layer, loc.layers) == (1, "b", 2, (2, 2))
+    assert loc.peak == pytest.approx(0.6) and loc.last_subject_token and not loc.weak
+    assert "position 1 (token 'b') by the MLPs of layer 2" in loc.sentence()
+    # a window of 3 around row 2 is layers 1–3; rows whose window reaches layer 0 are not chosen
+    loc3 = location_from(_planted_trace(values, window=3))
+    assert loc3.layers == (1, 3) and loc3.peak_layer == 2
+    weak = location_from(_planted_trace([[0.9, 0.9, 0.0], [0.01, 0.05, 0.0]]))
+    assert weak.weak and "weak evidence" in weak.sentence()
+    with pytest.raises(TokenlensError, match="nothing to locate"):
+        location_from(_planted_trace([[0.9, 0.9, 0.0], [-0.1, -0.2, 0.0]]))
+
+
+def test_locate_on_a_tiny_model_agrees_with_its_trace(tiny_loaded):
+    from tokenlens.causal.locate import locate
+
+    loaded = tiny_loaded("llama", num_hidden_layers=6)
+    loc = locate(loaded, "The capital of France is", subject="capital of France", samples=2)
+    grid = loc.trace.grid("mlp")
+    assert grid.window == 1 and grid.positions == loc.trace.trace.noised == (1, 2, 3)
+    column = grid.positions.index(loc.position)
+    assert float(loc.trace.restored(grid)[loc.peak_layer, column]) == pytest.approx(loc.peak)
+    assert loc.peak == pytest.approx(float(loc.trace.restored(grid)[1:].max()))  # the best row past layer 0
+    assert loc.layers == (loc.peak_layer, loc.peak_layer) and loc.peak_layer >= 1

@@ -23,6 +23,9 @@ TRACE_KINDS = ("resid", "attn", "mlp", "resid-mlp-severed", "resid-attn-severed"
 """What a causal trace restores: the grid kinds over layers, and the residual stream restored with every
 later MLP (or attention) output at that position held at its corrupted value."""
 
+WEAK = 0.1
+"""A location whose peak restores less than this share of the gap is flagged as weak evidence."""
+
 KIND_WORDS = {
     "resid": "residual stream entering the layer",
     "attn": "attention output",
@@ -147,10 +150,9 @@ class Location:
         trace: The causal trace it is read from.
         position: The prompt position whose restored MLP outputs restore the most.
         token: That position's token text.
-        layers: ``(first, last)`` the contiguous layers around the peak whose MLPs restore at least half
-            of the peak.
-        peak_layer: The layer whose MLP restore restores the most at ``position``.
-        peak: The restored share at ``(peak_layer, position)`` in the ``mlp`` grid.
+        layers: ``(first, last)`` the layers of the peak row's window (restored together).
+        peak_layer: The ``mlp`` grid's row (the window's centre) that restores the most at ``position``.
+        peak: Its restored share of the gap.
         last_subject_token: Whether ``position`` is the last noised position (the published pattern for facts
             is mid-layer MLPs at the subject's last token).
     """
@@ -174,5 +176,11 @@ class Location:
         span = f"layer {first}" if first == last else f"layers {first}–{last}"
         return (
             f"the target is carried at position {self.position} (token {self.token!r}) by the MLPs of {span} "
-            f"(peak: layer {self.peak_layer} restores {100 * self.peak:.0f}% of the gap)"
+            f"(restoring them there restores {100 * self.peak:.0f}% of the gap"
+            + (f"; weak evidence, under {100 * WEAK:.0f}%)" if self.weak else ")")
         )
+
+    @property
+    def weak(self) -> bool:
+        """Whether the peak restores less than :data:`WEAK` of the gap (the location is a weak guess)."""
+        return self.peak < WEAK

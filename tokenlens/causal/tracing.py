@@ -123,6 +123,7 @@ def causal_trace(
     samples: int = SAMPLES,
     seed: int = SEED,
     window: int = 1,
+    columns: Sequence[int] | None = None,
     batch_size: int | None = None,
 ) -> PatchGrids:
     """A causal trace of ``input_ids`` ``(1, seq)``: noise on the ``noised`` positions, restore grids.
@@ -139,6 +140,7 @@ def causal_trace(
         samples: Noise draws averaged.
         seed: The noise's seed.
         window: Layers restored together for ``attn`` / ``mlp`` rows.
+        columns: The positions to restore (default: every one from the first noised to the metric's).
         batch_size: Rows per forward.
 
     Raises:
@@ -175,7 +177,9 @@ def causal_trace(
         baseline = run_cells(
             model, spec, input_ids, metric, corrupted_runs, {}, noise=noise, batch_size=samples
         )
-    positions = list(range(noised[0], end))
+    positions = list(range(noised[0], end)) if columns is None else sorted(set(columns))
+    if not positions or positions[0] < 0 or positions[-1] >= end:
+        raise TokenlensError(f"trace columns {positions} must lie in 0..{end - 1}")
     grids = []
     for kind, rows in rows_by_kind.items():
         cells = [
