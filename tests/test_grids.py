@@ -318,3 +318,31 @@ def test_locate_on_a_tiny_model_agrees_with_its_trace(tiny_loaded):
     assert float(loc.trace.restored(grid)[loc.peak_layer, column]) == pytest.approx(loc.peak)
     assert loc.peak == pytest.approx(float(loc.trace.restored(grid)[1:].max()))  # the best row past layer 0
     assert loc.layers == (loc.peak_layer, loc.peak_layer) and loc.peak_layer >= 1
+
+
+def test_train_layers_auto_uses_the_located_layers(small_checkpoint, tmp_path):
+    import json
+
+    from tokenlens.causal.locate import locate_ids
+    from tokenlens.models.loading import load
+    from tokenlens.training.trainer import train
+
+    loaded = load(str(small_checkpoint))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "on at", "completion": " a b"}) + "\n")  # this random model cares
+    prompt, target = loaded.tokenizer.encode("on at"), loaded.tokenizer.encode(" a")[0]
+    metric = Metric("prob", target, len(prompt) - 1)
+    expected = locate_ids(loaded.model, loaded.spec, torch.tensor([prompt]), metric)  # without the trainer
+    result = train(loaded, "lora", data, tmp_path / "o", steps=1, options={"layers": "auto", "r": 2})
+    manifest = json.loads((tmp_path / "o" / "tokenlens-manifest.json").read_text())
+    assert result.options["layers"] == list(expected.layer_list) == manifest["options"]["layers"]
+    assert manifest["located"]["layers"] == list(expected.layer_list) and manifest["located"]["line"] == 1
+    assert (manifest["located"]["position"], manifest["located"]["token"]) == (expected.position, "on")
+    assert manifest["located"]["peak"] == pytest.approx(expected.peak)
+    names = [n for n, _ in loaded.model.named_parameters() if "lora_A" in n]
+    assert {int(n.split(".layers.")[1].split(".")[0]) for n in names} == set(expected.layer_list)
+    # where the noise changes nothing, the run stops before training, naming the data line
+    data.write_text(json.dumps({"prompt": "a b c", "completion": " d e"}) + "\n")
+    with pytest.raises(TokenlensError, match=r"layers=auto \(data line 1\): the noise did not lower"):
+        train(load(str(small_checkpoint)), "lora", data, tmp_path / "p", steps=1, options={"layers": "auto"})
+    assert not (tmp_path / "p").exists()

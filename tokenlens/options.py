@@ -67,13 +67,18 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
-def layer_list(name: str, value: Any) -> list[int] | None:
-    """``None`` (every layer) or layer indices (integers >= 0), sorted and each once."""
-    if value is None:
-        return None
+AUTO = "auto"
+"""``layers=auto``: the trainer chooses the layers by locating its first example's target (causal tracing)."""
+
+
+def layer_list(name: str, value: Any) -> list[int] | str | None:
+    """``None`` (every layer), ``"auto"`` (located by the trainer) or layer indices (integers >= 0), sorted
+    and each once."""
+    if value is None or value == AUTO:
+        return value
     values = _as_list(value)
     if not values or not all(is_integer(v) and v >= 0 for v in values):
-        raise _bad(name, value, "must be layer indices (integers from 0), e.g. 0,1")
+        raise _bad(name, value, "must be layer indices (integers from 0), e.g. 0,1, or auto")
     return sorted(set(values))
 
 

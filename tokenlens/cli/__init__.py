@@ -29,6 +29,7 @@ from contextlib import contextmanager
 
 from tokenlens.cli import diff as diff_cmd
 from tokenlens.cli import inspect as inspect_cmd
+from tokenlens.cli import locate as locate_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
@@ -46,6 +47,7 @@ EPILOG = """examples:
   tokenlens inspect --prompt "The capital of France is" --target " Paris" --format json --out paris.json
   tokenlens inspect --model qwen3-tiny --prompt "Hello" --chat
   tokenlens inspect --model Qwen/Qwen3-0.6B --prompt "The capital of France is"   (needs hub access)
+  tokenlens locate --prompt "The capital of France is" --target " Paris" --subject France
   tokenlens models
   tokenlens train --model qwen3-tiny --method lora --data data.jsonl --out runs/lora --steps 20
   tokenlens diff --tuned runs/lora --probes probes.jsonl
@@ -56,7 +58,7 @@ exit codes: 0 done, 1 check found violations (only), 2 bad input or environment,
   tokenlens sweep --quick --out sweep-quick      (the method map: which method, where; a few minutes)
 """
 
-COMMANDS = (inspect_cmd, models_cmd, train_cmd, diff_cmd, sweep_cmd)
+COMMANDS = (inspect_cmd, locate_cmd, models_cmd, train_cmd, diff_cmd, sweep_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

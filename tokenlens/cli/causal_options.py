@@ -1,4 +1,5 @@
-"""The causal experiments of ``tokenlens inspect``: ablation, patching, estimates, RoPE, norms, virtual.
+"""The causal experiments of ``tokenlens inspect``: ablation, patching (per component and as layer ×
+position grids), causal tracing, estimates, RoPE, norms, virtual.
 
 They measure effects by intervening on the real forward pass (:mod:`tokenlens.causal`), on the same prompt,
 target and position as the attribution, and their results become report sections. Each experiment is one
@@ -25,11 +26,14 @@ class Option:
         flag: The option (``--ablate``).
         kwargs: Its ``argparse`` keywords (help, metavar, type, default, …).
         needs_experiment: Giving it without any experiment is an error (it would change nothing).
+        asks: It asks for its experiment too, like the experiment's first option (``--trace-positions``
+            beside ``--trace``).
     """
 
     flag: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     needs_experiment: bool = False
+    asks: bool = False
 
     @property
     def dest(self) -> str:
@@ -44,14 +48,18 @@ class Experiment:
     Attributes:
         key: The report section its result is shown under (a :class:`~tokenlens.report.sections.SectionKind`
             key).
-        options: Its options; the first one asks for it (the experiment runs when its value is truthy).
+        options: Its options; the first one (and any marked ``asks``) asks for it: the experiment runs when
+            one of their values is truthy.
         run: Runs it: ``run(args, loaded, metric)`` -> the result object, given the parsed arguments, the
             loaded model and the metric every experiment measures.
+        unless: Asked for, it still does not run when this is true of the arguments (``--patch`` with
+            ``--grid`` runs the grids only, unless ``--patch-sites`` asks for the per-component patching too).
     """
 
     key: str
     options: tuple[Option, ...]
     run: Callable[[argparse.Namespace, Any, Any], Any]
+    unless: Callable[[argparse.Namespace], bool] | None = None
 
     @property
     def flag(self) -> str:
@@ -60,7 +68,8 @@ class Experiment:
 
     def asked(self, args: argparse.Namespace) -> bool:
         """Whether ``args`` ask for it."""
-        return bool(getattr(args, self.options[0].dest))
+        asked = any(getattr(args, o.dest) for i, o in enumerate(self.options) if i == 0 or o.asks)
+        return asked and not (self.unless is not None and self.unless(args))
 
 
 def _ablation(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
@@ -81,6 +90,45 @@ def _patching(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
     from tokenlens.causal import patching
 
     return patching(loaded, args.prompt, args.patch, args.patch_sites, metric=metric, chat=args.chat)
+
+
+def _grid(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from tokenlens.causal.grids import patching_grids
+
+    if not args.patch:
+        raise TokenlensError("--grid patches between two prompts: add --patch CORRUPTED (same token length)")
+    return patching_grids(
+        loaded,
+        args.prompt,
+        args.patch,
+        args.grid,
+        metric=metric,
+        chat=args.chat,
+        reverse=args.grid_reverse,
+        window=args.window,
+    )
+
+
+def _trace(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
+    from dataclasses import replace
+
+    from tokenlens.causal.tracing import trace
+
+    if args.metric is None and metric.kind == "logit":  # the trace's default: the target's probability
+        metric = replace(metric, kind="prob")
+    return trace(
+        loaded,
+        args.prompt,
+        args.trace,
+        positions=args.trace_positions,
+        kinds=args.trace_kinds,
+        metric=metric,
+        chat=args.chat,
+        samples=args.trace_samples,
+        window=args.window,
+        seed=args.trace_seed,
+        scale=args.noise_scale,
+    )
 
 
 def _estimates(args: argparse.Namespace, loaded: Any, metric: Any) -> Any:
@@ -119,6 +167,17 @@ METRIC = Option(
     needs_experiment=True,
 )
 """The metric option, shared by every experiment."""
+
+WINDOW = Option(
+    "--window",
+    dict(
+        metavar="K",
+        type=int,
+        default=1,
+        help="--grid/--trace: restore the attn/mlp outputs of K layers around each row together (default 1)",
+    ),
+)
+"""The layer window, shared by the grid and the trace."""
 
 EXPERIMENTS = (
     Experiment(
@@ -165,6 +224,68 @@ EXPERIMENTS = (
             ),
         ),
         _patching,
+        unless=lambda args: bool(args.grid) and not args.patch_sites,
+    ),
+    Experiment(
+        "grid",
+        (
+            Option(
+                "--grid",
+                dict(
+                    metavar="KINDS",
+                    help="with --patch: layer × position patching grids: resid,attn,mlp,heads (any of them)",
+                ),
+            ),
+            Option(
+                "--grid-reverse",
+                dict(action="store_true", help="write the corrupted run into the clean one instead (--grid)"),
+                needs_experiment=True,
+            ),
+        ),
+        _grid,
+    ),
+    Experiment(
+        "trace",
+        (
+            Option(
+                "--trace",
+                dict(
+                    metavar="SUBJECT",
+                    help="causal tracing: noise these words of the prompt, restore each (layer, position)",
+                ),
+            ),
+            Option(
+                "--trace-positions",
+                dict(metavar="A-B", help="causal tracing of these prompt positions instead (0-3, or 1,2)"),
+                asks=True,
+            ),
+            Option(
+                "--trace-kinds",
+                dict(
+                    metavar="KINDS",
+                    default="resid,mlp,attn",
+                    help="what the trace restores: resid, mlp, attn, resid-mlp-severed, resid-attn-severed "
+                    "(default resid,mlp,attn)",
+                ),
+            ),
+            Option(
+                "--trace-samples",
+                dict(metavar="N", type=int, default=5, help="noise samples averaged (default 5)"),
+            ),
+            Option(
+                "--noise-scale",
+                dict(
+                    metavar="X",
+                    type=float,
+                    default=3.0,
+                    help="noise std in embedding standard deviations (default 3)",
+                ),
+            ),
+            Option(
+                "--trace-seed", dict(metavar="N", type=int, default=0, help="the noise's seed (default 0)")
+            ),
+        ),
+        _trace,
     ),
     Experiment(
         "estimates",
@@ -222,7 +343,7 @@ EXPERIMENTS = (
 def add_options(p: argparse.ArgumentParser) -> None:
     """Add :data:`METRIC` and every experiment's options to ``p``, in one group."""
     group = p.add_argument_group("causal effects (measured by intervening on the forward pass)")
-    for option in (METRIC, *(o for e in EXPERIMENTS for o in e.options)):
+    for option in (METRIC, WINDOW, *(o for e in EXPERIMENTS for o in e.options)):
         group.add_argument(option.flag, **option.kwargs)
 
 
@@ -242,6 +363,15 @@ def validate(args: argparse.Namespace) -> None:
     wanted(args)
     if args.estimate < 0:
         raise TokenlensError("--estimate must be 0 or more")
+    if args.trace and args.trace_positions:
+        raise TokenlensError("give --trace SUBJECT or --trace-positions A-B, not both")
+    if args.grid and not args.patch:
+        raise TokenlensError("--grid patches between two prompts: add --patch CORRUPTED (same token length)")
+    for flag, value in (("--window", args.window), ("--trace-samples", args.trace_samples)):
+        if value < 1:
+            raise TokenlensError(f"{flag} must be 1 or more, got {value}")
+    if not 0 < args.noise_scale < float("inf"):
+        raise TokenlensError(f"--noise-scale must be a positive number, got {args.noise_scale}")
     if args.metric == "logit_diff" and args.vs is None and args.vs_id is None:
         raise TokenlensError("--metric logit_diff needs a contrast token: add --vs TOKEN")
 

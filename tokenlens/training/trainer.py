@@ -54,6 +54,7 @@ from tokenlens.models.specs import bare_model, virtual_tokens
 from tokenlens.options import is_integer
 from tokenlens.training import checkpoint, folder, output
 from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
+from tokenlens.training.located import auto_layers
 from tokenlens.training.methods import Method, get_method, trainable_count
 from tokenlens.training.parallel import parallel_context
 
@@ -208,6 +209,7 @@ def train(
     max_length = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
+    resolved, located = auto_layers(loaded, data, resolved)  # layers=auto: a causal trace of the data
     parallel = parallel_context()
     n_batches = math.ceil(len(data.examples) / batch_size)
     total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * n_batches
@@ -258,6 +260,7 @@ def train(
             core.eval()
             wall = time.perf_counter() - started
             run = {
+                **({"located": located} if located is not None else {}),
                 "wall_s": wall,
                 "tokens_per_s": tokens / wall if wall > 0 else 0.0,
                 "device": str(device),
