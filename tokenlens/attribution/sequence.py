@@ -36,7 +36,7 @@ from tokenlens.attribution.direct import (
 )
 from tokenlens.attribution.readout import Readout, final_norm_eps, make_readout, norm_weight, stream_logits
 from tokenlens.attribution.request import AttributionRequest
-from tokenlens.attribution.result import Decomposition, LogitAttribution, TokenScore
+from tokenlens.attribution.result import Decomposition, HeadSplit, LogitAttribution, TokenScore
 from tokenlens.attribution.sequence_inputs import (
     check_answer_ids,
     check_context,
@@ -234,6 +234,7 @@ def _explain(
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     device = str(next(model.parameters()).device)
     tokens = [inputs.decode_token(tokenizer, i) for i in ids]
+    heads = _all_heads(model, spec, internals, readout) if "heads" in splits else None
     steps = []
     for k, target in enumerate(answer):
         position = first + k
@@ -251,14 +252,26 @@ def _explain(
             if capture.increments
             else None,
         )
-        scores, chances = own[k], own[k].softmax(-1)
+        scores = own[k]  # a 16-bit model's own logits differ from ``rows`` (its float32 readout)
+        chances = own[k].softmax(-1) if capture.increments else probs[k]
 
         def score(token_id: int, scores=scores, chances=chances) -> TokenScore:
             token = inputs.decode_token(tokenizer, token_id)
             return TokenScore(token_id, token, float(scores[token_id]), float(chances[token_id]))
 
         fine = _finer(
-            loaded, internals, d, readout.at(k), splits, scopes, request.neurons, k, position, shift, len(ids)
+            loaded,
+            None if heads is None else heads[k],
+            internals,
+            d,
+            readout.at(k),
+            splits,
+            scopes,
+            request.neurons,
+            k,
+            position,
+            shift,
+            len(ids),
         )
         steps.append(
             LogitAttribution(
@@ -269,7 +282,7 @@ def _explain(
                 tokens=tuple(tokens[: position + 1]),
                 position=position,
                 target=score(target),
-                logprob=float(scores.log_softmax(-1)[target]),
+                logprob=float(chances[target].log()) if capture.increments else float(log_probs[k, target]),
                 top=tuple(score(int(i)) for i in inputs.top_tokens(scores, limit, request.top_k)),
                 decomposition=d,
                 dtype=dtype,
@@ -410,8 +423,29 @@ def _contributions(
     return _Parts(tuple(out_names), values.cpu())
 
 
+def _all_heads(
+    model: nn.Module, spec: ArchitectureSpec, internals: Any, readout: _Readouts
+) -> torch.Tensor | None:
+    """``(step, layer, head)`` float32 every step's head terms at once, when every ``o_proj`` is a plain
+    linear (``W_Oᵀ (u ⊙ g)`` for all steps is one product per layer); ``None`` otherwise (then
+    :func:`~tokenlens.attribution.finer.head_split` reads each wrapped module per step)."""
+    layers = spec.layer_list(model)
+    if any(type(layer.get_submodule(spec.attn_out)) is not nn.Linear for layer in layers):
+        return None
+    out = []
+    for layer, store in zip(layers, internals.layers, strict=True):
+        weight = layer.get_submodule(spec.attn_out).weight.detach()  # (d_model, heads * head_dim)
+        r = readout.directions.to(weight.device, torch.float32) @ weight.to(torch.float32)  # (step, h * hd)
+        z = store.z[0].to(r.device, torch.float32)  # (step, heads * head_dim)
+        head_dim = layer.get_submodule(spec.attn).head_dim
+        terms = (z * r).view(z.shape[0], -1, head_dim).sum(-1)  # (step, heads)
+        out.append(terms.cpu() * readout.scales.cpu()[:, None])
+    return torch.stack(out, 1)
+
+
 def _finer(
     loaded: LoadedModel,
+    heads: torch.Tensor | None,
     internals: Any,
     d: Decomposition,
     readout: Readout,
@@ -424,14 +458,18 @@ def _finer(
     length: int,
 ) -> dict:
     """The finer splits of step ``k`` (at ``position``), as keyword arguments of ``LogitAttribution``; source
-    splits cut to the step's own prefix (virtual positions, then the tokens up to ``position``)."""
+    splits cut to the step's own prefix (virtual positions, then the tokens up to ``position``); ``heads``:
+    the step's ``(layer, head)`` terms computed for all steps at once, if they were."""
     if not splits:
         return {}
     model, spec = loaded.model, loaded.spec
     parents = d.as_dict()
     layers = internals.layers
     fine: dict = {}
-    if "heads" in splits:
+    if "heads" in splits and heads is not None:
+        residual = [parents[f"L{i}.attn"] - float(row.double().sum()) for i, row in enumerate(heads)]
+        fine["heads"] = HeadSplit(contributions=heads, residual=torch.tensor(residual, dtype=torch.float32))
+    elif "heads" in splits:
         fine["heads"] = finer.head_split(model, spec, layers, readout, parents, 0, k)
     if "neurons" in splits:
         fine["neurons"] = finer.neuron_split(model, spec, layers, readout, parents, 0, k, neurons)
