@@ -100,6 +100,7 @@ def test_terminal_pieces():
 RESULTS = (
     "tokenlens.attribution.result",
     "tokenlens.attribution.sequence_result",
+    "tokenlens.causal.grid_results",
     "tokenlens.causal.results",
     "tokenlens.diff.result",
     "tokenlens.sweep.results",

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import RenderableType
 
 from tokenlens.attribution.result import LogitAttribution, LogitLens
+from tokenlens.causal.grid_results import PatchGrids
 from tokenlens.causal.results import Ablation, EstimateCheck, NormAblation, Patching
-from tokenlens.report.kinds import ablation, estimates, lens, norms, patching
+from tokenlens.report.kinds import ablation, estimates, grids, lens, norms, patching
 from tokenlens.report.kinds.common import effect_figure
 
 if TYPE_CHECKING:
@@ -149,6 +150,16 @@ BUILT_IN = (  # fields in order: key, result type, title, figure alt, renderers 
         "estimates", EstimateCheck, "Attribution patching (estimates)",
         "First-order estimates next to the exactly measured effects",
         estimates.to_dict, estimates.to_table, estimates.to_html, estimates.to_markdown, effect_figure,
+    ),
+    SectionKind(
+        "grid", PatchGrids, "Patching grid (measured)",
+        "The share of the gap restored by patching each layer or head at each prompt position",
+        grids.to_dict, grids.to_table, grids.to_html, grids.to_markdown, grids.to_figure, "patching grid",
+    ),
+    SectionKind(
+        "trace", PatchGrids, "Causal trace (measured)",
+        "The share of the noised run's drop restored by restoring each layer at each prompt position",
+        grids.to_dict, grids.to_table, grids.to_html, grids.to_markdown, grids.to_figure, "causal trace",
     ),
 )
 # fmt: on
