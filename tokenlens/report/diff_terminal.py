@@ -85,6 +85,7 @@ def _probes(report: DiffReport, shown: int) -> list[RenderableType]:
             no_wrap=True,
             overflow="ellipsis",
             max_width=26 if column == "probe" else None,
+            min_width=len(column) if column in ("#", "line") else None,  # never squeezed out of the table
         )
     table.add_column("check")
     for i, p in enumerate(report.probes):
