@@ -157,7 +157,8 @@ def heatmap(
     values = [[float(restored[r, c]) for c in cols] for r in rows]
     peak = peak_of(values)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column(Text("row"), justify="left", no_wrap=True)
+    width = max((len(grid.rows[r]) for r in rows), default=3)
+    table.add_column(Text("row"), justify="left", no_wrap=True, min_width=width)
     for c in cols:
         p = grid.positions[c]
         header = Text(f"{p}\n{cut(show_token(grids.tokens[p]), HEADER_CHARS)}")

@@ -2,8 +2,9 @@
 
 One function per figure, each returning a :class:`~matplotlib.figure.Figure` on its own Agg canvas (never
 pyplot): :func:`waterfall`, :func:`layer_heatmap`, :func:`head_heatmap`, :func:`source_heat`,
-:func:`lens_grid`, :func:`effect_bars`. :func:`attribution_figures` builds every one that applies, keyed by
-a stable slug; :func:`figure_png`, :func:`figure_svg` and :func:`save_figure` turn them into files.
+:func:`lens_grid`, :func:`effect_bars`, :func:`grid_heatmaps`. :func:`attribution_figures` builds every one
+that applies, keyed by a stable slug; :func:`figure_png`, :func:`figure_svg` and :func:`save_figure` turn them
+into files.
 
 Conventions: signed values use a red–white–blue map centred at zero (blue raises the explained quantity);
 token strings appear as their ``repr`` with whitespace visible and are never parsed as mathtext or TeX;
@@ -21,6 +22,7 @@ from tokenlens.attribution.result import LogitAttribution, LogitLens
 from tokenlens.report.plots.attribution import head_heatmap, layer_heatmap, source_heat, waterfall
 from tokenlens.report.plots.causal import effect_bars
 from tokenlens.report.plots.files import figure_png, figure_svg, save_figure
+from tokenlens.report.plots.grids import grid_heatmaps
 from tokenlens.report.plots.lens import lens_grid
 from tokenlens.report.sections import check_sections, with_lens
 
@@ -29,6 +31,7 @@ __all__ = [
     "effect_bars",
     "figure_png",
     "figure_svg",
+    "grid_heatmaps",
     "head_heatmap",
     "layer_heatmap",
     "lens_grid",
@@ -46,7 +49,8 @@ def attribution_figures(
     ``waterfall`` and ``layers`` always; ``heads`` with a per-head split; ``sources-{name}`` per source
     split (``sources-L1.H0``, ``sources-L2``); then one per section with a figure, keyed by the section's
     key (:mod:`tokenlens.report.sections`: ``lens``, ``ablation``, ``patching``, ``estimates``, ``rope``,
-    ``virtual``, ``norms``), drawn by its kind's :attr:`~tokenlens.report.sections.SectionKind.to_figure`.
+    ``virtual``, ``norms``, ``grid``, ``trace``), drawn by its kind's
+    :attr:`~tokenlens.report.sections.SectionKind.to_figure`.
 
     Args:
         result: The attribution.

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
+
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from tokenlens.causal.grid_results import KIND_WORDS, PatchGrid, PatchGrids
-from tokenlens.report.kinds.grids import percent
 from tokenlens.report.plots.common import (
     LITERAL,
     SIGNED_CMAP,
@@ -21,29 +22,50 @@ from tokenlens.report.plots.common import (
     token_label,
 )
 
-ANNOTATE_CELLS = 600
+ANNOTATE_CELLS = 200
 """Grids with at most this many cells print each cell's percentage."""
 
 HEAD_LABELS = 40
-"""A ``heads`` grid with more rows than this labels only each layer's first head (``L3`` at ``L3.H0``)."""
+"""A ``heads`` grid with more rows than this labels only each layer's first head (``L3`` at ``L3.H0``; at
+most this many layers, evenly spaced), with a thin line between layers."""
 
 
 def _height(grid: PatchGrid) -> float:
     rows = len(grid.rows)
     if grid.kind == "heads" and rows > HEAD_LABELS:
-        return min(12.0, max(3.0, 0.03 * rows))
-    return min(8.0, max(1.6, 0.6 + 0.24 * rows))
+        return min(9.0, max(3.0, 0.02 * rows))
+    return min(5.0, max(1.4, 0.5 + 0.2 * rows))
 
 
 def _row_ticks(ax, grid: PatchGrid) -> None:
     rows = list(grid.rows)
     if grid.kind == "heads" and len(rows) > HEAD_LABELS:
-        keep = [i for i, name in enumerate(rows) if name.endswith(".H0")]
+        starts = [i for i, name in enumerate(rows) if name.endswith(".H0")]
+        for i in starts[1:]:
+            ax.axhline(i - 0.5, color="0.5", linewidth=0.3)
+        keep = starts[:: max(1, math.ceil(len(starts) / HEAD_LABELS))]
         ax.yaxis.set_ticks(keep, [rows[i].split(".")[0] for i in keep], fontsize=6, **LITERAL)
         ax.set_ylabel("head (layer's first head labelled)")
     else:
         set_ticks(ax.yaxis, rows, fontsize=7)
         ax.set_ylabel("head" if grid.kind == "heads" else "layer")
+
+
+def _annotate(ax, restored, cmap, norm) -> None:
+    """Each finite cell's share in percent, black or white on its colour."""
+    for r, line in enumerate(restored.tolist()):
+        for c, v in enumerate(line):
+            if math.isfinite(v):
+                text = f"{100 * v:.0f}"
+                ax.text(
+                    c,
+                    r,
+                    "0" if text == "-0" else text,
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color=ink_for(cmap(norm(v))),
+                )
 
 
 def grid_heatmaps(grids: PatchGrids) -> Figure:
@@ -82,12 +104,7 @@ def grid_heatmaps(grids: PatchGrids) -> Figure:
         norm = signed_norm(restored)
         image = ax.imshow(restored.numpy(), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
         if restored.numel() <= ANNOTATE_CELLS:
-            for r in range(restored.shape[0]):
-                for c in range(restored.shape[1]):
-                    v = float(restored[r, c])
-                    if v == v:  # not NaN
-                        ink = ink_for(cmap(norm(v)))
-                        ax.text(c, r, percent(v)[:-1], ha="center", va="center", fontsize=6, color=ink)
+            _annotate(ax, restored, cmap, norm)
         _row_ticks(ax, grid)
         if same and k < len(shown) - 1:
             ax.xaxis.set_ticks(range(len(grid.positions)), [])
