@@ -231,3 +231,9 @@ def test_location_views():
     assert "<script" not in re.sub(r"(`+).*?\1", "", md)
     table = md[md.index("| row") :].split("\n\n")[0].splitlines()
     assert len(table) == 2 + LAYERS and table[0].count(" | ") == 2
+    peak = f"{100 * float(location.trace.restored(location.trace.grid('mlp'))[1, 1]):.0f}%"
+    assert table[3].strip("| ").split(" | ") == [
+        "L1",
+        table[3].split(" | ")[1],
+        f"**{peak}**",
+    ]  # row L1, position 2

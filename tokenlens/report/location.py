@@ -70,8 +70,10 @@ def location_markdown(location: Location) -> str:
         f"gap{weak}."
     )
     grid = location.trace.grid("mlp")
-    table = grid_views.markdown_grid(location.trace, grid, _noised(location))
+    mark = (grid.rows[location.peak_layer], location.position)
+    table = grid_views.markdown_grid(location.trace, grid, _noised(location), mark)
     return (
         f"{sentence}\n\n**The MLP restores at the noised positions** (row: the centre of a window of "
-        f"{grid.window} layers)\n\n{table}\n\n{grid_views.grids_markdown(location.trace)}"
+        f"{grid.window} layers; the chosen cell in bold)\n\n{table}\n\n"
+        + grid_views.grids_markdown(location.trace)
     )

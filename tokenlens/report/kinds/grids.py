@@ -262,16 +262,27 @@ def to_html(grids: PatchGrids, result: LogitAttribution | None = None) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def markdown_grid(grids: PatchGrids, grid: PatchGrid, positions: Sequence[int] | None = None) -> str:
+def markdown_grid(
+    grids: PatchGrids,
+    grid: PatchGrid,
+    positions: Sequence[int] | None = None,
+    mark: tuple[str, int] | None = None,
+) -> str:
     """One grid as a Markdown table of restored shares (a ``heads`` grid: :func:`top_rows`), a column per
-    position at ``positions`` (default: all) headed by its index and token."""
+    position at ``positions`` (default: all) headed by its index and token; ``mark`` ``(row name,
+    position)`` in bold."""
     rows, cols = top_rows(grids, grid), columns_of(grid, positions)
     restored = grids.restored(grid)
+
+    def cell(r: int, c: int) -> str:
+        text = percent(float(restored[r, c]))
+        return f"**{text}**" if mark == (grid.rows[r], grid.positions[c]) else text
+
     head = [
         "row",
         *(f"{grid.positions[c]} {markdown.token(grids.tokens[grid.positions[c]], table=True)}" for c in cols),
     ]
-    lines = [[grid.rows[r], *(percent(float(restored[r, c])) for c in cols)] for r in rows]
+    lines = [[grid.rows[r], *(cell(r, c) for c in cols)] for r in rows]
     note = (
         ""
         if len(rows) == len(grid.rows)
