@@ -219,7 +219,7 @@ def test_location_views():
         "sentence": location.sentence(),
     }
     assert data["trace"] == views.to_dict(location.trace)
-    text = renderables_to_text([location_table(location)], width=200)
+    text = renderables_to_text(location_table(location), width=200)
     assert location.sentence() in text and "position 2 is the last noised (subject) token" in text
     mlp = text[text.index("mlp: MLP output") :]
     header = next(line for line in mlp.splitlines() if line.strip().startswith("1"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from tokenlens.causal.grid_results import WEAK, Location
@@ -41,9 +41,10 @@ def _noised(location: Location) -> tuple[int, ...]:
     return location.trace.trace.noised if location.trace.trace is not None else ()
 
 
-def location_table(location: Location) -> RenderableType:
-    """The sentence (bold), whether the position is the subject's last token, then the trace's ``mlp``
-    heatmap at the noised positions with the chosen cell bold and underlined."""
+def location_table(location: Location) -> list[RenderableType]:
+    """Rich renderables, in order: the sentence (bold), whether the position is the subject's last token
+    and the trace's set-up, then the trace's ``mlp`` heatmap at the noised positions with the chosen cell
+    bold and underlined."""
     where = "the last noised (subject) token" if location.last_subject_token else "not the last noised token"
     lines: list[RenderableType] = [
         Text(location.sentence(), style="bold yellow" if location.weak else "bold"),
@@ -54,7 +55,7 @@ def location_table(location: Location) -> RenderableType:
     grid = location.trace.grid("mlp")
     mark = (grid.rows[location.peak_layer], location.position)
     lines.append(grid_views.heatmap(location.trace, grid, _noised(location), mark))
-    return Group(*lines)
+    return lines
 
 
 def location_markdown(location: Location) -> str:
