@@ -126,7 +126,7 @@ def test_a_kind_without_a_figure_draws_none(registry, result):
 
 def test_the_built_in_kinds():
     keys = [kind.key for kind in section_kinds()]
-    assert keys == ["lens", "ablation", "rope", "virtual", "norms", "patching", "estimates"]
+    assert keys == ["lens", "ablation", "rope", "virtual", "norms", "patching", "estimates", "grid", "trace"]
     for kind in section_kinds():
         assert kind.title and kind.figure_alt and kind.to_figure is not None
         assert kind.key == "lens" or "measured" in kind.title or "estimates" in kind.title

@@ -34,11 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--first-token", action="store_true", help="accept a multi-token --target; use its first token"
     )
-    noised = p.add_mutually_exclusive_group()
-    noised.add_argument(
-        "--subject", metavar="TEXT", help="words of the prompt to noise (its last occurrence)"
-    )
-    noised.add_argument("--positions", metavar="A-B", help="prompt positions to noise instead (0-3, or 1,2)")
+    p.add_argument("--subject", metavar="TEXT", help="words of the prompt to noise (its last occurrence)")
+    p.add_argument("--positions", metavar="A-B", help="prompt positions to noise instead (0-3, or 1,2)")
     p.add_argument("--samples", type=int, default=3, help="noise samples averaged (default 3)")
     p.add_argument("--window", type=int, help="MLP layers restored together (default: a sixth of the layers)")
     p.add_argument("--seed", type=int, default=0, help="the noise's seed (default 0)")
@@ -57,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             check_text(text, what)
     if not args.prompt.strip():
         raise TokenlensError("the prompt is empty: give some text to trace")
+    if args.subject is not None and args.positions is not None:
+        raise TokenlensError("give --subject TEXT or --positions A-B, not both")
     if args.samples < 1:
         raise TokenlensError(f"--samples must be 1 or more, got {args.samples}")
     if args.window is not None and args.window < 1:
