@@ -346,3 +346,17 @@ def test_train_layers_auto_uses_the_located_layers(small_checkpoint, tmp_path):
     with pytest.raises(TokenlensError, match=r"layers=auto \(data line 1\): the noise did not lower"):
         train(load(str(small_checkpoint)), "lora", data, tmp_path / "p", steps=1, options={"layers": "auto"})
     assert not (tmp_path / "p").exists()
+
+
+def test_results_show_themselves_in_jupyter(tiny_loaded):
+    import tokenlens
+
+    loaded = tiny_loaded("llama")
+    grids = tokenlens.patching_grids(loaded, "The capital of France is", "The capital of Italy is", "resid")
+    page = grids._repr_html_()
+    assert page.startswith('<div class="tokenlens-report">') and "Patching grid" in page
+    assert page.count("title=\"metric ") == 2 * 3  # a cell per layer (3) and position (3, 4)
+    location = _planted_trace([[0.9, 0.9, 0.0], [0.1, 0.6, 0.0]])
+    from tokenlens.causal.locate import location_from
+
+    assert "the target is carried at position 1" in location_from(location)._repr_html_()

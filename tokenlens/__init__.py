@@ -26,6 +26,11 @@ __all__ = [
     "attribute_sequence",
     "SequenceAttribution",
     "AttributionRequest",
+    "patching_grids",
+    "trace",
+    "locate",
+    "PatchGrids",
+    "Location",
     "logit_lens",
     "LogitLens",
     "decompose_logit",
@@ -46,6 +51,11 @@ _LAZY = {
     "attribute_sequence": "tokenlens.attribution.sequence",
     "SequenceAttribution": "tokenlens.attribution.sequence_result",
     "AttributionRequest": "tokenlens.attribution.request",
+    "patching_grids": "tokenlens.causal.grids",
+    "trace": "tokenlens.causal.tracing",
+    "locate": "tokenlens.causal.locate",
+    "PatchGrids": "tokenlens.causal.grid_results",
+    "Location": "tokenlens.causal.grid_results",
     "logit_lens": "tokenlens.attribution.lens",
     "LogitLens": "tokenlens.attribution.result",
     "decompose_logit": "tokenlens.attribution.direct",
@@ -61,6 +71,8 @@ display.register_html(
     "tokenlens.attribution.sequence_result.SequenceAttribution",
     "tokenlens.report.sequence_html:sequence_html_fragment",
 )
+display.register_html("tokenlens.causal.grid_results.PatchGrids", "tokenlens.report.notebook:grids_html")
+display.register_html("tokenlens.causal.grid_results.Location", "tokenlens.report.notebook:location_html")
 
 if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
@@ -69,6 +81,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.result import Decomposition, LogitAttribution, LogitLens
     from tokenlens.attribution.sequence import attribute_sequence
     from tokenlens.attribution.sequence_result import SequenceAttribution
+    from tokenlens.causal.grid_results import Location, PatchGrids
+    from tokenlens.causal.grids import patching_grids
+    from tokenlens.causal.locate import locate
+    from tokenlens.causal.tracing import trace
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
 

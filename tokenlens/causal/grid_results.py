@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenlens.causal.results import Metric
+from tokenlens.display import html_for
 
 GRID_KINDS = ("resid", "attn", "mlp", "heads")
 """What a patching grid can patch, per layer and position."""
@@ -130,6 +131,10 @@ class PatchGrids:
             return torch.full_like(grid.value, math.nan)
         return (grid.value - self.target) / gap
 
+    def _repr_html_(self) -> str | None:
+        """Jupyter shows the grids as the HTML report's heatmap tables (:mod:`tokenlens.display`)."""
+        return html_for(self)
+
     def grid(self, kind: str) -> PatchGrid:
         """The grid of ``kind``.
 
@@ -164,6 +169,10 @@ class Location:
     peak_layer: int
     peak: float
     last_subject_token: bool
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter shows the recommendation and the trace behind it (:mod:`tokenlens.display`)."""
+        return html_for(self)
 
     @property
     def layer_list(self) -> tuple[int, ...]:

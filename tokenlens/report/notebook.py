@@ -38,3 +38,28 @@ def show_all(result: Any, lens: Any = None, sections: Sequence[tuple[str, Any]] 
     for figure in figures.values():
         show(figure)
     return list(figures)
+
+
+def _fragment(content_html: str) -> str:
+    """``content_html`` in a ``<div class="tokenlens-report">`` with the report's styles scoped to it."""
+    from tokenlens.report.kit import html
+
+    css = html.scoped_css(html.CSS, ".tokenlens-report")
+    return f'<div class="tokenlens-report"><style>{css}</style>{content_html}</div>'
+
+
+def grids_html(grids: Any) -> str:
+    """A :class:`~tokenlens.causal.grid_results.PatchGrids` (patching grids or a causal trace) as the HTML
+    report's section: the heatmap tables, styles scoped to the output cell."""
+    from tokenlens.report.kinds.grids import to_html
+
+    title = "Causal trace" if grids.trace is not None else "Patching grid"
+    return _fragment(f"<h2>{title} (measured)</h2>{to_html(grids)}")
+
+
+def location_html(location: Any) -> str:
+    """A :class:`~tokenlens.causal.grid_results.Location`: the recommendation, then the trace it reads."""
+    from tokenlens.report.kinds.grids import to_html
+    from tokenlens.report.kit import html
+
+    return _fragment(f"<p><strong>{html.escape(location.sentence())}</strong></p>{to_html(location.trace)}")
