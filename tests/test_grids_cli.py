@@ -98,6 +98,12 @@ def test_trace_json_matches_the_library(tiny_checkpoint, capsys):
         "json",
     )
     assert code == 0, err
+    # not a terminal: progress as plain lines on stderr (each kind's last batch at least), stdout clean
+    lines = err.splitlines()
+    assert lines == [
+        "tokenlens: measuring: trace mlp 12/12",
+        "tokenlens: measuring: trace resid-mlp-severed 12/12",
+    ]
     section = json.loads(out)["trace"]
     assert section["trace"]["subject"] == "France" and section["trace"]["noised"] == [3]
     assert (

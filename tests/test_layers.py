@@ -16,7 +16,7 @@ from pathlib import Path
 import tokenlens
 
 LAYERS = (
-    ("errors", "files", "io", "display", "version", "options", "tasks"),
+    ("errors", "files", "io", "display", "version", "options", "progress", "tasks"),
     ("models",),
     ("capture",),
     ("attribution",),

@@ -44,6 +44,7 @@ from tokenlens.causal.sites import Site, head_count
 from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import ArchitectureSpec, virtual_tokens
+from tokenlens.progress import report
 
 CLEAN_INTO_CORRUPTED = "clean → corrupted"
 CORRUPTED_INTO_CLEAN = "corrupted → clean"
@@ -141,6 +142,7 @@ def run_cells(
     held: Mapping[str, torch.Tensor] | None = None,
     noise: torch.Tensor | None = None,
     batch_size: int | None = None,
+    label: str = "",
 ) -> torch.Tensor:
     """The metric of every cell, ``(cells,)`` float64, in batches of forward passes.
 
@@ -161,6 +163,8 @@ def run_cells(
         noise: ``(samples, seq, d_model)`` added to the embedding output of each cell's target run (causal
             tracing), or ``None``.
         batch_size: Rows per forward (default :func:`default_batch`).
+        label: What the cells are, for progress reports (:func:`tokenlens.progress.report` after each
+            batch; none when empty).
     """
     held = held or {}
     seq = input_ids.shape[1]
@@ -203,6 +207,8 @@ def run_cells(
             ).logits[:, 0]
         for row, k in enumerate(chosen):
             out[k] = float(metric.of(logits[row]))
+        if label:
+            report(label, min(start + size, len(cells)), len(cells))
     return out
 
 
@@ -344,7 +350,15 @@ def patch_grids(
     for kind, rows in rows_by_kind.items():
         cells = [Cell(restore, p) for _, restore, _ in rows for p in positions]
         measured = run_cells(
-            target_model, target_spec, target_ids, metric, cells, source, held=held, batch_size=batch_size
+            target_model,
+            target_spec,
+            target_ids,
+            metric,
+            cells,
+            source,
+            held=held,
+            batch_size=batch_size,
+            label=f"grid {kind}",
         )
         names = tuple(name for name, _, _ in rows)
         width = window if kind in ("attn", "mlp") else 1

@@ -189,7 +189,16 @@ def causal_trace(
             for sample in range(samples)
         ]
         measured = run_cells(
-            model, spec, input_ids, metric, cells, clean_values, held=held, noise=noise, batch_size=batch_size
+            model,
+            spec,
+            input_ids,
+            metric,
+            cells,
+            clean_values,
+            held=held,
+            noise=noise,
+            batch_size=batch_size,
+            label=f"trace {kind}",
         )
         value = measured.reshape(len(rows), len(positions), samples).mean(-1)
         names = tuple(name for name, _, _ in rows)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from tokenlens.cli import causal_options
+from tokenlens.cli.feedback import feedback as progress
 from tokenlens.cli.options import ModelOptions, OutputOptions
 from tokenlens.errors import TokenlensError
 
@@ -396,16 +395,3 @@ def _settings(model: ModelOptions) -> dict[str, str]:
         "dtype": model.dtype,
         "device": model.device,
     }
-
-
-@contextmanager
-def progress(what: str) -> Iterator[None]:
-    """A spinner on stderr while something takes a moment (nothing when stderr is not a terminal)."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield
-        return
-    with console.status(f"{what}…"):
-        yield

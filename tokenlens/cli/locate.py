@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tokenlens.cli.feedback import feedback
 from tokenlens.cli.options import ModelOptions, OutputOptions
 from tokenlens.errors import TokenlensError
 
@@ -61,21 +62,24 @@ def run(args: argparse.Namespace) -> int:
     if args.window is not None and args.window < 1:
         raise TokenlensError(f"--window must be 1 or more, got {args.window}")
     output = OutputOptions.from_args(args)
-    loaded = ModelOptions.from_args(args).load()
+    model = ModelOptions.from_args(args)
+    with feedback(f"loading {model.model}"):
+        loaded = model.load()
     from tokenlens.causal.locate import locate
 
-    location = locate(
-        loaded,
-        args.prompt,
-        args.target,
-        subject=args.subject,
-        positions=args.positions,
-        first_token=args.first_token,
-        chat=args.chat,
-        samples=args.samples,
-        window=args.window,
-        seed=args.seed,
-    )
+    with feedback("locating"):
+        location = locate(
+            loaded,
+            args.prompt,
+            args.target,
+            subject=args.subject,
+            positions=args.positions,
+            first_token=args.first_token,
+            chat=args.chat,
+            samples=args.samples,
+            window=args.window,
+            seed=args.seed,
+        )
     output.write(render(output, location))
     return 0
 
