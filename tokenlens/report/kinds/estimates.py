@@ -4,6 +4,7 @@ the top ones confirmed by exact patching, MEASURED (reads an
 
 Estimates and measured effects are always labelled apart: an estimate is a linear approximation of the
 effect an exact patch measures, and the two can disagree (even in sign) where the model is far from linear.
+Zero-ablation estimates (no clean prompt) are the worst case and carry :data:`ZERO_WARNING` in every view.
 """
 
 from __future__ import annotations
@@ -16,6 +17,19 @@ from tokenlens.attribution.result import LogitAttribution
 from tokenlens.causal.results import EstimateCheck
 from tokenlens.report.kinds.common import metric_html, metric_markdown, metric_text, metric_to_dict
 from tokenlens.report.kit import html, markdown, terminal
+
+ZERO_WARNING = (
+    "Zero-ablation estimates rank components poorly: removing a whole write is no small change, and the "
+    "final norm hides much of it from a first-order term (on SmolLM2-135M one layer estimated +0.20 has an "
+    "exact effect of -4.28). Read only the MEASURED column; besides the top estimates, the sites with the "
+    "largest bound sum_pos |a|*|grad| are measured too. A clean prompt (--patch) gives far better estimates."
+)
+"""Shown wherever zero-ablation estimates are (``reference == "zero"``)."""
+
+
+def _warning(check: EstimateCheck) -> str:
+    """:data:`ZERO_WARNING` for zero-ablation estimates, else ``""``."""
+    return ZERO_WARNING if check.estimates.reference == "zero" else ""
 
 
 def to_dict(check: EstimateCheck) -> dict[str, Any]:
@@ -43,9 +57,12 @@ def to_table(check: EstimateCheck, result: LogitAttribution) -> RenderableType:
     for row in check.rows:
         sign = "✓" if row.sign_agrees else "✗"
         table.add_row(row.name, terminal.signed(row.estimate), terminal.signed(row.exact), sign)
+    caption = f"{metric_text(e.metric)}; reference: {e.reference}; "
+    caption += f"{len(e.names)} sites from one backward pass"
+    warning = _warning(check)
     return terminal.captioned(
         "Attribution patching: first-order ESTIMATES, top ones confirmed exactly",
-        f"{metric_text(e.metric)}; reference: {e.reference}; {len(e.names)} sites from one backward pass",
+        f"{caption}\n{warning}" if warning else caption,
         table,
     )
 
@@ -68,6 +85,7 @@ def to_html(check: EstimateCheck, result: LogitAttribution) -> str:
         f"{len(e.names)} sites from one backward pass; reference: {html.escape(e.reference)}; "
         f"{metric_html(e.metric)}; baseline {html.number(e.baseline, '.4f', False, 'span')}. The top ones "
         f"are confirmed by exact patching: the {html.badge('MEASURED')} column.</p>"
+        + (f'<p class="note">{html.escape(_warning(check))}</p>' if _warning(check) else "")
         + html.table(["site", "estimate (ESTIMATE)", "exact (MEASURED)", "same sign"], rows)
         + f"<details><summary>All {len(e.names)} estimates, by |estimate|</summary>"
         + html.table(["site", "estimate"], ranked)
@@ -86,5 +104,6 @@ def to_markdown(check: EstimateCheck, result: LogitAttribution) -> str:
         f"**ESTIMATES** (attribution patching, first order) for {len(e.names)} sites from one backward pass "
         f"(reference: {markdown.plain(e.reference)}): {metric_markdown(e.metric)}; "
         f"baseline {e.baseline:.4f}. The top ones confirmed by exact patching (**MEASURED**).\n\n"
+        + (f"> {markdown.plain(_warning(check))}\n\n" if _warning(check) else "")
         + markdown.table(["site", "estimate (ESTIMATE)", "exact (MEASURED)", "same sign"], rows)
     )
