@@ -266,6 +266,8 @@ def test_map_renderers_escape_names_and_write_null_for_undefined_numbers():
     assert entry["effect_per_param"]["mean"] is None and entry["runs"][0]["effect_per_param"] is None
     assert entry["peak_mb"] is None and saved["lr_search"][name] == {"0.01": None}
     assert saved["tool"] == f"tokenlens {__version__}" and entry["gain"]["values"] == [0.3]
+    assert saved["check_thresholds"] == {"min_gain": 0.1, "max_kl": 0.05} and entry["passes_check"] is True
+    assert entry["runs"][0]["check_failures"] == 0 and entry["check_failures"]["values"] == [0]
 
     page = render_map_html(sweep_map, images={"components": PNG_MAGIC + b"..."})
     assert "<script" not in page and "<b>" not in page and 'data-name="bias &lt;b&gt;|&lt;/b&gt;"' in page
@@ -324,6 +326,8 @@ def test_cli_sweep_prints_the_map_in_every_format(fmt, tiny_checkpoint, tmp_path
         (["--seeds", "0,x", "--out", "o"], "comma list of integers"),
         (["--quick"], "needs --out"),
         (["--steps", "0", "--out", "o"], "at least 1"),
+        (["--max-kl", "-1", "--out", "o"], "--max-kl is a KL divergence in nats"),
+        (["--min-gain", "0", "--out", "o"], "--min-gain is an absolute probability gain"),
         (["--methods", "", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
         (["--methods", ",", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
         (["--seeds", f"0,{2**64}", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "to 2**64 - 1"),

@@ -22,9 +22,11 @@ EPILOG = """examples:
   tokenlens diff --tuned runs/lora --probes probes.jsonl --format html --out diff.html
   tokenlens check --tuned runs/lora --probes probes.jsonl --max-kl 0.05 --min-gain 0.1
 
-Probe file: JSONL, one {"prompt" | "messages", "target"?, "expect"?: "changed"|"unchanged", "group"?}
-object per line. Intended probes ("changed") pass when the target becomes top-1 or its probability rises by
---min-gain; controls ("unchanged") pass when top-1 is kept and KL(base||tuned) <= --max-kl.
+Probe file: JSONL, one {"prompt" | "messages", "target"?, "expect"?: "changed"|"unchanged", "group"?,
+"position"?, "thinking"?} object per line ("thinking": false with "messages": Qwen3's non-thinking mode).
+Probes are numbered by their line everywhere (check's lines, every report, JSON). Intended probes
+("changed") pass when the target becomes top-1 or its probability rises by --min-gain; controls
+("unchanged") pass when top-1 is kept and KL(base||tuned) <= --max-kl.
 """
 
 

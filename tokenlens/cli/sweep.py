@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tokenlens.cli.options import ModelOptions
-from tokenlens.errors import TokenlensError
+from tokenlens.errors import TokenlensError, command_line
 
 FORMATS = ("table", "json", "md", "html")
 PRESETS = {
@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _quiet_libraries()
     try:
-        return int(args.run(args))
+        with command_line():  # messages name flags, as under tokenlens.cli.main
+            return int(args.run(args))
     except TokenlensError as exc:
         print(f"tokenlens: error: {exc}", file=sys.stderr)
         return 2
