@@ -40,6 +40,7 @@ from tokenlens.options import (
     resolve,
     token_list,
 )
+from tokenlens.training import rank_one
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -58,6 +59,13 @@ class Method:
         save: ``save(model, out_dir)`` writes the trained result.
         output: ``adapter`` (PEFT folder), ``checkpoint`` (HF folder) or ``custom`` (method folder).
         needs_quantized: The base must be loaded quantised (``qlora``).
+        fit: A closed-form method's solver, run *instead of* ``apply`` and the gradient loop:
+            ``fit(loaded, data, options, steps=, lr=, seed=, preserve=) -> (model, losses, notes,
+            options)`` with ``data`` the :class:`~tokenlens.training.data.TrainingData`, ``preserve`` a
+            :class:`~tokenlens.training.preserve.PreserveSet` or ``None``; it returns the model to save,
+            one loss per solver step, a dict the manifest keeps under the method's name and the options
+            with what it resolved (``layer=auto`` → the located layer).
+        steps: The default step count when neither steps nor epochs are given (``None``: 3 epochs).
     """
 
     name: str
@@ -68,6 +76,8 @@ class Method:
     save: Callable[[torch.nn.Module, Path], None] | None = None
     output: str = "adapter"
     needs_quantized: bool = False
+    fit: Callable[..., tuple[torch.nn.Module, list[float], dict, dict]] | None = None
+    steps: int | None = None
 
     def resolve(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """The method's options, each validated and in canonical form, with defaults filled in.
@@ -302,6 +312,16 @@ for _method in (
         "rope",
         "learnable rotary frequencies (every inverse frequency, or the RoPE base)",
         1e-2,
+    ),
+    Method(
+        "rank-one",
+        "ROME-style closed-form key -> value insertion into one MLP down_proj (a rank-1 LoRA)",
+        rank_one.LR,
+        rank_one.OPTIONS,
+        rank_one.apply_rank_one,
+        _save_adapter,
+        fit=rank_one.fit,
+        steps=rank_one.STEPS,
     ),
 ):
     register_method(_method)

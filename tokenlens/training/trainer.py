@@ -57,6 +57,8 @@ from tokenlens.training.data import IGNORE, TrainingData, load_jsonl
 from tokenlens.training.located import auto_layers
 from tokenlens.training.methods import Method, get_method, trainable_count
 from tokenlens.training.parallel import parallel_context
+from tokenlens.training.preserve import WEIGHT as PRESERVE_WEIGHT
+from tokenlens.training.preserve import PreserveTerm, check_weight, load_preserve
 
 SEED_LIMIT = 2**64
 """Seeds are integers from 0 to ``SEED_LIMIT - 1``: what ``torch.manual_seed`` accepts."""
@@ -150,6 +152,8 @@ def train(
     gradient_checkpointing: bool = False,
     on_step: Callable[[int, int, float], None] | None = None,
     on_progress: Callable[[StepInfo], None] | None = None,
+    preserve: str | Path | None = None,
+    preserve_weight: float = PRESERVE_WEIGHT,
 ) -> TrainResult:
     """Post-train ``loaded.model`` (modified in place) with ``method`` on a JSONL file.
 
@@ -174,6 +178,10 @@ def train(
             non-reentrant): less memory, about one more forward pass of time, the same gradients.
         on_step: Called after each step with (step, total_steps, loss) (main process only).
         on_progress: Called after each step with a :class:`StepInfo` (main process only).
+        preserve: A preserve file (``"default"``: the built-in one): adds ``preserve_weight`` ·
+            KL(base‖tuned) over its passages to every step's loss (:mod:`tokenlens.training.preserve`);
+            ``rank-one`` estimates its key statistics from it. Single process only.
+        preserve_weight: The KL term's weight (a finite number >= 0).
 
     Returns:
         A :class:`TrainResult`.
@@ -197,6 +205,7 @@ def train(
         seed=seed,
         checkpoint_every=checkpoint_every,
         gradient_checkpointing=gradient_checkpointing,
+        preserve_weight=preserve_weight,
     )
     model = loaded.model
     quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
@@ -209,10 +218,17 @@ def train(
     max_length = int(getattr(model.config, "max_position_embeddings", 0) or 10**9)
     vocab = model.get_input_embeddings().weight.shape[0]
     data = load_jsonl(data_path, loaded.tokenizer, max_length, vocab_size=vocab)
+    kept = None if preserve is None else load_preserve(preserve, loaded.tokenizer, max_length, vocab)
+    if record.fit is not None and resume:
+        raise TokenlensError(f"method {record.name} is solved in one go: there is nothing to resume")
     resolved, located = auto_layers(loaded, data, resolved)  # layers=auto: a causal trace of the data
     parallel = parallel_context()
+    if kept is not None and parallel.processes > 1:
+        raise TokenlensError(f"{option('preserve')} runs in a single process only (not data parallel)")
     n_batches = math.ceil(len(data.examples) / batch_size)
     total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * n_batches
+    if steps is None and epochs is None and record.steps is not None:
+        total = record.steps
     lr = record.lr if lr is None else float(lr)
     identity = {
         "method": record.name,
@@ -224,9 +240,24 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "total_steps": total,
+        **({} if kept is None else {"preserve": {"sha256": kept.sha256, "weight": preserve_weight}}),
     }
+    pad = loaded.tokenizer.pad_token_id
+    pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
+    term = None
+    if kept is not None and record.fit is None:  # methods that change base weights: base cached first
+        device = next(model.parameters()).device
+        cached = record.output != "adapter"
+        term = PreserveTerm(
+            kept, preserve_weight, seed=seed, cached=cached, model=model, pad_id=pad, device=device
+        )
     torch.manual_seed(seed)
-    core = record.apply(model, resolved)  # checks what needs the model: before the folder is touched
+    if record.fit is not None:  # closed form: solved here, before the folder is touched
+        kwargs = dict(steps=total, lr=lr, seed=seed, preserve=kept)
+        core, fitted, notes, resolved = record.fit(loaded, data, resolved, **kwargs)
+        identity["options"] = resolved
+    else:
+        core = record.apply(model, resolved)  # checks what needs the model: before the folder is touched
     with folder.claim(out_dir, resume=resume, force=force, parallel=parallel):
         model = core if parallel.accelerator is None else parallel.accelerator.prepare(core)  # DDP-wrapped
         device = next(core.parameters()).device
@@ -237,30 +268,34 @@ def train(
         if resume:
             start, losses = checkpoint.load(out_dir / CHECKPOINT, core, optimizer, identity)
         batches = schedule(len(data.examples), batch_size, total, seed)
-        pad = loaded.tokenizer.pad_token_id
-        pad = pad if pad is not None and pad < vocab else 0  # padded positions are masked out anyway
         model.train()
         with _signals_deferred() as interrupted:  # also through publishing: never half an output
-            with _checkpointing(core, gradient_checkpointing):
-                tokens = _loop(
-                    model,
-                    optimizer,
-                    data,
-                    batches,
-                    losses,
-                    start,
-                    step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None),
-                    parallel=parallel,
-                    every=checkpoint_every,
-                    save=partial(checkpoint.save, out_dir / CHECKPOINT, core, optimizer, identity),
-                    report=partial(_report, on_step, on_progress),
-                    interrupted=interrupted,
-                    folder=out_dir,
-                )
+            if record.fit is not None:
+                losses, tokens = fitted, 0
+            else:
+                with _checkpointing(core, gradient_checkpointing):
+                    tokens = _loop(
+                        model,
+                        optimizer,
+                        data,
+                        batches,
+                        losses,
+                        start,
+                        step_args=(pad, device, autocast, parallel if parallel.processes > 1 else None, term),
+                        parallel=parallel,
+                        every=checkpoint_every,
+                        save=partial(checkpoint.save, out_dir / CHECKPOINT, core, optimizer, identity),
+                        report=partial(_report, on_step, on_progress),
+                        interrupted=interrupted,
+                        folder=out_dir,
+                        preserve=term,
+                    )
             core.eval()
             wall = time.perf_counter() - started
             run = {
                 **({"located": located} if located is not None else {}),
+                **({} if kept is None else {"preserve": _preserve_record(kept, preserve_weight, term)}),
+                **({} if record.fit is None else {record.name: notes}),
                 "wall_s": wall,
                 "tokens_per_s": tokens / wall if wall > 0 else 0.0,
                 "device": str(device),
@@ -296,6 +331,7 @@ def check_settings(
     seed: int,
     checkpoint_every: int,
     gradient_checkpointing: bool,
+    preserve_weight: float = PRESERVE_WEIGHT,
 ) -> dict[str, Any]:
     """Check every setting of a run that can be checked without a model; return the resolved options.
 
@@ -304,9 +340,11 @@ def check_settings(
     Raises:
         TokenlensError: A bad option (see :meth:`Method.resolve`), ``steps``/``epochs`` below 1 or both
             given, a learning rate that is not a finite number above 0, a seed outside 0 .. 2**64 - 1, a
-            batch size or checkpoint interval below 1, gradient checkpointing with prefix tuning.
+            batch size or checkpoint interval below 1, gradient checkpointing with prefix tuning, a preserve
+            weight that is not a finite number >= 0.
     """
     resolved = record.resolve(options)
+    check_weight(preserve_weight)
     if steps is not None and epochs is not None:
         raise TokenlensError(f"give {option('steps')} or {option('epochs')}, not both")
     for name, value in (("steps", steps), ("epochs", epochs)):
@@ -342,6 +380,7 @@ def _loop(
     report,
     interrupted: Callable[[], int | None],
     folder: Path,
+    preserve: PreserveTerm | None = None,
 ) -> int:
     """Run steps ``start..len(batches)`` (appending to ``losses``); return the tokens they trained on.
 
@@ -357,6 +396,8 @@ def _loop(
     try:
         for step in range(start, total):
             try:
+                if preserve is not None:
+                    preserve.step = step  # the preserve passages are a function of the step
                 loss = _step(model, optimizer, data, batches[step], *step_args)
             except Diverged as exc:
                 kept = f"; the checkpoint of step {saved} is kept" if saved else ""
@@ -466,9 +507,18 @@ def _signals_deferred() -> Iterator[Callable[[], int | None]]:
 
 
 def _step(
-    model, optimizer, data: TrainingData, indices: list[int], pad: int, device, autocast=False, parallel=None
+    model,
+    optimizer,
+    data: TrainingData,
+    indices: list[int],
+    pad: int,
+    device,
+    autocast=False,
+    parallel=None,
+    preserve: PreserveTerm | None = None,
 ) -> float:
-    """One AdamW step on the batch ``indices``; returns its loss (mean over the batch's loss tokens).
+    """One AdamW step on the batch ``indices``; returns its loss (mean over the batch's loss tokens, plus
+    the preserve term ``preserve(model)`` when given, single process only).
 
     Raises :class:`Diverged` (without applying the update) when the loss or a gradient is not finite, and
     when the update made a trained weight non-finite (every process decides alike: the loss is summed over
@@ -483,6 +533,7 @@ def _step(
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
         if parallel is None:
             loss = model(**_pad(examples, pad, device)).loss
+            loss = loss if preserve is None else loss + preserve(model)
             scaled = loss
         else:
             first = 0 if virtual_tokens(model) else 1  # labels shift by one: the first is no target
@@ -509,6 +560,17 @@ def _step(
     if not _finite(params):
         raise Diverged("the update made a trained weight non-finite")
     return value
+
+
+def _preserve_record(kept, weight: float, term: PreserveTerm | None) -> dict[str, Any]:
+    """The manifest's ``preserve``: the file, its hash, weight, size, the base's source and the KL term's
+    first and last step values (unweighted, nats)."""
+    if term is None:
+        return {**kept.manifest(weight, "not used as a loss"), "used_for": "key statistics (covariance)"}
+    record = kept.manifest(weight, term.base)
+    if term.kls:
+        record.update(kl_first=term.kls[0], kl_last=term.kls[-1])
+    return record
 
 
 def _finite(tensors: list[torch.Tensor]) -> bool:
