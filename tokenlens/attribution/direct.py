@@ -109,7 +109,7 @@ def run_with_internals(
     return residual.result(component_names(spec, model)), internals, output.logits.detach()
 
 
-def _layer_bias_terms(model: nn.Module, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
+def layer_bias_terms(model: nn.Module, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
     """Constant bias vectors the layers' output linears add to the stream, keyed by their layer's write."""
     terms = {}
     for i in range(len(spec.layer_list(model))):
@@ -177,7 +177,7 @@ def decompose(
         )
     names: list[str] = []
     vectors: list[torch.Tensor] = []
-    biases = _layer_bias_terms(model, spec)
+    biases = layer_bias_terms(model, spec)
     for name, write in zip(capture.names, writes, strict=True):
         bias = biases.get(name)
         if bias is None:
@@ -288,7 +288,7 @@ def attribute_batch(
     n_layers = len(spec.layer_list(model))
     n_heads = spec.layer_list(model)[0].get_submodule(spec.attn).config.num_attention_heads
     scopes = parse_sources(request.sources, n_layers, n_heads)
-    splits = _splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
+    splits = splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
     max_positions = getattr(config, "max_position_embeddings", None)
     vocab_size = spec.module(model, spec.head).weight.shape[0]
     encoded = [
@@ -299,8 +299,10 @@ def attribute_batch(
     ]
     texts = [p if isinstance(p, str) else tokenizer.decode(ids) for p, ids in zip(prompts, encoded)]
     own_positions = [inputs.resolve_position(request.position, len(ids)) for ids in encoded]
-    target_fixed = _token(tokenizer, request.target, request.target_id, request.first_token, vocab_size)
-    contrast = _token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
+    target_fixed = resolve_token(
+        tokenizer, request.target, request.target_id, request.first_token, vocab_size
+    )
+    contrast = resolve_token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
     if contrast is not None and contrast == target_fixed:
         raise TokenlensError(f"the contrast token is the target itself: choose another {option('vs')}")
 
@@ -390,9 +392,10 @@ def attribute_batch(
     return tuple(results)
 
 
-def _token(
+def resolve_token(
     tokenizer, text: str | None, token_id: int | None, first_token: bool, vocab_size: int
 ) -> int | None:
+    """A token given as decoded text or as an id, checked (``None`` when neither is given)."""
     if token_id is not None:
         return inputs.check_target_id(tokenizer, token_id, vocab_size)
     if text is not None:
@@ -435,7 +438,7 @@ def parse_sources(sources: Sequence[str], n_layers: int, n_heads: int) -> tuple[
     return tuple(dict.fromkeys(scopes))
 
 
-def _splits_needed(
+def splits_needed(
     heads: bool, neurons: int, experts: bool, scopes: tuple, spec: ArchitectureSpec
 ) -> frozenset[str]:
     if experts and not spec.moe:

@@ -28,11 +28,11 @@ from torch import nn
 
 from tokenlens.attribution import finer, inputs
 from tokenlens.attribution.direct import (
-    _layer_bias_terms,
-    _splits_needed,
-    _token,
+    layer_bias_terms,
     parse_sources,
+    resolve_token,
     run_with_internals,
+    splits_needed,
 )
 from tokenlens.attribution.readout import Readout, final_norm_eps, make_readout, norm_weight, stream_logits
 from tokenlens.attribution.request import AttributionRequest
@@ -124,11 +124,11 @@ def attribute_sequence(
     else:
         prompt_ids = inputs.check_prompt_ids(prompt, vocab_size, max_positions)
         fed, text = tokenizer.decode(prompt_ids), tokenizer.decode(prompt_ids)
-    contrast = _token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
+    contrast = resolve_token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
     n_layers = len(spec.layer_list(model))
     n_heads = spec.layer_list(model)[0].get_submodule(spec.attn).config.num_attention_heads
     scopes = parse_sources(request.sources, n_layers, n_heads)
-    splits = _splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
+    splits = splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
 
     notes: tuple[str, ...] = ()
     generation = None
@@ -311,7 +311,7 @@ def _vectors(
 ) -> tuple[tuple[str, ...], torch.Tensor]:
     """The component vectors ``(component, step, d_model)``: each write, with a layer's output bias split off
     as its own component (as :func:`~tokenlens.attribution.direct.decompose` does)."""
-    biases = _layer_bias_terms(model, spec)
+    biases = layer_bias_terms(model, spec)
     out_names: list[str] = []
     vectors: list[torch.Tensor] = []
     for name, write in zip(names, writes, strict=True):
