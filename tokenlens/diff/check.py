@@ -6,12 +6,20 @@
   KL(base‖tuned) at the probe position is at most ``max_kl`` (default 0.05 nats);
 * a probe without ``expect`` is reported, not judged.
 
+Whole answers (:mod:`tokenlens.diff.answers`):
+
+* an intended probe with a target answer (several tokens, or ``judge``) passes when ``log p(target)`` gains
+  at least ``min_gain`` — in **nats of the whole target**, not probability — or, with ``"judge": "greedy"``,
+  when the tuned model's greedy decoding reproduces the target;
+* a control with ``"generate": N`` passes when base and tuned decode the same N tokens greedily and the mean
+  per-token KL(base‖tuned) along the base continuation is at most ``max_kl``.
+
 ``tokenlens check`` exits 0 when every judged probe passes, 1 when any fails (listing them), 2 on bad input.
 """
 
 from __future__ import annotations
 
-from tokenlens.diff.result import Verdict
+from tokenlens.diff.result import Continuations, TargetAnswer, Verdict
 from tokenlens.errors import TokenlensError, option
 
 MIN_GAIN = 0.1
@@ -96,3 +104,65 @@ def _p(value: float) -> str:
 def _gain(value: float) -> str:
     """A signed probability change, e-notation below 0.001 in size."""
     return f"{value:+.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:+.1e}"
+
+
+def judge_answer(
+    expect: str | None, answer: TargetAnswer, min_gain: float = MIN_GAIN, max_kl: float = MAX_KL
+) -> Verdict:
+    """The verdict of a probe with a target answer (see the module text), naming the answer and, when the
+    tuned model's greedy decoding departs from it, where and with which token. A control with a target
+    answer passes when greedy decoding departs from it at the same token in both models (or in neither) and
+    the mean per-token KL(base‖tuned) along it is at most ``max_kl``."""
+    n = len(answer.ids)
+    what = f"target {answer.text!r} ({n} token{'s' * (n != 1)})"
+    logp = f"log p {answer.base_logprob:.3g} → {answer.tuned_logprob:.3g} nats, gain {answer.gain:+.3g}"
+    miss = answer.departs("tuned")
+    greedy = (
+        "tuned greedy reproduces it"
+        if miss is None
+        else f"tuned greedy departs at token {miss + 1}: {answer.tuned_top[miss].token!r} instead of "
+        f"{answer.tokens[miss]!r}"
+    )
+    if expect == "unchanged":
+        kl = sum(answer.kl) / len(answer.kl)
+        base_miss = answer.departs("base")
+        if base_miss != miss:
+            was = (
+                "base greedy reproduces it"
+                if base_miss is None
+                else f"base greedy departs at token {base_miss + 1}"
+            )
+            return Verdict(
+                expect, False, f"{what}: greedy answer changed: {greedy} ({was}; mean KL {kl:.3g})"
+            )
+        if kl > max_kl:
+            return Verdict(expect, False, f"{what}: mean KL {kl:.3g} > {max_kl:g} along it; {logp}")
+        return Verdict(expect, True, f"{what}: greedy answer kept, mean KL {kl:.3g} <= {max_kl:g}; {logp}")
+    if expect != "changed":
+        return Verdict(None, None, "not judged (no expect)")
+    if answer.judge == "greedy":
+        return Verdict(expect, miss is None, f"{what}: {greedy} ({logp})")
+    passed = answer.gain >= min_gain
+    sign = ">=" if passed else "<"
+    return Verdict(expect, passed, f"{what}: {logp} {sign} +{min_gain:g}; {greedy}")
+
+
+def judge_continuation(expect: str | None, cont: Continuations, max_kl: float = MAX_KL) -> Verdict:
+    """The verdict of a ``generate`` probe: a control passes when both continuations are identical and the
+    mean per-token KL along the base continuation is at most ``max_kl``; the reason names the divergence
+    (``continuation diverges at token 3: ' there' → ' in' (mean KL 0.31)``)."""
+    if expect is None:
+        return Verdict(None, None, "not judged (no expect)")
+    kl = cont.mean_kl
+    if cont.divergence is not None:
+        d = cont.divergence
+        base = repr(cont.base_tokens[d]) if d < len(cont.base_tokens) else "(end)"
+        tuned = repr(cont.tuned_tokens[d]) if d < len(cont.tuned_tokens) else "(end)"
+        return Verdict(
+            expect, False, f"continuation diverges at token {d + 1}: {base} → {tuned} (mean KL {kl:.3g})"
+        )
+    n = len(cont.base_ids)
+    same = f"continuation unchanged for {n} token{'s' * (n != 1)}"
+    if kl > max_kl:
+        return Verdict(expect, False, f"{same} but mean KL {kl:.3g} > {max_kl:g}")
+    return Verdict(expect, True, f"{same}, mean KL {kl:.3g} <= {max_kl:g}")

@@ -27,7 +27,7 @@ from tokenlens.attribution.readout import Readout
 from tokenlens.causal.sites import Site, expert_sites, head_count, site_slice
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
-from tokenlens.diff.runs import Run, patch_changes, record_sites
+from tokenlens.diff.runs import Run, Tracked, patch_changes, record_sites
 from tokenlens.models.specs import bare_model
 
 
@@ -76,7 +76,7 @@ def _effects(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     site: Site,
     deltas: Mapping[str, torch.Tensor],
     grad: torch.Tensor | None,
@@ -99,7 +99,7 @@ def _layer_effects(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     layer: int,
     part: str,
     units: Mapping[str, Mapping[str, tuple[slice, torch.Tensor]]],
@@ -119,7 +119,7 @@ def drill_heads(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     base: Run,
     tuned: Run,
     layers: Sequence[int],
@@ -145,7 +145,7 @@ def drill_neurons(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     base: Run,
     tuned: Run,
     layers: Sequence[int],
@@ -184,7 +184,7 @@ def drill_experts(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     layers: Sequence[int],
     grads: Mapping[str, torch.Tensor],
     readout: Readout,

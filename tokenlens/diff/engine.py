@@ -13,6 +13,11 @@ For each probe both models run once with the residual stream captured at the pro
   and chooses which get exact patching (the top ``exact``, all of them for small models);
 * **drill-down** — per head and per MLP neuron for the layers with the largest effect.
 
+Answer probes (:mod:`tokenlens.diff.answers`): a target answer is scored teacher-forced by both models and the
+split is of its first token at the prompt's end; with ``generate`` both models decode, and where their
+continuations diverge the probe is explained there — prefix = prompt + the common continuation, every term
+(direct, causal, estimates, drill-down) of ``logit[tuned token] − logit[base token]``.
+
 Prompt tuning prepends virtual positions to the tuned run: the two runs are compared at the real positions,
 and the virtual tokens act through attention only. Their share is shown per layer (``L{i}.virtual``): the
 part of the tuned attention write that comes from the virtual positions, read with the base readout like
@@ -21,6 +26,7 @@ every direct term, so it is a part of ``L{i}.attn``'s direct term.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,9 +40,9 @@ from tokenlens.capture.residual import component_names
 from tokenlens.causal.estimates import activation_gradients
 from tokenlens.causal.metrics import Metric
 from tokenlens.causal.sites import Site, head_sites, layer_sites
-from tokenlens.diff import drill
+from tokenlens.diff import answers, drill
 from tokenlens.diff import probes as probe_io
-from tokenlens.diff.check import judge
+from tokenlens.diff.check import judge, judge_answer, judge_continuation
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import (
     AggregateRow,
@@ -48,7 +54,16 @@ from tokenlens.diff.result import (
     mean_or_nan,
     sorted_effects,
 )
-from tokenlens.diff.runs import PATCH_BATCH, Run, blocked_logits, capture_run, divergences, patch_changes
+from tokenlens.diff.runs import (
+    PATCH_BATCH,
+    Run,
+    Tracked,
+    blocked_logits,
+    capture_run,
+    divergences,
+    patch_changes,
+    read,
+)
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
@@ -69,7 +84,8 @@ class DiffOptions:
         reverse: Also patch base outputs into the tuned run.
         drill: How many attention and MLP layers (largest effect) get a per-head / per-neuron drill-down.
         neurons: Neurons reported per drilled MLP layer.
-        min_gain: The check's threshold for intended probes (absolute probability gain).
+        min_gain: The check's threshold for intended probes (absolute probability gain; for a target answer,
+            the gain of ``log p(target)`` in nats).
         max_kl: The check's threshold for controls (KL(base‖tuned), nats).
     """
 
@@ -109,12 +125,28 @@ def diff(
     max_positions = getattr(model.config, "max_position_embeddings", None)
     encoded = []
     for probe in probes:  # validate every probe before any model runs
-        ids = probe_io.encode_probe(pair.tokenizer, probe, max_positions)
+        ids, text = probe_io.encode_probe_text(pair.tokenizer, probe, max_positions)
         position = _position(probe, len(ids))
-        encoded.append((probe, ids, position, probe_io.target_id(pair.tokenizer, probe, vocab)))
+        answer = None
+        if probe.generate is not None:
+            probe_io.check_generate(probe, len(ids), max_positions)
+        elif probe_io.is_answer(pair.tokenizer, probe):
+            answer = probe_io.answer_ids(pair.tokenizer, probe, ids, text, vocab, max_positions)
+        target = answer[0][0] if answer else probe_io.target_id(pair.tokenizer, probe, vocab)
+        encoded.append((probe, ids, position, target, answer))
     results = []
-    for done, (probe, ids, position, target) in enumerate(encoded, start=1):
-        results.append(_diff_probe(pair, probe, ids, position, target, options))
+    for done, (probe, ids, position, target, answer) in enumerate(encoded, start=1):
+        if probe.generate is not None:
+            results.append(_diff_continuations(pair, probe, ids, options))
+        elif answer is not None:
+            scored = answers.score_target(
+                pair, ids, answer[0], judge=probe.judge or "logprob", notes=answer[1]
+            )
+            result = _diff_probe(pair, probe, ids, position, target, options)
+            verdict = judge_answer(probe.expect, scored, options.min_gain, options.max_kl)
+            results.append(dataclasses.replace(result, answer=scored, verdict=verdict))
+        else:
+            results.append(_diff_probe(pair, probe, ids, position, target, options))
         if on_probe is not None:
             on_probe(done, len(encoded))
     aggregate, groups = _aggregate(results)
@@ -138,9 +170,33 @@ def _position(probe: Probe, length: int) -> int:
         raise TokenlensError(f"{probe.where}: {exc}") from exc
 
 
+def _diff_continuations(pair: ModelPair, probe: Probe, ids: list[int], options: DiffOptions) -> ProbeDiff:
+    """A ``generate`` probe: both continuations, and the probe explained at their divergence (if any)."""
+    cont = answers.continue_both(pair, ids, probe.generate or 1)
+    verdict = judge_continuation(probe.expect, cont, options.max_kl)
+    d = cont.divergence
+    if d is None or d >= len(cont.base_ids) or d >= len(cont.tuned_ids):
+        result = _diff_probe(pair, probe, ids, len(ids) - 1, None, options)
+    else:
+        prefix = ids + list(cont.base_ids[:d])
+        result = _diff_probe(
+            pair, probe, prefix, len(prefix) - 1, cont.tuned_ids[d], options, contrast=cont.base_ids[d]
+        )
+    return dataclasses.replace(result, answer=cont, verdict=verdict)
+
+
 def _diff_probe(
-    pair: ModelPair, probe: Probe, ids: list[int], position: int, target: int | None, options: DiffOptions
+    pair: ModelPair,
+    probe: Probe,
+    ids: list[int],
+    position: int,
+    target: int | None,
+    options: DiffOptions,
+    *,
+    contrast: int | None = None,
 ) -> ProbeDiff:
+    """One next-token probe; with ``contrast`` (a continuation's divergence, where ``target`` is the tuned
+    token and not the probe's) every term is of ``logit[target] − logit[contrast]``."""
     spec, tokenizer = pair.spec, pair.tokenizer
     input_ids = torch.tensor([ids])
     virtual = pair.virtual_tokens
@@ -156,25 +212,26 @@ def _diff_probe(
     base_top = _top(tokenizer, base.logits, base_probs, limit, options.top_k)
     tuned_top = _top(tokenizer, tuned.logits, tuned_probs, limit, options.top_k)
     tracked = target if target is not None else tuned_top[0].id
+    watch: Tracked = tracked if contrast is None else (tracked, contrast)
     names = component_names(spec, bare)
-    parts_b = _readout_parts(pair, "base", tracked, None)
+    parts_b = _readout_parts(pair, "base", tracked, contrast)
     split = _telescope(
-        base, tuned, names, tracked, None, parts_b, _readout_parts(pair, "tuned", tracked, None)
+        base, tuned, names, tracked, contrast, parts_b, _readout_parts(pair, "tuned", tracked, contrast)
     )
     flip = None
-    if base_top[0].id != tuned_top[0].id:
+    if base_top[0].id != tuned_top[0].id and (tuned_top[0].id, base_top[0].id) != (tracked, contrast):
         pick = (tuned_top[0].id, base_top[0].id)
         parts = (_readout_parts(pair, "base", *pick), _readout_parts(pair, "tuned", *pick))
         flip = _telescope(base, tuned, names, *pick, *parts)
     kl, js = divergences(base.logits, tuned.logits)
     readout_b = _base_readout(base, parts_b)
     components, heads, neurons, experts, notes = _effects(
-        pair, input_ids, position, base, tuned, split, tracked, readout_b, options
+        pair, input_ids, position, base, tuned, split, watch, readout_b, options
     )
     through_virtual: tuple[ComponentEffect, ...] = ()
     if virtual:
         notes += (f"the tuned model prepends {virtual} virtual tokens: compared at the real positions",)
-        through_virtual = _virtual_rows(pair, input_ids, tuned, position, tracked, readout_b)
+        through_virtual = _virtual_rows(pair, input_ids, tuned, position, watch, readout_b)
     tracked_base, tracked_tuned = (
         _score(tokenizer, base.logits, base_probs, tracked),
         _score(tokenizer, tuned.logits, tuned_probs, tracked),
@@ -203,7 +260,7 @@ def _diff_probe(
         js=js,
         tracked=tracked_base,
         tracked_tuned=tracked_tuned,
-        tracked_is_target=target is not None,
+        tracked_is_target=target is not None and contrast is None,
         base_rank=_rank(base.logits, tracked),
         tuned_rank=_rank(tuned.logits, tracked),
         split=split,
@@ -215,6 +272,7 @@ def _diff_probe(
         virtual=through_virtual,
         verdict=verdict,
         notes=notes,
+        contrast=None if contrast is None else _score(tokenizer, base.logits, base_probs, contrast),
     )
 
 
@@ -295,7 +353,7 @@ def _effects(
     base: Run,
     tuned: Run,
     split: Telescope,
-    tracked: int,
+    tracked: Tracked,
     readout_b: Readout,
     options: DiffOptions,
 ) -> tuple[Rows, Rows, Rows, Rows, tuple[str, ...]]:
@@ -332,7 +390,7 @@ def _effects(
 
 
 def _virtual_rows(
-    pair: ModelPair, input_ids: torch.Tensor, tuned: Run, position: int, tracked: int, readout: Readout
+    pair: ModelPair, input_ids: torch.Tensor, tuned: Run, position: int, tracked: Tracked, readout: Readout
 ) -> tuple[ComponentEffect, ...]:
     """Per layer ``L{i}.virtual``: the direct term (base readout) of the tuned attention write's part that
     attends to the virtual positions, from the tuned run's source split at the probe position; and, as
@@ -359,7 +417,9 @@ def _virtual_rows(
     for start in range(0, len(layers), PATCH_BATCH):
         chunk = layers[start : start + PATCH_BATCH]
         clean, *cut = blocked_logits(model, pair.spec, input_ids, position, [[]] + [[i] for i in chunk])
-        undone |= {i: float(row[tracked] - clean[tracked]) for i, row in zip(chunk, cut, strict=True)}
+        undone |= {
+            i: float(read(row, tracked) - read(clean, tracked)) for i, row in zip(chunk, cut, strict=True)
+        }
     rows = [ComponentEffect(f"L{i}.virtual", v, causal_reverse=undone[i]) for i, v in enumerate(direct)]
     return tuple(sorted_effects(rows))
 
@@ -368,14 +428,17 @@ def _estimates(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     base: Run,
     tuned: Run,
     sites: Sequence[Site],
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Attribution patching on the base run: ``Σ (a_T − a_B) · ∂logit/∂a_B`` per site (ESTIMATES), and
     each site's gradient ``(1, seq, width)``."""
-    metric = Metric("logit", tracked, position)
+    if isinstance(tracked, tuple):
+        metric = Metric("logit_diff", tracked[0], position, contrast_id=tracked[1])
+    else:
+        metric = Metric("logit", tracked, position)
     with pair.side("base") as model:
         _, pairs = activation_gradients(model, pair.spec, input_ids, metric, sites)
     estimates, grads = {}, {}

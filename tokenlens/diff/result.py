@@ -34,6 +34,11 @@ class Probe:
         line: The probe file's line number (``None`` for command-line prompts).
         thinking: For ``messages``: Qwen3's thinking (``True``) or non-thinking (``False``) mode of the chat
             template (``enable_thinking``); ``None``: the template's own default.
+        generate: Base and tuned each decode this many tokens greedily after the prompt, and the diff compares
+            the two continuations (:class:`Continuations`); ``None``: one next token.
+        judge: How a target answer is judged (:class:`TargetAnswer`): ``"logprob"`` (the gain of
+            ``log p(target)``, the default for a target of several tokens) or ``"greedy"`` (tuned's greedy
+            decoding reproduces it); ``None``: a one-token target judged as a next token.
     """
 
     prompt: str | None
@@ -44,6 +49,8 @@ class Probe:
     position: int = -1
     line: int | None = None
     thinking: bool | None = None
+    generate: int | None = None
+    judge: str | None = None
 
     @property
     def label(self) -> str:
@@ -161,6 +168,100 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class TargetAnswer:
+    """A probe's target answer (several tokens, or one with ``judge``) scored teacher-forced by both models.
+
+    Both models read prompt + target in one forward pass each; the logits before answer token ``k`` score it.
+    ``log p(target) = Σ_k log p(token_k)`` (natural log, nats). Greedy decoding reproduces the target exactly
+    when every answer token is the model's top-1 (among decodable ids) after the prompt and the tokens
+    before it.
+
+    Attributes:
+        ids: The answer's token ids (tokenized after the prompt: see
+            :mod:`tokenlens.attribution.sequence_inputs`).
+        tokens: Their decoded texts.
+        base_logprobs: ``log p(token_k)`` under the base model, one per token.
+        tuned_logprobs: The same under the tuned model.
+        base_top: The base model's top-1 token at each answer position (teacher-forced).
+        tuned_top: The tuned model's.
+        kl: KL(base ‖ tuned) in nats at each answer position.
+        judge: ``"logprob"`` or ``"greedy"``: what the check judges.
+        notes: How the answer was tokenized, where that matters.
+    """
+
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    base_logprobs: tuple[float, ...]
+    tuned_logprobs: tuple[float, ...]
+    base_top: tuple[TokenScore, ...]
+    tuned_top: tuple[TokenScore, ...]
+    kl: tuple[float, ...]
+    judge: str = "logprob"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The answer's text (its tokens joined)."""
+        return "".join(self.tokens)
+
+    @property
+    def base_logprob(self) -> float:
+        """``log p(target)`` under the base model (nats)."""
+        return math.fsum(self.base_logprobs)
+
+    @property
+    def tuned_logprob(self) -> float:
+        """``log p(target)`` under the tuned model (nats)."""
+        return math.fsum(self.tuned_logprobs)
+
+    @property
+    def gain(self) -> float:
+        """The sequence log-probability gain, tuned − base, in nats of the whole target."""
+        return self.tuned_logprob - self.base_logprob
+
+    def departs(self, side: str) -> int | None:
+        """Where ``side``'s greedy decoding first departs from the target (0-based); ``None``: never."""
+        top = self.base_top if side == "base" else self.tuned_top
+        return next((k for k, (t, i) in enumerate(zip(top, self.ids)) if t.id != i), None)
+
+
+@dataclass(frozen=True)
+class Continuations:
+    """Base and tuned each decode greedily after the prompt; where their continuations part.
+
+    Attributes:
+        steps: Tokens asked for (a continuation ends early after the end-of-sequence token).
+        base_ids: The base model's continuation.
+        base_tokens: Its decoded tokens.
+        tuned_ids: The tuned model's continuation.
+        tuned_tokens: Its decoded tokens.
+        kl: KL(base ‖ tuned) in nats before each token of the base continuation, both models teacher-forced
+            on prompt + base continuation (one value per base token).
+        divergence: The first index (0-based) where the continuations differ, ``None`` when identical. The
+            probe's split is then taken there: the prefix is the prompt and the common continuation, the
+            tracked token the tuned token and the contrast the base token.
+    """
+
+    steps: int
+    base_ids: tuple[int, ...]
+    base_tokens: tuple[str, ...]
+    tuned_ids: tuple[int, ...]
+    tuned_tokens: tuple[str, ...]
+    kl: tuple[float, ...]
+    divergence: int | None
+
+    @property
+    def mean_kl(self) -> float:
+        """The mean per-token KL(base ‖ tuned) along the base continuation (nats)."""
+        return math.fsum(self.kl) / len(self.kl) if self.kl else 0.0
+
+    @property
+    def max_kl(self) -> float:
+        """The largest per-token KL along the base continuation."""
+        return max(self.kl, default=0.0)
+
+
+@dataclass(frozen=True)
 class ProbeDiff:
     """Base vs tuned on one probe, at one position.
 
@@ -193,6 +294,11 @@ class ProbeDiff:
             prompt cannot attend to the virtual positions in that layer (empty otherwise).
         verdict: The check's judgement.
         notes: Caveats for this probe (virtual tokens, components without exact values, …).
+        contrast: At a continuation's divergence: the base model's token there, scored by the base model;
+            ``split`` and every component's numbers are then of ``logit[tracked] − logit[contrast]``.
+        answer: An answer probe's :class:`TargetAnswer` or :class:`Continuations` (``None`` for a next-token
+            probe). With continuations that diverge, ``token_ids`` / ``position`` are the prefix up to the
+            divergence.
     """
 
     probe: Probe
@@ -217,6 +323,8 @@ class ProbeDiff:
     notes: tuple[str, ...] = ()
     experts: tuple[ComponentEffect, ...] = ()
     virtual: tuple[ComponentEffect, ...] = ()
+    contrast: TokenScore | None = None
+    answer: TargetAnswer | Continuations | None = None
 
     @property
     def flipped(self) -> bool:

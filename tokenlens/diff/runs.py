@@ -181,12 +181,23 @@ def divergences(base: torch.Tensor, tuned: torch.Tensor) -> tuple[float, float]:
 PATCH_BATCH = 16
 """Patched runs per forward pass (rows of one batch)."""
 
+Tracked = int | tuple[int, int]
+"""What a patched run watches: one token's logit, or ``(target, contrast)`` for ``logit[target] −
+logit[contrast]`` (a continuation's divergence: the tuned token against the base token)."""
+
+
+def read(logits: torch.Tensor, tracked: Tracked) -> torch.Tensor:
+    """The tracked value of ``logits`` ``(..., vocab)``: one logit, or a logit difference."""
+    if isinstance(tracked, tuple):
+        return logits[..., tracked[0]] - logits[..., tracked[1]]
+    return logits[..., tracked]
+
 
 def patch_changes(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
-    tracked: int,
+    tracked: Tracked,
     changes: Mapping[str, tuple[Site, torch.Tensor]],
     *,
     reverse: bool,
@@ -195,8 +206,9 @@ def patch_changes(
     """Exact patching of activation changes: ``(causal, causal_kl, causal_reverse)`` per name.
 
     ``changes[name] = (site, delta)`` with ``delta`` ``(1, seq, width)`` = tuned − base activation. The base
-    run gets ``+delta`` at the site (the tuned value): ``causal`` is the tracked logit's change and
-    ``causal_kl`` the KL from the unpatched distribution; with ``reverse`` the tuned run gets ``−delta``.
+    run gets ``+delta`` at the site (the tuned value): ``causal`` is the tracked value's change
+    (:data:`Tracked`) and ``causal_kl`` the KL from the unpatched distribution; with ``reverse`` the tuned
+    run gets ``−delta``.
     A change that is zero everywhere has no effect by definition and is not run. The others run ``batch``
     at a time, as rows of one forward pass whose first row is the unpatched run: each change is measured
     against that row, so batched arithmetic cannot show up as an effect.
@@ -211,7 +223,10 @@ def patch_changes(
                 clean, *rows = patched_logits(model, pair.spec, input_ids, position, plans)
                 for (name, _, _), row in zip(chunk, rows, strict=True):
                     if which == "base":
-                        out[name][:2] = [float(row[tracked] - clean[tracked]), divergences(clean, row)[0]]
+                        out[name][:2] = [
+                            float(read(row, tracked) - read(clean, tracked)),
+                            divergences(clean, row)[0],
+                        ]
                     else:
-                        out[name][2] = float(row[tracked] - clean[tracked])
+                        out[name][2] = float(read(row, tracked) - read(clean, tracked))
     return {name: (v[0], v[1], v[2]) for name, v in out.items()}
