@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from tokenlens.cli import diff as diff_cmd
+from tokenlens.cli import edit as edit_cmd
 from tokenlens.cli import inspect as inspect_cmd
 from tokenlens.cli import locate as locate_cmd
 from tokenlens.cli import models as models_cmd
@@ -58,7 +59,7 @@ exit codes: 0 done, 1 check found violations (only), 2 bad input or environment,
   tokenlens sweep --quick --out sweep-quick      (the method map: which method, where; a few minutes)
 """
 
-COMMANDS = (inspect_cmd, locate_cmd, models_cmd, train_cmd, diff_cmd, sweep_cmd)
+COMMANDS = (inspect_cmd, locate_cmd, models_cmd, train_cmd, diff_cmd, edit_cmd, sweep_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

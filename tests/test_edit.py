@@ -1,0 +1,191 @@
+"""Rank-one edits against their closed form, the method saved/loaded/diffed, and ``tokenlens edit`` end to end
+on a tiny checkpoint (exit codes 0/1/2, one-line errors)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokenlens.cli import main
+from tokenlens.diff import DiffOptions, diff, pair_models, prompt_probes
+from tokenlens.models.loading import load
+from tokenlens.training import rank_one
+from tokenlens.training.preserve import load_preserve
+from tokenlens.training.trainer import train
+
+KEEP = ["a b c d e f", "he is in the st", "on at a b", "a b c", "he is on the st", "on at he is"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edit")
+    (folder / "keep.txt").write_text("\n".join(KEEP) + "\n")
+    (folder / "empty.txt").write_text("\n")
+    (folder / "fact.jsonl").write_text(json.dumps({"prompt": "he is in", "completion": " the st"}) + "\n")
+    return folder
+
+
+def test_closed_form(small_checkpoint, files):
+    loaded = load(str(small_checkpoint))
+    tok = loaded.tokenizer
+    kept = load_preserve(files / "keep.txt", tok, 64, 1024)
+    ids = tok("he is in")["input_ids"] + tok(" the st")["input_ids"]
+    edit = rank_one.compute_edit(loaded.model, ids, 3, 1, 1, kept, steps=5)
+    weight = rank_one.down_proj(loaded.model, 1).weight.detach().clone()
+    model = rank_one.apply_rank_one(loaded.model, {"layer": 1})
+    rank_one.write_edit(model, edit)
+    module = rank_one.down_proj(model, 1)
+    with torch.no_grad():
+        assert torch.allclose(module(edit.key[None])[0], edit.value.float(), atol=1e-5, rtol=1e-4)
+        u = edit.direction.float()
+        for seed in range(3):
+            k = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed))
+            k = k - (k @ u) / (u @ u) * u  # k^T C^-1 k* = 0
+            assert torch.allclose(module(k[None])[0], weight @ k, atol=1e-6)
+    # the key's own value differs from the base: the edit did something
+    assert float((edit.value - edit.base_value.double()).norm()) > 0
+
+
+def test_rank_one_trains_saves_loads_and_diffs(small_checkpoint, files, tmp_path):
+    out = tmp_path / "r1"
+    result = train(
+        load(str(small_checkpoint)),
+        "rank-one",
+        files / "fact.jsonl",
+        out,
+        options={"layer": 1, "subject": "is"},
+        preserve=files / "keep.txt",
+    )
+    assert result.steps == rank_one.STEPS and result.trainable == 64 + 32
+    manifest = json.loads((out / "tokenlens-manifest.json").read_text())
+    assert manifest["rank-one"]["layer"] == 1 and manifest["rank-one"]["position"] == 1
+    assert manifest["options"]["layer"] == 1 and manifest["preserve"]["n_texts"] == len(KEEP)
+    tuned = load(str(out))
+    assert tuned.source == "peft"
+    report = diff(pair_models(str(out)), prompt_probes(["he is in", "a b c"]), DiffOptions(causal=False))
+    assert [c.layer for c in report.weights.changes] == [1]
+    with pytest.raises(Exception, match="nothing to resume"):
+        train(
+            load(str(small_checkpoint)),
+            "rank-one",
+            files / "fact.jsonl",
+            out,
+            resume=True,
+            options={"layer": 1, "subject": "is"},
+        )
+
+
+def _edit(small_checkpoint, files, out, *extra):
+    return main(
+        [
+            "edit",
+            "--model",
+            str(small_checkpoint),
+            "--preserve",
+            str(files / "keep.txt"),
+            "--keep",
+            str(files / "keep.txt"),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_edit_command(small_checkpoint, files, tmp_path, capsys):
+    loaded = load(str(small_checkpoint))
+    ids = loaded.tokenizer("he is in")["input_ids"]
+    with torch.no_grad():
+        top = int(loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+    answer = loaded.tokenizer.decode([top])
+    code = _edit(small_checkpoint, files, tmp_path / "none", "--prompt", "he is in", "--target", answer)
+    assert code == 0 and "nothing to edit" in capsys.readouterr().out
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "e"
+    code = _edit(
+        small_checkpoint,
+        files,
+        out,
+        "--prompt",
+        "he is in",
+        "--target",
+        " the st",
+        "--subject",
+        "is",
+        "--layer",
+        "1",
+        "--steps",
+        "10",
+    )
+    printed = capsys.readouterr().out
+    report = json.loads((out / "edit-report.json").read_text())
+    assert report["status"] == "edited" and report["edited_layers"] == [1]
+    assert code == (0 if report["passed"] else 1)
+    assert [p["expect"] for p in report["probes"]] == ["changed"] + ["unchanged"] * (len(KEEP))
+    moved = [p for p in report["probes"] if p["passed"] is False]
+    assert all(f"{p['prompt']!r}" in printed for p in moved)  # what moved is listed
+    assert (out / "edit-report.md").is_file() and load(str(out / "model")).source == "peft"
+    # a keep prompt containing the edited subject token moves with it: exit 1, listed
+    (tmp_path / "near.txt").write_text("he is in the\nhe is\n")
+    code = main(
+        [
+            "edit",
+            "--model",
+            str(small_checkpoint),
+            "--preserve",
+            str(files / "keep.txt"),
+            "--keep",
+            str(tmp_path / "near.txt"),
+            "--out",
+            str(tmp_path / "e2"),
+            "--prompt",
+            "he is in",
+            "--target",
+            " the st",
+            "--subject",
+            "is",
+            "--layer",
+            "1",
+            "--steps",
+            "10",
+        ]
+    )
+    assert code in (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--subject", "France"], "is not in the prompt"),
+        (["--keep", "EMPTY"], "no passages"),
+        (["--paraphrases", "MISSING"], "does not exist"),
+        (["--method", "rome"], "choose one of"),
+        (["--target", " "], "empty"),
+    ],
+)
+def test_edit_bad_input_is_one_line(args, message, small_checkpoint, files, tmp_path, capsys):
+    args = [
+        str(files / "empty.txt") if a == "EMPTY" else str(tmp_path / "no.txt") if a == "MISSING" else a
+        for a in args
+    ]
+    base = [
+        "edit",
+        "--model",
+        str(small_checkpoint),
+        "--prompt",
+        "he is in",
+        "--target",
+        " the st",
+        "--preserve",
+        str(files / "keep.txt"),
+        "--layer",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    code = main(base + args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
