@@ -21,6 +21,8 @@ EPILOG = """examples:
   tokenlens train --model qwen3-tiny --method lora --option layers=0,1 --option r=4 --data d.jsonl --out o
   tokenlens train --model qwen3-tiny --method embeddings --option token_ids=12095 --data d.jsonl --out o
   tokenlens train --model path/to/ckpt --method qlora --quantize 4bit --data d.jsonl --out o
+  tokenlens train ... --preserve default --preserve-weight 10   (keep the base's distributions on plain text)
+  tokenlens train --method rank-one --option subject=France --data fact.jsonl --out o   (closed-form edit)
   tokenlens train ... --resume          (continue an interrupted run in --out)
   accelerate launch --num_processes 2 "$(which tokenlens)" train ...   (data parallel, same global batch;
       on CPU: python -m torch.distributed.run --nproc_per_node 2 "$(which tokenlens)" train ...)
@@ -55,6 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="recompute activations in the backward pass: less memory, ~1 extra forward of time",
     )
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
+    p.add_argument(
+        "--preserve",
+        metavar="FILE",
+        help="add W*KL(base||tuned) over these passages to the loss (JSONL prompts or plain text; "
+        "'default': the built-in set)",
+    )
+    p.add_argument("--preserve-weight", type=float, default=1.0, help="W of --preserve (default 1.0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--force", action="store_true", help="replace an existing tokenlens output in --out")
     p.add_argument("--list-methods", action="store_true", help="print the menu for --model and exit")
@@ -109,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         gradient_checkpointing=args.gradient_checkpointing,
+        preserve_weight=args.preserve_weight,
     )
+    if args.preserve is not None:
+        from tokenlens.training.preserve import read_texts
+
+        read_texts(args.preserve)  # a missing or empty file costs no model load
     if record.needs_quantized and not args.quantize:
         raise TokenlensError(f"method {record.name} needs --quantize 4bit (or 8bit)")
     check_out_dir(Path(args.out), resume=args.resume, force=args.force)
@@ -131,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             gradient_checkpointing=args.gradient_checkpointing,
             on_progress=on_progress,
+            preserve=args.preserve,
+            preserve_weight=args.preserve_weight,
         )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data-parallel run: the main process reports
