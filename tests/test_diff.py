@@ -318,8 +318,10 @@ def test_empty_probe_file_and_multi_token_target(tmp_path, qwen_tokenizer):
         load_probes(empty)
     base = build_tiny(KIND)
     pair = pair_of(base, base, qwen_tokenizer)
-    with pytest.raises(TokenlensError, match="prompt 'Hi there': .*tokens"):
-        diff(pair, prompt_probes(["Hi there"], target=" Constantinople and more"))
+    (answer,) = diff(pair, prompt_probes(["Hi there"], target=" Constantinople and more")).probes
+    assert len(answer.answer.ids) > 1 and answer.answer.gain == 0  # a whole answer now (test_diff_answers.py)
+    with pytest.raises(TokenlensError, match="prompt 'Hi there': the prompt .* run past the model's context"):
+        diff(pair, prompt_probes(["Hi there"], target=" Constantinople" * 40))
 
 
 def test_pairs_that_do_not_match_are_refused(tmp_path, lora_layer1, qwen_tokenizer):

@@ -244,8 +244,8 @@ def test_answer_verdict_wording():
     )
     assert judge_answer("changed", answer, min_gain=6.0).passed is False
     assert judge_answer("unchanged", answer).reason.startswith(
-        "target ' Lyon is' (2 tokens): greedy answer changed: tuned greedy reproduces it (base greedy departs at "
-        "token 1"
+        "target ' Lyon is' (2 tokens): greedy answer changed: tuned greedy reproduces it "
+        "(base greedy departs at token 1"
     )
     cont = Continuations(
         3, (1, 2, 3), ("a", " b", " c"), (1, 2, 3), ("a", " b", " c"), (0.0, 0.01, 0.02), None
@@ -275,8 +275,8 @@ def test_check_exit_codes_for_answer_probes(planted, qwen_tokenizer, tmp_path, c
     out = capsys.readouterr().out
     b, t = qwen_tokenizer.decode([cont[STEP]]), qwen_tokenizer.decode([token])
     assert (
-        f"FAIL line 1 [unchanged] {PROMPT!r}: continuation diverges at token {STEP + 1}: {b!r} → {t!r} (mean KL "
-        in out
+        f"FAIL line 1 [unchanged] {PROMPT!r}: continuation diverges at token {STEP + 1}: "
+        f"{b!r} → {t!r} (mean KL " in out
     )
 
 
@@ -325,3 +325,42 @@ def test_probe_parsing_keeps_answer_fields(tmp_path):
     assert probe == Probe(prompt="x", target=" a b", expect="changed", line=1, judge="greedy")
     (probe,) = load_probes(probe_file(tmp_path, {"prompt": "x", "generate": 4}))
     assert probe.generate == 4 and probe.target is None
+
+
+def test_every_view_shows_the_answers(planted, qwen_tokenizer, tmp_path):
+    from tokenlens.report.diff_html import render_diff_html
+    from tokenlens.report.diff_json import SCHEMA_VERSION, diff_to_dict
+    from tokenlens.report.diff_markdown import render_diff_markdown
+    from tokenlens.report.diff_terminal import render_diff
+    from tokenlens.report.kit.terminal import renderables_to_text
+
+    base, tuned, ids, cont, token = planted
+    path = probe_file(
+        tmp_path,
+        {"prompt": PROMPT, "generate": N, "expect": "unchanged"},
+        {"prompt": PROMPT, "target": " <b>Lyon</b> | x", "expect": "changed"},
+    )
+    report = diff(pair_of(base, tuned, qwen_tokenizer), load_probes(path), DiffOptions(causal=False))
+    gen, target = report.probes
+    data = json.loads(json.dumps(diff_to_dict(report), allow_nan=False))
+    assert data["schema"] == SCHEMA_VERSION == 3
+    g, t = data["probes"]
+    assert g["generate"] == N and g["answer"]["kind"] == "generate" and g["answer"]["divergence"] == STEP
+    assert [s["id"] for s in g["answer"]["base"]] == cont and g["contrast"]["id"] == cont[STEP]
+    assert g["split"]["contrast_id"] == cont[STEP] and g["flip_split"] is None
+    assert g["answer"]["mean_kl"] == pytest.approx(gen.answer.mean_kl)
+    assert t["answer"]["kind"] == "target" and t["answer"]["gain"] == pytest.approx(target.answer.gain)
+    assert [s["id"] for s in t["answer"]["tokens"]] == list(target.answer.ids)
+    base_token, tuned_token = gen.answer.base_tokens[STEP], gen.answer.tuned_tokens[STEP]
+    text = renderables_to_text([render_diff(report)])
+    assert "Greedy continuations" in text and f"diverge at token {STEP + 1}: base {base_token!r}" in text
+    assert (
+        f"logit[{tuned_token!r}] − logit[{base_token!r}]" in text and "Target answer, token by token" in text
+    )
+    md = render_diff_markdown(report)
+    assert (
+        "**base continuation**" in md and "⇄ diverge" in md and "**Target answer** `' <b>Lyon</b> | x'`" in md
+    )
+    html = render_diff_html(report, figures=False)
+    assert 'id="probe-1-answer"' in html and 'id="probe-2-answer"' in html
+    assert "<b>Lyon" not in html and "&lt;b&gt;Lyon" in html  # untrusted token text escaped

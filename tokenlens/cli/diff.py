@@ -23,10 +23,14 @@ EPILOG = """examples:
   tokenlens check --tuned runs/lora --probes probes.jsonl --max-kl 0.05 --min-gain 0.1
 
 Probe file: JSONL, one {"prompt" | "messages", "target"?, "expect"?: "changed"|"unchanged", "group"?,
-"position"?, "thinking"?} object per line ("thinking": false with "messages": Qwen3's non-thinking mode).
-Probes are numbered by their line everywhere (check's lines, every report, JSON). Intended probes
-("changed") pass when the target becomes top-1 or its probability rises by --min-gain; controls
-("unchanged") pass when top-1 is kept and KL(base||tuned) <= --max-kl.
+"position"?, "thinking"?, "generate"?: N, "judge"?: "logprob"|"greedy"} object per line ("thinking": false
+with "messages": Qwen3's non-thinking mode). Probes are numbered by their line everywhere (check's lines,
+every report, JSON). Intended probes ("changed") pass when the target becomes top-1 or its probability
+rises by --min-gain; controls ("unchanged") pass when top-1 is kept and KL(base||tuned) <= --max-kl.
+Whole answers: a target of several tokens is judged on log p(target) gaining --min-gain NATS (or, with
+"judge": "greedy", on the tuned model's greedy decoding reproducing it); "generate": N (no target) lets
+both models decode N tokens greedily: a control passes when the continuations are identical and the mean
+per-token KL along the base continuation <= --max-kl.
 """
 
 
@@ -42,7 +46,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probes", help="JSONL probe file")
     p.add_argument("--prompt", action="append", default=[], help="a prompt to compare (repeatable)")
     p.add_argument("--target", help="with --prompt: the token to track (default: the tuned top-1)")
-    p.add_argument("--min-gain", type=float, default=0.1, help="intended probes: p gain needed (default 0.1)")
+    p.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.1,
+        help="intended probes: p gain needed; target answers: log p gain, nats (default 0.1)",
+    )
     p.add_argument("--max-kl", type=float, default=0.05, help="controls: max KL(base||tuned), nats (0.05)")
     p.add_argument("--top-k", type=int, default=5, help="tokens shown before/after (default 5)")
     p.add_argument("--no-causal", action="store_true", help="skip patching (distribution + direct split)")

@@ -15,7 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tokenlens.attribution.result import TokenScore
-from tokenlens.diff.result import READOUT_TERMS, AggregateRow, DiffReport, ProbeDiff, Telescope
+from tokenlens.diff.result import (
+    READOUT_TERMS,
+    AggregateRow,
+    Continuations,
+    DiffReport,
+    ProbeDiff,
+    TargetAnswer,
+    Telescope,
+)
 from tokenlens.report import diff_layout as layout
 from tokenlens.report.kit import html
 from tokenlens.report.kit.html import number, optional_number
@@ -57,7 +65,8 @@ def _summary(report: DiffReport) -> str:
         f'<tr><th>tuned</th><td><bdi dir="ltr">{html.escape(visible(report.tuned))}</bdi></td></tr>',
         f"<tr><th>pairing</th><td>{html.escape(visible(report.pairing))}</td></tr>",
         f"<tr><th>intended probes</th><td>pass when the target's probability gains at least "
-        f"{number(report.min_gain, 'g', False, 'span', name='min_gain')}</td></tr>",
+        f"{number(report.min_gain, 'g', False, 'span', name='min_gain')} (a target answer: "
+        "when log p(target) gains that many nats)</td></tr>",
         f"<tr><th>controls</th><td>pass when KL(base ‖ tuned) is at most "
         f"{number(report.max_kl, 'g', False, 'span', name='max_kl')} nats</td></tr>",
         f'<tr><th>check</th><td id="verdict" class="kind {check}">'
@@ -157,9 +166,59 @@ def _effects(part: layout.ProbePart, top: int) -> str:
     )
 
 
+FAILED = ' class="failed"'
+
+
+def _continuations(c: Continuations, anchor: str) -> str:
+    def cell(text: str | None) -> str:
+        return "<td>—</td>" if text is None else f"<td>{html.token(text)}</td>"
+
+    rows = [
+        f"<tr{FAILED if diverged else ''}><td>{k}</td>{cell(b)}{cell(t)}"
+        f"{optional_number(kl, '.4f', False)}</tr>"
+        for k, b, t, kl, diverged in layout.continuation_rows(c)
+    ]
+    facts = [
+        f"<tr><th>base continuation</th><td>{html.token(''.join(c.base_tokens))}</td></tr>",
+        f"<tr><th>tuned continuation</th><td>{html.token(''.join(c.tuned_tokens))}</td></tr>",
+        f"<tr><th>where</th><td>{html.escape(visible(layout.continuation_summary(c, show_token)))}</td></tr>",
+        f"<tr><th>mean KL along base</th>{number(c.mean_kl, '.4f', False, name='mean_kl')}</tr>",
+    ]
+    return (
+        f'<div id="{html.escape(anchor)}"><h3>Greedy continuations</h3>'
+        + html.key_values(facts)
+        + html.table(layout.CONTINUATION_COLUMNS, rows)
+        + "</div>"
+    )
+
+
+def _target(a: TargetAnswer, anchor: str) -> str:
+    rows = [
+        f"<tr><td>{k}</td><td>{html.token(tok)}</td>{number(b, '+.4f', False)}{number(t, '+.4f', False)}"
+        f"{number(t - b)}<td>{html.token(bt.token)}</td><td>{html.token(tt.token)}</td>"
+        f"{number(kl, '.4f', False)}</tr>"
+        for k, tok, b, t, bt, tt, kl in layout.target_rows(a)
+    ]
+    notes = "".join(f'<p class="note">note: {html.escape(visible(n))}</p>' for n in a.notes)
+    return (
+        f'<div id="{html.escape(anchor)}"><h3>Target answer {html.token(a.text)}</h3>'
+        f"<p>{html.escape(visible(layout.target_summary(a)))}</p>"
+        + html.table(layout.TARGET_COLUMNS, rows)
+        + notes
+        + "</div>"
+    )
+
+
 def _part(n: int, p: ProbeDiff, part: layout.ProbePart, top: int) -> str:
+    if part.key == "answer":
+        anchor = f"probe-{n}-answer"
+        return (
+            _continuations(p.answer, anchor)
+            if isinstance(p.answer, Continuations)
+            else _target(p.answer, anchor)
+        )
     if part.key == "split":
-        return _split(part.split, f"logit[{html.token(p.tracked.token)}]", f"probe-{n}-split")
+        return _split(part.split, layout.tracked_value(p, html.token), f"probe-{n}-split")
     if part.key == "flip":
         what = f"flip: logit[{html.token(p.tuned_top[0].token)}] − logit[{html.token(p.base_top[0].token)}]"
         return _split(part.split, what, f"probe-{n}-flip")

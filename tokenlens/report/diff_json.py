@@ -16,17 +16,22 @@ from tokenlens.diff.result import (
     READOUT_TERMS,
     AggregateRow,
     ComponentEffect,
+    Continuations,
     DiffReport,
     ProbeDiff,
+    TargetAnswer,
     Telescope,
 )
 from tokenlens.report.diff_layout import drills, probe_number, verdict_summary
 from tokenlens.report.kit.text import json_number
 from tokenlens.version import __version__
 
-SCHEMA_VERSION = 2
-"""2: probes are numbered as everywhere else (``number``: the probe file's line, else the command-line
-prompt's place from 1) and ``failures`` lists those numbers; 1 had a 0-based ``index``."""
+SCHEMA_VERSION = 3
+"""3: whole answers: each probe has ``generate``, ``judge``, ``contrast`` and ``answer``; at a continuation's
+divergence ``split`` is of ``logit[tuned token] − logit[base token]`` (``split.contrast_id``) and
+``flip_split`` is ``null`` (it would repeat it). 2: probes are numbered as everywhere else (``number``: the
+probe file's line, else the command-line prompt's place from 1) and ``failures`` lists those numbers; 1 had a
+0-based ``index``."""
 
 
 def _score(s: TokenScore) -> dict[str, Any]:
@@ -71,6 +76,61 @@ def _aggregate(rows: Sequence[AggregateRow]) -> list[dict[str, Any]]:
     ]
 
 
+def _answer(answer: TargetAnswer | Continuations | None) -> dict[str, Any] | None:
+    """A probe's answer: ``kind`` ``target`` (a target answer scored by both models) or ``generate`` (both
+    greedy continuations); ``null`` for a next-token probe. Token positions (``divergence``,
+    ``base_departs``, ``tuned_departs``) are 0-based indices into the answer."""
+    if isinstance(answer, TargetAnswer):
+        return {
+            "kind": "target",
+            "judge": answer.judge,
+            "text": answer.text,
+            "base_logprob": json_number(answer.base_logprob),
+            "tuned_logprob": json_number(answer.tuned_logprob),
+            "gain": json_number(answer.gain),  # nats of the whole target
+            "base_departs": answer.departs("base"),
+            "tuned_departs": answer.departs("tuned"),
+            "tokens": [
+                {
+                    "id": i,
+                    "token": t,
+                    "base_logprob": json_number(b),
+                    "tuned_logprob": json_number(u),
+                    "base_top": _score(bt),
+                    "tuned_top": _score(tt),
+                    "kl": json_number(kl),
+                }
+                for i, t, b, u, bt, tt, kl in zip(
+                    answer.ids,
+                    answer.tokens,
+                    answer.base_logprobs,
+                    answer.tuned_logprobs,
+                    answer.base_top,
+                    answer.tuned_top,
+                    answer.kl,
+                    strict=True,
+                )
+            ],
+            "notes": list(answer.notes),
+        }
+    if isinstance(answer, Continuations):
+        return {
+            "kind": "generate",
+            "steps": answer.steps,
+            "base": [{"id": i, "token": t} for i, t in zip(answer.base_ids, answer.base_tokens, strict=True)],
+            "tuned": [
+                {"id": i, "token": t} for i, t in zip(answer.tuned_ids, answer.tuned_tokens, strict=True)
+            ],
+            "base_text": "".join(answer.base_tokens),
+            "tuned_text": "".join(answer.tuned_tokens),
+            "divergence": answer.divergence,
+            "kl": [json_number(v) for v in answer.kl],  # before each base token, KL(base || tuned)
+            "mean_kl": json_number(answer.mean_kl),
+            "max_kl": json_number(answer.max_kl),
+        }
+    return None
+
+
 def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
     """One probe's JSON form (see :func:`diff_to_dict`); ``index`` is its place in the report (0-based)."""
     probe, split = p.probe, p.split
@@ -84,6 +144,8 @@ def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
         "group": probe.group,
         "line": probe.line,
         "thinking": probe.thinking,
+        "generate": probe.generate,
+        "judge": probe.judge,
         "tokens": [{"id": i, "token": t} for i, t in zip(p.token_ids, p.tokens)],
         "position": p.position,
         "base_top": [_score(s) for s in p.base_top],
@@ -108,6 +170,8 @@ def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
         "split_error": json_number(split.error),
         "split": _telescope(split),
         "flip_split": None if p.flip_split is None else _telescope(p.flip_split),
+        "contrast": None if p.contrast is None else _score(p.contrast),
+        "answer": _answer(p.answer),
         **{key: [_effect(e) for e in effects] for key, effects in drills(p).items()},
         "verdict": {"expect": p.verdict.expect, "passed": p.verdict.passed, "reason": p.verdict.reason},
         "notes": list(p.notes),
@@ -121,6 +185,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
     not measured. Per probe, ``components``, ``heads``, ``neurons`` and ``experts`` are sorted by measured
     |causal| (unmeasured last, by |estimate|, then |direct|); ``split`` and ``flip_split`` hold every term
     of the exact telescoping split (``terms``: components in model order, then the readout terms).
+    A probe about a whole answer has ``answer`` (see :func:`_answer`); at a continuation's divergence,
+    ``tokens`` / ``position`` are the prefix (prompt + common continuation) and ``contrast`` the base token.
     Probes are numbered as in every other view and in ``tokenlens check`` (``probes[k].number``: the probe
     file's line, else the command-line prompt's place counted from 1); ``failures`` lists those numbers.
     """

@@ -2,15 +2,16 @@
 Markdown), and how it words its verdicts.
 
 A diff report is a summary, the probe table, one section per probe, the changed weights and the components
-over all probes (:func:`plan_diff`); a probe's own section shows its exact split (and the flip split when
-its top-1 changed), then one table of component effects per drill-down it has (:func:`probe_plan`). The
+over all probes (:func:`plan_diff`); a probe's own section shows its answer (a target answer or both
+continuations) when it has one, its exact split (and the flip split when its top-1 changed), then one table of
+component effects per drill-down it has (:func:`probe_plan`). The
 terminal, HTML and Markdown renderers all follow these two plans, so every format shows the same things in
 the same order; each only words and styles them its own way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 
@@ -18,8 +19,10 @@ from tokenlens.attribution.result import TokenScore
 from tokenlens.diff.result import (
     AggregateRow,
     ComponentEffect,
+    Continuations,
     DiffReport,
     ProbeDiff,
+    TargetAnswer,
     Telescope,
     sorted_effects,
 )
@@ -39,6 +42,13 @@ HOW_TO_READ = (
     "The check: an intended probe (expect changed) passes when its target becomes the tuned top-1 or its "
     "probability gains at least min_gain; a control (expect unchanged) passes when its top-1 is kept and "
     "KL(base ‖ tuned) stays at most max_kl.",
+    "Whole answers: a target of several tokens is scored teacher-forced by both models; log p(target) is "
+    "the sum of its tokens' log-probabilities (nats), and an intended probe passes when it gains at least "
+    "min_gain nats (judge greedy: when the tuned model's greedy decoding reproduces the target). With "
+    "generate, base and tuned each decode greedily; KL(base ‖ tuned) is measured before each token of the "
+    "base continuation (both models teacher-forced on it), and where the continuations diverge the split is "
+    "of logit[tuned token] − logit[base token] after the prompt and the common continuation. A control with "
+    "generate passes when the continuations are identical and the mean KL stays at most max_kl.",
     "Probes are numbered by their probe file's line (as tokenlens check names them), command-line prompts "
     "from 1 in the order given.",
 )
@@ -151,9 +161,9 @@ class ProbePart:
     """One part of a probe's section, in order.
 
     Attributes:
-        key: ``split`` (the tracked token's exact split), ``flip`` (the split of ``logit[tuned top-1] −
-            logit[base top-1]``), or a drill-down: ``components``, ``heads``, ``neurons``, ``experts``,
-            ``virtual``.
+        key: ``answer`` (the target answer or the two continuations: ``p.answer``), ``split`` (the tracked
+            token's exact split), ``flip`` (the split of ``logit[tuned top-1] − logit[base top-1]``), or a
+            drill-down: ``components``, ``heads``, ``neurons``, ``experts``, ``virtual``.
         title: A drill-down's name (``Heads``); empty for a split.
         note: What kind of number a drill-down holds when it is not the usual set (``direct``), else "".
         split: The split, for ``split`` and ``flip``.
@@ -192,9 +202,10 @@ def drills(p: ProbeDiff) -> dict[str, list[ComponentEffect]]:
 
 
 def probe_plan(p: ProbeDiff) -> list[ProbePart]:
-    """The parts of ``p``'s section: its split, its flip split if its top-1 changed, the components, then
-    each other drill-down of :data:`DRILLS` it has."""
-    parts = [ProbePart("split", split=p.split)]
+    """The parts of ``p``'s section: its answer if it has one, its split, its flip split if its top-1 changed,
+    the components, then each other drill-down of :data:`DRILLS` it has."""
+    parts = [ProbePart("answer")] if p.answer is not None else []
+    parts.append(ProbePart("split", split=p.split))
     if p.flip_split is not None:
         parts.append(ProbePart("flip", split=p.flip_split))
     effects = drills(p)
@@ -258,3 +269,69 @@ def detail_probes(report: DiffReport, limit: int = DETAIL_ALL) -> list[int]:
     if len(report.probes) <= limit:
         return list(range(len(report.probes)))
     return [i for i, p in enumerate(report.probes) if p.verdict.passed is False or p.flipped]
+
+
+def tracked_value(p: ProbeDiff, show: Callable[[str], str]) -> str:
+    """What a probe's split explains, tokens shown with ``show``: ``logit[' Lyon']``, or at a continuation's
+    divergence ``logit[' in'] − logit[' there']`` (the tuned token against the base token)."""
+    value = f"logit[{show(p.tracked.token)}]"
+    return value if p.contrast is None else f"{value} − logit[{show(p.contrast.token)}]"
+
+
+CONTINUATION_COLUMNS = ("token", "base", "tuned", "KL(base ‖ tuned)")
+"""The columns of a continuations table (:func:`continuation_rows`)."""
+
+TARGET_COLUMNS = (
+    "token",
+    "target",
+    "log p base",
+    "log p tuned",
+    "Δ log p",
+    "base top-1",
+    "tuned top-1",
+    "KL",
+)
+"""The columns of a target answer's table (:func:`target_rows`)."""
+
+
+def continuation_rows(c: Continuations) -> list[tuple[int, str | None, str | None, float | None, bool]]:
+    """``(token number from 1, base token, tuned token, KL before the base token, diverged here)`` per step
+    (``None`` past a continuation's end)."""
+    rows = []
+    for k in range(max(len(c.base_tokens), len(c.tuned_tokens))):
+        base = c.base_tokens[k] if k < len(c.base_tokens) else None
+        tuned = c.tuned_tokens[k] if k < len(c.tuned_tokens) else None
+        rows.append((k + 1, base, tuned, c.kl[k] if k < len(c.kl) else None, k == c.divergence))
+    return rows
+
+
+def target_rows(a: TargetAnswer) -> list[tuple[int, str, float, float, TokenScore, TokenScore, float]]:
+    """``(token number from 1, token, log p base, log p tuned, base top-1, tuned top-1, KL)`` per answer token
+    (Δ log p is ``tuned − base``)."""
+    return [
+        (k + 1, a.tokens[k], a.base_logprobs[k], a.tuned_logprobs[k], a.base_top[k], a.tuned_top[k], a.kl[k])
+        for k in range(len(a.ids))
+    ]
+
+
+def continuation_summary(c: Continuations, show: Callable[[str], str]) -> str:
+    """One line: where the continuations part (or that they do not), and the KL along the base one."""
+    n = len(c.base_ids)
+    kl = f"KL(base ‖ tuned) along the base continuation: mean {c.mean_kl:.4g}, max {c.max_kl:.4g} nats"
+    d = c.divergence
+    if d is None:
+        return f"identical for {n} token{'s' * (n != 1)} ({c.steps} asked); {kl}"
+    base = show(c.base_tokens[d]) if d < len(c.base_tokens) else "(end)"
+    tuned = show(c.tuned_tokens[d]) if d < len(c.tuned_tokens) else "(end)"
+    return f"diverge at token {d + 1}: base {base} → tuned {tuned} (the split below is taken there); {kl}"
+
+
+def target_summary(a: TargetAnswer) -> str:
+    """One line: the answer's log-probability before and after, and how it is judged (tokens not named)."""
+    n = len(a.ids)
+    base, tuned = ("yes" if a.departs(side) is None else "no" for side in ("base", "tuned"))
+    judged = "the tuned model's greedy decoding reproducing it" if a.judge == "greedy" else "its log p gain"
+    return (
+        f"{n} token{'s' * (n != 1)}, judged on {judged}: log p(target) {a.base_logprob:.4f} → "
+        f"{a.tuned_logprob:.4f} nats (gain {a.gain:+.4f}); greedy reproduces it: base {base}, tuned {tuned}"
+    )

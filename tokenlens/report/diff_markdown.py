@@ -12,11 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tokenlens.attribution.result import TokenScore
-from tokenlens.diff.result import READOUT_TERMS, AggregateRow, DiffReport, ProbeDiff, Telescope
+from tokenlens.diff.result import (
+    READOUT_TERMS,
+    AggregateRow,
+    Continuations,
+    DiffReport,
+    ProbeDiff,
+    TargetAnswer,
+    Telescope,
+)
 from tokenlens.report import diff_layout as layout
 from tokenlens.report.kit import markdown
 from tokenlens.report.kit.markdown import code, plain, token
-from tokenlens.report.kit.text import cut, json_number, probability, probability_change
+from tokenlens.report.kit.text import cut, json_number, probability, probability_change, show_token
 
 
 def _f(value: float | None, fmt: str = "+.4f") -> str:
@@ -38,8 +46,9 @@ def _summary(report: DiffReport) -> str:
         f"- **base**: {code(report.base)}",
         f"- **tuned**: {code(report.tuned)}",
         f"- **pairing**: {plain(report.pairing)}",
-        f"- **thresholds**: intended probes gain p ≥ {report.min_gain:g}; controls keep KL(base ‖ tuned) ≤ "
-        f"{report.max_kl:g} nats",
+        f"- **thresholds**: intended probes gain p ≥ {report.min_gain:g} (target answers: log p ≥ "
+        f"{report.min_gain:g} nats of the whole target); controls keep KL(base ‖ tuned) ≤ "
+        f"{report.max_kl:g} nats (continuations: the mean per token)",
         f"- **check**: **{layout.verdict_summary(report)}**",
     ]
     if failures:
@@ -112,9 +121,36 @@ def _effects(part: layout.ProbePart, top: int) -> str:
     return f"Top {len(rows)} of {len(effects)} by measured |causal|.\n\n" + markdown.table(head, rows)
 
 
+def _continuations(c: Continuations) -> str:
+    rows = [
+        [str(k), "—" if b is None else token(b, True), "—" if t is None else token(t, True), _f(kl, ".4f")]
+        + (["⇄ diverge"] if diverged else [""])
+        for k, b, t, kl, diverged in layout.continuation_rows(c)
+    ]
+    lines = [
+        f"- **base continuation**: {token(''.join(c.base_tokens))}",
+        f"- **tuned continuation**: {token(''.join(c.tuned_tokens))}",
+        f"- {plain(layout.continuation_summary(c, show_token))}",
+    ]
+    return "\n".join(lines) + "\n\n" + markdown.table([*layout.CONTINUATION_COLUMNS, ""], rows)
+
+
+def _target(a: TargetAnswer) -> str:
+    rows = [
+        [str(k), token(tok, True), _f(b), _f(t), _f(t - b), token(bt.token, True), token(tt.token, True),
+         _f(kl, ".4f")]
+        for k, tok, b, t, bt, tt, kl in layout.target_rows(a)
+    ]  # fmt: skip
+    head = f"**Target answer** {token(a.text)}: {plain(layout.target_summary(a))}"
+    notes = "".join(f"\n\n> note: {plain(n)}" for n in a.notes)
+    return head + "\n\n" + markdown.table(layout.TARGET_COLUMNS, rows) + notes
+
+
 def _part(p: ProbeDiff, part: layout.ProbePart, top: int) -> str:
+    if part.key == "answer":
+        return _continuations(p.answer) if isinstance(p.answer, Continuations) else _target(p.answer)
     if part.key == "split":
-        return _split(part.split, f"logit[{token(p.tracked.token)}]")
+        return _split(part.split, layout.tracked_value(p, token))
     if part.key == "flip":
         return _split(
             part.split, f"flip logit[{token(p.tuned_top[0].token)}] − logit[{token(p.base_top[0].token)}]"
@@ -152,7 +188,9 @@ def _probe(p: ProbeDiff, top: int) -> str:
     ]
     plan = layout.probe_plan(p)
     lines += [_part(p, part, top) for part in plan if part.split is not None]
-    parts = ["\n".join(lines), _top(p), *(_part(p, part, top) for part in plan if part.split is None)]
+    answer = [_part(p, part, top) for part in plan if part.key == "answer"]
+    tables = [_part(p, part, top) for part in plan if part.split is None and part.key != "answer"]
+    parts = ["\n".join(lines), *answer, _top(p), *tables]
     if p.notes:
         parts.append("\n".join(f"> note: {plain(n)}" for n in p.notes))
     return "\n\n".join(parts)

@@ -16,7 +16,15 @@ from rich.table import Table
 from rich.text import Text
 
 from tokenlens.attribution.result import TokenScore
-from tokenlens.diff.result import READOUT_TERMS, AggregateRow, DiffReport, ProbeDiff, Telescope
+from tokenlens.diff.result import (
+    READOUT_TERMS,
+    AggregateRow,
+    Continuations,
+    DiffReport,
+    ProbeDiff,
+    TargetAnswer,
+    Telescope,
+)
 from tokenlens.report import diff_layout as layout
 from tokenlens.report.kit import terminal
 from tokenlens.report.kit.terminal import signed, unsigned
@@ -47,7 +55,11 @@ def _header(report: DiffReport) -> list[RenderableType]:
     grid.add_row("pairing", Text(report.pairing))
     grid.add_row(
         "thresholds",
-        Text(f"intended: p gain ≥ {report.min_gain:g}; controls: KL(base‖tuned) ≤ {report.max_kl:g} nats"),
+        Text(
+            f"intended: p gain ≥ {report.min_gain:g} (target answers: log p gain ≥ {report.min_gain:g} "
+            "nats); "
+            f"controls: KL(base‖tuned) ≤ {report.max_kl:g} nats (continuations: mean per token)"
+        ),
     )
     style = "dim" if report.judged == 0 else "bold green" if report.passed else "bold red"
     grid.add_row("check", Text(layout.verdict_summary(report), style=style))
@@ -134,15 +146,45 @@ def _split_line(name: str, split: Telescope, token_text: str) -> Text:
     )
 
 
+def _continuations(c: Continuations) -> RenderableType:
+    table = terminal.table(*layout.CONTINUATION_COLUMNS, title="Greedy continuations")
+    for k, base, tuned, kl, diverged in layout.continuation_rows(c):
+        style = "bold yellow" if diverged else ""
+        table.add_row(
+            str(k),
+            Text("—" if base is None else show_token(base), style=style),
+            Text("—" if tuned is None else show_token(tuned), style=style),
+            unsigned(kl),
+        )
+    return Group(
+        Text(f"base:  {show_token(''.join(c.base_tokens))}", overflow="fold"),
+        Text(f"tuned: {show_token(''.join(c.tuned_tokens))}", overflow="fold"),
+        Text(layout.continuation_summary(c, show_token)),
+        table,
+    )
+
+
+def _target(a: TargetAnswer) -> RenderableType:
+    table = terminal.table(*layout.TARGET_COLUMNS, title="Target answer, token by token (teacher-forced)")
+    for k, tok, base, tuned, base_top, tuned_top, kl in layout.target_rows(a):
+        table.add_row(
+            str(k), show_token(tok), signed(base), signed(tuned), signed(tuned - base),
+            show_token(base_top.token), show_token(tuned_top.token), unsigned(kl),
+        )  # fmt: skip
+    lines = [Text(f"target answer {show_token(a.text)}: {layout.target_summary(a)}", overflow="fold"), table]
+    return Group(*lines, *(Text(f"note: {n}", style="dim") for n in a.notes))
+
+
 def _part(p: ProbeDiff, part: layout.ProbePart, top: int) -> RenderableType:
-    tracked = show_token(p.tracked.token)
+    if part.key == "answer":
+        return _continuations(p.answer) if isinstance(p.answer, Continuations) else _target(p.answer)
     if part.key == "split":
-        return _split_line("split of", part.split, f"logit[{tracked}]")
+        return _split_line("split of", part.split, layout.tracked_value(p, show_token))
     if part.key == "flip":
         what = f"logit[{show_token(p.tuned_top[0].token)}] − logit[{show_token(p.base_top[0].token)}]"
         return _split_line("flip split of", part.split, what)
     if part.key == "components":
-        title = f"Top components of Δlogit[{tracked}]"
+        title = f"Top components of Δ{layout.tracked_value(p, show_token)}"
     else:
         title = part.heading if part.note else f"Top {part.title.lower()}"
     return _effects_table(title, part, top)
