@@ -154,8 +154,12 @@ def select_configs(names: Sequence[str]) -> tuple[SweepConfig, ...]:
 def sweep_facts(loaded: Any, data_path: str | Path, probes: Sequence[Any]) -> SweepFacts:
     """The facts the configurations' options need, from the base model, the training data and the probes.
 
+    The token ids are the first loss token of every training example and each intended probe's target (its
+    first token when the target is several tokens long: the token a head- or embedding-restricted method
+    must be able to move first).
+
     Raises:
-        TokenlensError: Bad training data or a probe target that is not one token.
+        TokenlensError: Bad training data or a probe target that encodes to no known token.
     """
     from tokenlens.diff.probes import target_id
     from tokenlens.models.specs import bare_model
