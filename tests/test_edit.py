@@ -127,7 +127,7 @@ def test_edit_command(small_checkpoint, files, tmp_path, capsys):
     moved = [p for p in report["probes"] if p["passed"] is False]
     assert all(f"{p['prompt']!r}" in printed for p in moved)  # what moved is listed
     assert (out / "edit-report.md").is_file() and load(str(out / "model")).source == "peft"
-    # a keep prompt containing the edited subject token moves with it: exit 1, listed
+    # here the edit does not take (the tiny model's target stays below top-1): exit 1, the failure listed
     (tmp_path / "near.txt").write_text("he is in the\nhe is\n")
     code = main(
         [
@@ -152,7 +152,10 @@ def test_edit_command(small_checkpoint, files, tmp_path, capsys):
             "10",
         ]
     )
-    assert code in (0, 1)
+    report = json.loads((tmp_path / "e2" / "edit-report.json").read_text())
+    failed = [p for p in report["probes"] if p["passed"] is False]
+    assert code == 1 and not report["passed"] and [p["expect"] for p in failed] == ["changed"]
+    assert "FAIL prompt 1 [changed] 'he is in'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
