@@ -132,7 +132,8 @@ def main() -> None:
     lines = [
         "# Patching grids: batched against one cell per forward",
         "",
-        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python benchmarks/grids.py "
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} .venv/bin/python "
+        "benchmarks/grids.py "
         f"{' '.join(sys.argv[1:])}` — {loaded.ref}, {n_layers} layers, {args.positions} positions, "
         f"kinds {', '.join(KINDS)}: {cells} cells; default batch {default_batch(args.positions)} rows; "
         f"torch threads {torch.get_num_threads()}; median of {args.repeats} interleaved repeats; "
