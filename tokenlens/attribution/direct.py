@@ -276,7 +276,11 @@ def attribute_batch(
 
     The request's ``position`` is per prompt (``-1``: each prompt's last token). ``padding_side`` is
     ``"right"`` or ``"left"`` (left padding gets position ids from the attention mask). A named target or
-    contrast applies to every prompt; the default target is each prompt's own top-1 token.
+    contrast applies to every prompt, or give a list of one per prompt (``target=[" Paris", " Rome"]``; the
+    same for ``target_id``, ``vs``, ``vs_id``); the default target is each prompt's own top-1 token.
+
+    Raises:
+        TokenlensError: As :func:`attribute`, and a per-prompt list whose length is not the number of prompts.
     """
     request = AttributionRequest.of(request, options)
     if not prompts:
@@ -299,12 +303,15 @@ def attribute_batch(
     ]
     texts = [p if isinstance(p, str) else tokenizer.decode(ids) for p, ids in zip(prompts, encoded)]
     own_positions = [inputs.resolve_position(request.position, len(ids)) for ids in encoded]
-    target_fixed = resolve_token(
-        tokenizer, request.target, request.target_id, request.first_token, vocab_size
-    )
-    contrast = resolve_token(tokenizer, request.vs, request.vs_id, request.first_token, vocab_size)
-    if contrast is not None and contrast == target_fixed:
-        raise TokenlensError(f"the contrast token is the target itself: choose another {option('vs')}")
+    fixed, contrasts = [], []
+    for row, each in enumerate(request.for_prompts(len(prompts))):
+        fixed.append(resolve_token(tokenizer, each.target, each.target_id, each.first_token, vocab_size))
+        contrasts.append(resolve_token(tokenizer, each.vs, each.vs_id, each.first_token, vocab_size))
+        if contrasts[row] is not None and contrasts[row] == fixed[row]:
+            where = f" of prompt {row}" if request.per_prompt else ""
+            raise TokenlensError(
+                f"the contrast token is the target{where} itself: choose another {option('vs')}"
+            )
 
     width = max(len(ids) for ids in encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -326,7 +333,8 @@ def attribute_batch(
         scores = logits[row, k].double()  # (vocab,): float64 softmax, as the log-probability split uses
         probs = scores.softmax(-1)
         top_ids = inputs.top_tokens(scores, limit, request.top_k).tolist()
-        chosen = target_fixed if target_fixed is not None else top_ids[0]
+        contrast = contrasts[row]
+        chosen = fixed[row] if fixed[row] is not None else top_ids[0]
         if contrast is not None and contrast == chosen:
             raise TokenlensError(
                 f"the contrast token is the model's top-1 target: name a {option('target')} or another "
@@ -395,7 +403,14 @@ def attribute_batch(
 def resolve_token(
     tokenizer, text: str | None, token_id: int | None, first_token: bool, vocab_size: int
 ) -> int | None:
-    """A token given as decoded text or as an id, checked (``None`` when neither is given)."""
+    """A token given as decoded text or as an id, checked (``None`` when neither is given).
+
+    Raises:
+        TokenlensError: A list of tokens (one per prompt is for
+            :func:`~tokenlens.attribution.direct.attribute_batch` only), or a bad token.
+    """
+    if isinstance(text, (list, tuple)) or isinstance(token_id, (list, tuple)):
+        raise TokenlensError("a list of tokens (one per prompt) is for attribute_batch: give one token here")
     if token_id is not None:
         return inputs.check_target_id(tokenizer, token_id, vocab_size)
     if text is not None:

@@ -4,12 +4,16 @@
 :class:`AttributionRequest`, or its fields as keyword arguments (``attribute(loaded, prompt, target=" Paris",
 heads=True)``). The record checks everything that needs no model when it is made, so a bad request fails
 before a forward pass, with a message in the words of whoever reads it (:func:`tokenlens.errors.option`).
+
+For several prompts (:func:`~tokenlens.attribution.direct.attribute_batch`), each of ``target``,
+``target_id``, ``vs`` and ``vs_id`` is either one token for every prompt or a list of one token per prompt
+(``target=[" Paris", " Rome"]``); :meth:`AttributionRequest.for_prompts` gives each prompt its own request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tokenlens.errors import TokenlensError, option
@@ -21,7 +25,8 @@ class AttributionRequest:
 
     Attributes:
         target: The token to explain, as decoded text (``" Paris"``); default: the model's top-1 token among
-            ids the tokenizer can decode.
+            ids the tokenizer can decode. With several prompts, a list gives one target per prompt (the
+            same for ``target_id``, ``vs`` and ``vs_id``).
         target_id: The token to explain, by id (instead of ``target``).
         first_token: Accept a ``target`` (or ``vs``) of several tokens and use its first one.
         vs: A contrast token (decoded text): explain ``logit[target] − logit[vs]``.
@@ -40,11 +45,11 @@ class AttributionRequest:
             ``top_k`` below 1, a negative ``neurons``, or a value of the wrong type.
     """
 
-    target: str | None = None
-    target_id: int | None = None
+    target: str | tuple[str, ...] | None = None
+    target_id: int | tuple[int, ...] | None = None
     first_token: bool = False
-    vs: str | None = None
-    vs_id: int | None = None
+    vs: str | tuple[str, ...] | None = None
+    vs_id: int | tuple[int, ...] | None = None
     logprob: bool = False
     position: int = -1
     chat: bool = False
@@ -59,10 +64,18 @@ class AttributionRequest:
             raise TokenlensError("give the target as text or as an id, not both")
         if self.vs is not None and self.vs_id is not None:
             raise TokenlensError("give the contrast as text or as an id, not both")
-        for name in ("target_id", "vs_id", "position", "top_k", "neurons"):
+        for name in TOKENS:
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TokenlensError(f"{option(name)} must be an integer, not {value!r}")
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(value))
+        for name in ("target", "vs"):
+            for value in _each(getattr(self, name)):
+                if not isinstance(value, str):
+                    raise TokenlensError(f"{option(name)} must be a token's text, not {value!r}")
+        for name in ("target_id", "vs_id", "position", "top_k", "neurons"):
+            for value in _each(getattr(self, name)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TokenlensError(f"{option(name)} must be an integer, not {value!r}")
         if self.top_k < 1:
             raise TokenlensError(f"{option('top_k')} must be at least 1, not {self.top_k!r}")
         if self.neurons < 0:
@@ -74,6 +87,31 @@ class AttributionRequest:
         if isinstance(self.sources, str) or not all(isinstance(s, str) for s in self.sources):
             raise TokenlensError(f"{option('sources')} must be a list of scopes such as ['L3', 'L3.H2']")
         object.__setattr__(self, "sources", tuple(self.sources))
+
+    @property
+    def per_prompt(self) -> bool:
+        """Whether a token is given as a list, one per prompt."""
+        return any(isinstance(getattr(self, name), tuple) for name in TOKENS)
+
+    def for_prompts(self, count: int) -> tuple[AttributionRequest, ...]:
+        """One request per prompt of ``count``: a list-valued token field gives each prompt its own token.
+
+        Raises:
+            TokenlensError: A list whose length is not ``count``.
+        """
+        if not self.per_prompt:
+            return (self,) * count
+        for name in TOKENS:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != count:
+                raise TokenlensError(
+                    f"{count} prompt(s) but {len(value)} values of {option(name)}: give one per prompt, "
+                    "or one for all"
+                )
+        return tuple(
+            replace(self, **{n: v[row] for n in TOKENS if isinstance(v := getattr(self, n), tuple)})
+            for row in range(count)
+        )
 
     @classmethod
     def of(cls, request: AttributionRequest | None, options: Mapping[str, Any]) -> AttributionRequest:
@@ -95,3 +133,14 @@ class AttributionRequest:
                 f"unknown attribution option {unknown[0]!r}; the options are: {', '.join(sorted(known))}"
             )
         return cls(**options)
+
+
+TOKENS = ("target", "target_id", "vs", "vs_id")
+"""The request's fields that name a token: one for every prompt, or a list of one per prompt."""
+
+
+def _each(value: Any) -> tuple[Any, ...]:
+    """The given values of a field: none, one, or each of a per-prompt list."""
+    if value is None:
+        return ()
+    return value if isinstance(value, tuple) else (value,)
