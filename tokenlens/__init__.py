@@ -7,6 +7,10 @@ Causal effects (ablation, patching, attribution patching, norm and RoPE ablation
 :mod:`tokenlens.causal`.
 
 Importing this package is cheap: torch and transformers load only when a model-facing name is used.
+
+Base vs fine-tune: :func:`pair_models` and :func:`load_probes` (or :func:`prompt_probes`), then
+``tokenlens.diff.diff(pair, probes)`` gives a ``DiffReport`` (``report.passed`` is the check's verdict);
+:func:`train` post-trains a loaded model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "LoadedModel",
     "attribute",
     "attribute_batch",
+    "attribute_positions",
     "attribute_sequence",
     "SequenceAttribution",
     "AttributionRequest",
@@ -36,6 +41,13 @@ __all__ = [
     "decompose_logit",
     "LogitAttribution",
     "Decomposition",
+    "train",
+    "TrainResult",
+    "pair_models",
+    "load_probes",
+    "prompt_probes",
+    "DiffOptions",
+    "DiffReport",
     "ZOO",
     "DEFAULT_MODEL",
     "__version__",
@@ -48,6 +60,7 @@ _LAZY = {
     "DEFAULT_MODEL": "tokenlens.models.zoo",
     "attribute": "tokenlens.attribution.direct",
     "attribute_batch": "tokenlens.attribution.direct",
+    "attribute_positions": "tokenlens.attribution.positions",
     "attribute_sequence": "tokenlens.attribution.sequence",
     "SequenceAttribution": "tokenlens.attribution.sequence_result",
     "AttributionRequest": "tokenlens.attribution.request",
@@ -61,7 +74,17 @@ _LAZY = {
     "decompose_logit": "tokenlens.attribution.direct",
     "LogitAttribution": "tokenlens.attribution.result",
     "Decomposition": "tokenlens.attribution.result",
+    "train": "tokenlens.training.trainer",
+    "TrainResult": "tokenlens.training.trainer",
+    "pair_models": "tokenlens.diff.pairing",
+    "load_probes": "tokenlens.diff.probes",
+    "prompt_probes": "tokenlens.diff.probes",
+    "DiffOptions": "tokenlens.diff.engine",
+    "DiffReport": "tokenlens.diff.result",
 }
+
+_SUBPACKAGES = ("causal", "diff")
+"""Subpackages reachable as attributes without importing them first: ``tokenlens.diff.diff(pair, probes)``."""
 
 # In a notebook, an attribution shows itself as the report's tables (rendered only when first displayed).
 display.register_html(
@@ -77,6 +100,7 @@ display.register_html("tokenlens.causal.grid_results.Location", "tokenlens.repor
 if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.attribution.direct import attribute, attribute_batch, decompose_logit
     from tokenlens.attribution.lens import logit_lens
+    from tokenlens.attribution.positions import attribute_positions
     from tokenlens.attribution.request import AttributionRequest
     from tokenlens.attribution.result import Decomposition, LogitAttribution, LogitLens
     from tokenlens.attribution.sequence import attribute_sequence
@@ -85,8 +109,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.causal.grids import patching_grids
     from tokenlens.causal.locate import locate
     from tokenlens.causal.tracing import trace
+    from tokenlens.diff.engine import DiffOptions
+    from tokenlens.diff.pairing import pair_models
+    from tokenlens.diff.probes import load_probes, prompt_probes
+    from tokenlens.diff.result import DiffReport
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
+    from tokenlens.training.trainer import TrainResult, train
 
 
 def __getattr__(name: str) -> Any:
@@ -94,4 +123,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'tokenlens' has no attribute {name!r}")

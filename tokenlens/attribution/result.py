@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from tokenlens.display import html_for
+from tokenlens.errors import TokenlensError, option
 
 QUANTITIES = ("logit", "logit_difference", "logprob")
 """What a :class:`Decomposition` explains: a logit, a logit difference (``--vs``) or a log-probability."""
 
 TOLERANCE = 1e-4
 """Relative tolerance of every exact split: ``|Σ parts − whole| ≤ TOLERANCE · max(1, max_c |c|)`` (fp32)."""
+
+
+SPLITS = ("components", "heads", "neurons", "experts", "sources")
+"""What :meth:`LogitAttribution.to_dataframe` can tabulate."""
+
+
+def require_pandas() -> Any:
+    """The pandas module, imported only when a table is asked for.
+
+    Raises:
+        TokenlensError: pandas is not installed.
+    """
+    try:
+        import pandas
+    except ImportError:
+        raise TokenlensError(
+            "to_dataframe needs pandas: pip install pandas (or pip install 'tokenlens[notebook]')"
+        ) from None
+    return pandas
+
+
+def component_columns(name: str) -> tuple[int | None, str]:
+    """A component name split into ``(layer, part)``: ``L3.attn.bias`` → ``(3, "attn.bias")``, ``embed`` →
+    ``(None, "embed")``, ``L3.H2`` → ``(3, "H2")``, ``L3`` → ``(3, "")``."""
+    match = re.fullmatch(r"L(\d+)(?:\.(.+))?", name)
+    if match is None:
+        return None, name
+    return int(match[1]), match[2] or ""
 
 
 @dataclass(frozen=True)
@@ -278,6 +309,93 @@ class LogitAttribution:
         renderer is the one :mod:`tokenlens.display` has registered for this type."""
         return html_for(self)
 
+    def to_dataframe(self, split: str = "components") -> Any:
+        """One of the splits as a pandas ``DataFrame`` (pandas is imported here; it is not a dependency).
+
+        Every table starts with ``position`` and ``target`` (the explained token's text), so tables of
+        several results concatenate. ``split`` chooses the rows and the name's parts as columns:
+
+        - ``components``: ``component`` (``L3.attn``), ``layer`` (empty for ``embed``, ``logit_bias``,
+          ``entropy``), ``part`` (``embed``, ``attn``, ``mlp``, ``attn.bias``, …), ``contribution``;
+        - ``heads``: ``component`` (``L3.H2``), ``layer``, ``head``, ``contribution``;
+        - ``neurons``: ``component`` (``L3.N17``), ``layer``, ``rank`` (0: the largest |contribution|),
+          ``neuron``, ``contribution``, ``activation``;
+        - ``experts``: ``component`` (``L3.E5``), ``layer``, ``rank`` (the router's order), ``expert``,
+          ``router_weight``, ``contribution``;
+        - ``sources``: ``component`` (``L3.H2.S4``), ``scope`` (``L3.H2`` or ``L3``), ``layer``, ``head``
+          (empty for a whole layer), ``source`` (the position in the model's own sequence), ``source_token``,
+          ``contribution``, ``attention`` (the head's weight; empty for a whole layer); the sources the
+          position sees (:attr:`source_end`).
+
+        Raises:
+            TokenlensError: An unknown ``split``, one that was not computed, or pandas missing.
+        """
+        if split not in SPLITS:
+            raise TokenlensError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        pandas = require_pandas()
+        rows = self._rows(split)
+        head = {"position": self.position, "target": self.target.token}
+        frame = pandas.DataFrame([{**head, **row} for row in rows], columns=[*head, *_COLUMNS[split]])
+        for column in ("layer", "head"):
+            if column in frame:
+                frame[column] = frame[column].astype("Int64")
+        return frame
+
+    def _rows(self, split: str) -> list[dict[str, Any]]:
+        """The rows of :meth:`to_dataframe`'s table ``split``."""
+        if split == "components":
+            d = self.decomposition
+            return [
+                dict(zip(_COLUMNS[split], (name, *component_columns(name), value), strict=True))
+                for name, value in zip(d.names, d.contributions.tolist(), strict=True)
+            ]
+        missing = {
+            "heads": (self.heads is None, option("heads", True)),
+            "neurons": (self.neurons is None, option("neurons", 5)),
+            "experts": (self.experts is None, option("experts", True)),
+            "sources": (not self.sources, option("sources", ["L3.H2"])),
+        }[split]
+        if missing[0]:
+            raise TokenlensError(f"this attribution has no {split} split: ask for it with {missing[1]}")
+        if split == "heads":
+            return [
+                {"component": f"L{i}.H{h}", "layer": i, "head": h, "contribution": value}
+                for i, row in enumerate(self.heads.contributions.tolist())
+                for h, value in enumerate(row)
+            ]
+        if split == "neurons":
+            n = self.neurons
+            return [
+                {"component": f"L{layer}.N{neuron}", "layer": layer, "rank": rank, "neuron": neuron}
+                | {"contribution": value, "activation": act}
+                for layer, ids, values, acts in zip(
+                    n.layers, n.ids.tolist(), n.contributions.tolist(), n.activations.tolist(), strict=True
+                )
+                for rank, (neuron, value, act) in enumerate(zip(ids, values, acts, strict=True))
+            ]
+        if split == "experts":
+            e = self.experts
+            return [
+                {"component": f"L{layer}.E{expert}", "layer": layer, "rank": rank, "expert": expert}
+                | {"router_weight": weight, "contribution": value}
+                for layer, ids, weights, values in zip(
+                    e.layers,
+                    e.expert_ids.tolist(),
+                    e.router_weights.tolist(),
+                    e.contributions.tolist(),
+                    strict=True,
+                )
+                for rank, (expert, weight, value) in enumerate(zip(ids, weights, values, strict=True))
+            ]
+        names = self.source_tokens
+        return [
+            {"component": f"{s.name}.S{j}", "scope": s.name, "layer": s.layer, "head": s.head, "source": j}
+            | {"source_token": names[j], "contribution": value}
+            | {"attention": float(s.pattern[0, j]) if s.head is not None else None}
+            for s in self.sources
+            for j, value in enumerate(s.contributions[: self.source_end].tolist())
+        ]
+
 
 @dataclass(frozen=True)
 class LogitLens:
@@ -333,3 +451,13 @@ class LogitLens:
             raise ValueError(f"top_ids {tuple(self.top_ids.shape)} / top_probs do not match {grid}")
         if len(self.top_tokens) != grid[0] or any(len(row) != grid[1] for row in self.top_tokens):
             raise ValueError(f"top_tokens does not match {grid}")
+
+
+_COLUMNS = {
+    "components": ("component", "layer", "part", "contribution"),
+    "heads": ("component", "layer", "head", "contribution"),
+    "neurons": ("component", "layer", "rank", "neuron", "contribution", "activation"),
+    "experts": ("component", "layer", "rank", "expert", "router_weight", "contribution"),
+    "sources": ("component", "scope", "layer", "head", "source", "source_token", "contribution", "attention"),
+}
+"""The columns of each :meth:`LogitAttribution.to_dataframe` table after ``position`` and ``target``."""

@@ -14,10 +14,11 @@ This module imports no engine: reports read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from tokenlens.attribution.result import TOLERANCE, LogitAttribution
+from tokenlens.attribution.result import TOLERANCE, LogitAttribution, component_columns, require_pandas
 from tokenlens.display import html_for
 
 SOURCES = ("completion", "generated", "target")
@@ -192,3 +193,28 @@ class SequenceAttribution:
         """Jupyter shows the result as the HTML report's body (the renderer :mod:`tokenlens.display` has
         registered for this type)."""
         return html_for(self)
+
+    def to_dataframe(self) -> Any:
+        """Steps × components as a long pandas ``DataFrame`` (pandas is imported here; not a dependency).
+
+        One row per (step, component): ``step``, ``position`` (the prompt-and-answer position that
+        predicts the step's token), ``token`` (the answer token, the step's target), ``component``,
+        ``layer`` (empty for ``embed``, ``logit_bias``, ``entropy``), ``part``, ``contribution`` (the
+        step's term of what each step explains: :attr:`quantity`). The answer's log-probability split is
+        :attr:`sequence` (``as_dict()``).
+
+        Raises:
+            TokenlensError: pandas is not installed.
+        """
+        pandas = require_pandas()
+        rows = [
+            (k, step.position, step.target.token, name, *component_columns(name), value)
+            for k, step in enumerate(self.steps)
+            for name, value in zip(
+                step.decomposition.names, step.decomposition.contributions.tolist(), strict=True
+            )
+        ]
+        columns = ["step", "position", "token", "component", "layer", "part", "contribution"]
+        frame = pandas.DataFrame(rows, columns=columns)
+        frame["layer"] = frame["layer"].astype("Int64")
+        return frame

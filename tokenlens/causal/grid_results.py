@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from tokenlens.attribution.result import component_columns, require_pandas
 from tokenlens.causal.results import Metric
 from tokenlens.display import html_for
 
@@ -134,6 +136,36 @@ class PatchGrids:
     def _repr_html_(self) -> str | None:
         """Jupyter shows the grids as the HTML report's heatmap tables (:mod:`tokenlens.display`)."""
         return html_for(self)
+
+    def to_dataframe(self) -> Any:
+        """Every grid's cells as a long pandas ``DataFrame`` (pandas is imported here; not a dependency).
+
+        One row per (grid, row, position): ``kind``, ``row`` (``L3`` or ``L3.H5``), ``layer``, ``head``
+        (empty for layer rows), ``position``, ``token`` (the clean prompt's token there), ``value`` (the
+        metric of the patched run), ``restored`` (its share of the gap, :meth:`restored`; NaN when the two
+        runs give the same metric), ``window``.
+
+        Raises:
+            TokenlensError: pandas is not installed.
+        """
+        pandas = require_pandas()
+        rows = []
+        for grid in self.grids:
+            restored = self.restored(grid).tolist()
+            for r, name in enumerate(grid.rows):
+                layer, part = component_columns(name)
+                head = int(part[1:]) if part.startswith("H") else None
+                for c, position in enumerate(grid.positions):
+                    value = float(grid.value[r, c])
+                    token = self.tokens[position]
+                    rows.append(
+                        (grid.kind, name, layer, head, position, token, value, restored[r][c], grid.window)
+                    )
+        columns = ["kind", "row", "layer", "head", "position", "token", "value", "restored", "window"]
+        frame = pandas.DataFrame(rows, columns=columns)
+        for column in ("layer", "head"):
+            frame[column] = frame[column].astype("Int64")
+        return frame
 
     def grid(self, kind: str) -> PatchGrid:
         """The grid of ``kind``.

@@ -7,7 +7,7 @@ softmax normaliser, so it isolates what pushes one answer over the other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -94,6 +94,7 @@ def metric_for(
     first_token: bool = False,
     position: int = -1,
     chat: bool = False,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Metric:
     """The metric a user asks for on ``prompt`` (text, or token ids).
 
@@ -107,6 +108,9 @@ def metric_for(
         first_token: Accept a multi-token target or contrast and use its first token.
         position: The prediction position; negative counts from the end.
         chat: Wrap a text prompt as a user turn with the chat template.
+        fn: A custom metric: ``fn(logits)`` of the ``(vocab,)`` float32 logits at ``position``, returning a
+            scalar tensor; ``kind`` is then its name (for labels), and the target (and contrast) name what it
+            is about (see :class:`~tokenlens.causal.results.Metric`).
 
     Raises:
         TokenlensError: Any bad input (see :class:`Metric` and :mod:`tokenlens.attribution.inputs`).
@@ -124,4 +128,5 @@ def metric_for(
         contrast_id=contrast_id,
         target_text=inputs.decode_token(loaded.tokenizer, target_id),
         contrast_text=None if contrast_id is None else inputs.decode_token(loaded.tokenizer, contrast_id),
+        fn=fn,
     )

@@ -8,30 +8,44 @@ the metric without the change, except in :class:`AttributionPatching`, whose num
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from tokenlens.errors import TokenlensError
 
 METRICS = ("logit", "logprob", "prob", "logit_diff")
+"""The built-in metrics; :meth:`Metric.custom` makes one from any function of the logits."""
 
 
 @dataclass(frozen=True)
 class Metric:
     """A scalar read off the logits at one position.
 
+    A **custom metric** is any function ``fn`` of one position's logits ``(vocab,)`` (float32) returning a
+    scalar tensor, named by ``kind`` (:meth:`custom`, or :func:`~tokenlens.causal.metrics.metric_for` with
+    ``fn``). Every causal experiment (``ablation``, ``patching``, ``attribution_patching``,
+    ``patching_grids``, ``trace``) measures it as it measures a built-in one, and the reports label it by
+    its name and target (``margin of ' Paris' at position 4``): its target (and contrast) say what it is
+    about; ``fn`` alone decides its value. For attribution patching it must be differentiable.
+
     Attributes:
-        kind: ``logit``, ``logprob``, ``prob`` or ``logit_diff`` (``logit[target] - logit[contrast]``).
-        target_id: The token whose score is read.
+        kind: ``logit``, ``logprob``, ``prob`` or ``logit_diff`` (``logit[target] - logit[contrast]``), or a
+            custom metric's name.
+        target_id: The token whose score is read (a custom metric's: the token it is about, for labels).
         position: The non-negative sequence position whose next-token prediction is read.
-        contrast_id: The token subtracted by ``logit_diff`` (``None`` for the other kinds).
+        contrast_id: The token subtracted by ``logit_diff`` (``None`` for the other kinds; a custom metric
+            may name one for its labels).
         target_text: The target's decoded text, for labels (``None`` when unknown).
         contrast_text: The contrast's decoded text, for labels.
+        fn: A custom metric's function (``None`` for the built-in kinds).
 
     Raises:
         TokenlensError: Unknown kind, a ``logit_diff`` without a contrast, a contrast equal to the target,
-            or a contrast given for another kind.
+            a contrast given for another built-in kind, or a custom metric named like a built-in one (or not
+            a name: letters, digits, ``_``, ``-``, ``.``) or whose ``fn`` is not callable.
     """
 
     kind: str
@@ -40,8 +54,34 @@ class Metric:
     contrast_id: int | None = None
     target_text: str | None = None
     contrast_text: str | None = None
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @classmethod
+    def custom(
+        cls,
+        name: str,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        target_id: int,
+        position: int,
+        target_text: str | None = None,
+        contrast_id: int | None = None,
+        contrast_text: str | None = None,
+    ) -> Metric:
+        """A custom metric ``name``: ``fn(logits)`` of the ``(vocab,)`` logits at ``position`` (non-negative),
+        about ``target_id`` (see the class text). :func:`~tokenlens.causal.metrics.metric_for` with ``fn``
+        does the same from a prompt and a target's text, resolving a negative position."""
+        return cls(name, target_id, position, contrast_id, target_text, contrast_text, fn)
+
+    @property
+    def is_custom(self) -> bool:
+        """Whether the metric is a custom function rather than a built-in kind."""
+        return self.fn is not None
 
     def __post_init__(self) -> None:
+        if self.fn is not None:
+            self._check_custom()
+            return
         if self.kind not in METRICS:
             raise TokenlensError(f"unknown metric {self.kind!r}: use one of {', '.join(METRICS)}")
         if self.kind == "logit_diff" and self.contrast_id is None:
@@ -55,9 +95,37 @@ class Metric:
         if self.position < 0:
             raise ValueError(f"metric position must be non-negative, got {self.position}")
 
+    def _check_custom(self) -> None:
+        if not isinstance(self.kind, str) or not re.fullmatch(r"[A-Za-z_][\w.-]*", self.kind):
+            raise TokenlensError(f"a custom metric's name must be a word such as 'margin', not {self.kind!r}")
+        if self.kind in METRICS:
+            raise TokenlensError(f"{self.kind!r} is a built-in metric: give the custom metric another name")
+        if not callable(self.fn):
+            raise TokenlensError(
+                f"the custom metric {self.kind!r} needs a function of the logits, not {self.fn!r}"
+            )
+        if self.contrast_id is not None and self.contrast_id == self.target_id:
+            raise TokenlensError(
+                f"the contrast token is the target itself (id {self.target_id}): pick another"
+            )
+        if self.position < 0:
+            raise ValueError(f"metric position must be non-negative, got {self.position}")
+
     def of(self, logits: torch.Tensor) -> torch.Tensor:
-        """The metric (a float32 scalar, differentiable) of one position's logits ``(vocab,)``."""
+        """The metric (a float32 scalar, differentiable) of one position's logits ``(vocab,)``.
+
+        Raises:
+            TokenlensError: A custom metric's function returned something other than a one-element tensor.
+        """
         row = logits.float()
+        if self.fn is not None:
+            value = self.fn(row)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TokenlensError(
+                    f"the custom metric {self.kind!r} must return a scalar tensor, not {shape}"
+                )
+            return value.reshape(()).float()
         if self.kind == "logit":
             return row[self.target_id]
         if self.kind == "logprob":
