@@ -220,7 +220,7 @@ def test_every_format_follows_the_plans():
     report = build(intended(), control())
     plan, homes = plan_diff(report, ["heatmap", "topk-7", "topk-1", "extra"], probes=[1])
     assert [s.anchor for s in plan] == [
-        "summary", "probes", "probe-7", "weights", "aggregate", "figures", "how-to-read",
+        "summary", "metrics", "probes", "probe-7", "weights", "aggregate", "figures", "how-to-read",
     ]  # fmt: skip
     assert homes == {"probes": ["heatmap"], "probe-7": ["topk-7"], "figures": ["topk-1", "extra"]}
     assert [s.anchor for s in plan_diff(report)[0]].count("figures") == 0
@@ -447,7 +447,8 @@ def test_markdown_places_figures_and_anchors(report):
     text = render_diff_markdown(report, figures=figures)
     sections = {m[1]: m[2] for m in re.finditer(r'<a id="([\w-]+)"></a>\n(.*?)(?=<a id=|\Z)', text, re.S)}
     assert list(sections) == [
-        "summary", "probes", "probe-3", "probe-7", "probe-9", "weights", "aggregate", "figures", "how-to-read"
+        "summary", "metrics", "probes", "probe-3", "probe-7", "probe-9", "weights", "aggregate", "figures",
+        "how-to-read",
     ]  # fmt: skip
     assert "figs/heat%20map.png" in sections["probes"] and "figs/w2.png" in sections["probe-9"]
     assert "o.png" in sections["figures"] and "[line 7](#probe-7)" in sections["summary"]
@@ -584,7 +585,7 @@ def test_command_line_prompts_are_numbered_from_1_in_every_format():
         dataclasses.replace(p, probe=dataclasses.replace(p.probe, line=None)) for p in (intended(), control())
     ]
     report = build(*prompts)
-    assert [s.anchor for s in plan_diff(report)[0]][2:4] == ["probe-1", "probe-2"]
+    assert [s.anchor for s in plan_diff(report)[0]][3:5] == ["probe-1", "probe-2"]
     data = diff_to_dict(report)
     assert [p["number"] for p in data["probes"]] == [1, 2] and data["failures"] == [2]
     text = terminal(report)

@@ -21,6 +21,7 @@ EPILOG = """examples:
   tokenlens diff --base smollm2-135m --tuned runs/full --prompt "The capital of France is"
   tokenlens diff --tuned runs/lora --probes probes.jsonl --format html --out diff.html
   tokenlens check --tuned runs/lora --probes probes.jsonl --max-kl 0.05 --min-gain 0.1
+  tokenlens check --tuned runs/lora --probes probes.jsonl --corpus default --max-corpus-kl 0.05
 
 Probe file: JSONL, one {"prompt" | "messages", "target"?, "expect"?: "changed"|"unchanged", "group"?,
 "position"?, "thinking"?, "generate"?: N, "judge"?: "logprob"|"greedy"} object per line ("thinking": false
@@ -31,6 +32,10 @@ Whole answers: a target of several tokens is judged on log p(target) gaining --m
 "judge": "greedy", on the tuned model's greedy decoding reproducing it); "generate": N (no target) lets
 both models decode N tokens greedily: a control passes when the continuations are identical and the mean
 per-token KL along the base continuation <= --max-kl.
+Editing metrics (reported, not judged): reliability (intended probes), generalization (intended probes in
+group "paraphrase"), portability (group "portability"), locality (controls whose top-1 is kept).
+--corpus FILE|default: KL(base||tuned) at every token of a held-out text (mean, p99, top-1 changes, the 5
+most-drifted contexts explained); check fails on it only with --max-corpus-kl (mean per-token KL, nats).
 """
 
 
@@ -58,6 +63,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal", action="store_true", help="check: also measure causal effects (slower)")
     p.add_argument("--exact", type=int, default=10, help="components patched exactly (default 10)")
     p.add_argument("--no-reverse", action="store_true", help="skip patching base outputs into the tuned run")
+    p.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="held-out plain text: per-token KL(base||tuned) at every token ('default': the built-in sample)",
+    )
+    p.add_argument(
+        "--corpus-split",
+        choices=("lines", "windows"),
+        default="lines",
+        help="corpus passages: one per line, or the whole text cut into windows (default: lines)",
+    )
+    p.add_argument("--corpus-window", type=int, default=128, help="corpus: tokens per window (default 128)")
+    p.add_argument("--corpus-tokens", type=int, help="corpus: score only the first N tokens (default: all)")
+    p.add_argument(
+        "--max-corpus-kl",
+        type=float,
+        help="check: fail when the corpus's mean per-token KL exceeds this (default: reported, not judged)",
+    )
     OutputOptions.add_arguments(p, FORMATS, "output format (default: table)")
 
 
@@ -90,6 +113,14 @@ def compute(args: argparse.Namespace):
     if args.top_k < 1 or args.exact < 0:
         raise TokenlensError("--top-k must be at least 1 and --exact at least 0")
     probes = load_probes(args.probes) if args.probes else prompt_probes(args.prompt, args.target)
+    corpus = None
+    if args.corpus is not None:
+        from tokenlens.diff.corpus import check_corpus_options, read_corpus
+
+        check_corpus_options(args.corpus_window, args.corpus_tokens, args.max_corpus_kl)
+        corpus = read_corpus(args.corpus, args.corpus_split)
+    elif args.max_corpus_kl is not None:
+        raise TokenlensError("--max-corpus-kl judges the drift over --corpus FILE: give one")
     model = ModelOptions.from_args(args)
     quiet_transformers()
     with progress(f"loading {model.model}"):
@@ -110,7 +141,23 @@ def compute(args: argparse.Namespace):
         max_kl=args.max_kl,
     )
     with progress(f"comparing {len(probes)} probe(s)"):
-        return diff(pair, probes, options)
+        report = diff(pair, probes, options)
+    if corpus is None:
+        return report
+    from dataclasses import replace
+
+    from tokenlens.diff.corpus import corpus_drift
+
+    with progress(f"scoring the corpus {args.corpus}"):
+        drift = corpus_drift(
+            pair,
+            corpus,
+            window=args.corpus_window,
+            max_tokens=args.corpus_tokens,
+            threshold=args.max_corpus_kl,
+            options=options,
+        )
+    return replace(report, corpus=drift)
 
 
 def render(output: OutputOptions, report) -> str | None:
@@ -172,16 +219,22 @@ def verdict_lines(report) -> list[str]:
 def run_check(args: argparse.Namespace) -> int:
     output = OutputOptions.from_args(args)
     report = compute(args)
-    if report.judged == 0:
+    corpus_judged = report.corpus is not None and report.corpus.passed is not None
+    if report.judged == 0 and not corpus_judged:
         raise TokenlensError('no probe has an "expect": nothing to check (see tokenlens check --help)')
     if output.format == "table":
+        from tokenlens.report.diff_layout import corpus_lines, metric_lines
+
         failed = len(report.failures)
         summary = (
             f"check passed: {report.judged} of {report.judged} probes as expected"
-            if report.passed
+            if not failed
             else f"check FAILED: {failed} of {report.judged} probes violated"
         )
-        output.write("\n".join([*verdict_lines(report), summary]) + "\n")
+        if corpus_judged:
+            summary += f"; corpus drift {'within' if report.corpus.passed else 'OVER'} --max-corpus-kl"
+        lines = [*verdict_lines(report), *metric_lines(report), *corpus_lines(report), summary]
+        output.write("\n".join(lines) + "\n")
     else:
         output.write(render(output, report))
     return 0 if report.passed else 1

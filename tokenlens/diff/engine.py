@@ -163,6 +163,21 @@ def diff(
     )
 
 
+def explain_position(
+    pair: ModelPair,
+    probe: Probe,
+    ids: Sequence[int],
+    target: int,
+    contrast: int | None,
+    options: DiffOptions | None = None,
+) -> ProbeDiff:
+    """Explain the next token after ``ids`` as a probe (its last position): every term of
+    ``logit[target] − logit[contrast]`` (of ``logit[target]`` without a contrast), as at a continuation's
+    divergence. Used for the most-drifted contexts of a held-out text (:mod:`tokenlens.diff.corpus`)."""
+    options = options or DiffOptions()
+    return _diff_probe(pair, probe, list(ids), len(ids) - 1, target, options, contrast=contrast)
+
+
 def _position(probe: Probe, length: int) -> int:
     try:
         return inputs.resolve_position(probe.position, length)

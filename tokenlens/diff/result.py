@@ -9,7 +9,7 @@ and the pass/fail verdicts of the check.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -414,6 +414,7 @@ class DiffReport:
         groups: The same per probe group (probes without a group are under ``""``).
         min_gain: The check's threshold for intended probes (absolute probability gain).
         max_kl: The check's threshold for controls (KL(base‖tuned), nats).
+        corpus: The drift over a held-out text (``--corpus``), ``None`` when none was scored.
     """
 
     base: str
@@ -425,6 +426,7 @@ class DiffReport:
     groups: dict[str, tuple[AggregateRow, ...]]
     min_gain: float
     max_kl: float
+    corpus: CorpusDrift | None = None
 
     @property
     def failures(self) -> tuple[ProbeDiff, ...]:
@@ -433,8 +435,13 @@ class DiffReport:
 
     @property
     def passed(self) -> bool:
-        """No judged probe failed."""
-        return not self.failures
+        """No judged probe failed, and the corpus drift (when judged) stayed within its threshold."""
+        return not self.failures and (self.corpus is None or self.corpus.passed is not False)
+
+    @property
+    def metrics(self) -> tuple[EditMetric, ...]:
+        """The knowledge-editing metrics of the probes (:func:`edit_metrics`)."""
+        return edit_metrics(self.probes, self.min_gain)
 
     @property
     def judged(self) -> int:
@@ -470,3 +477,204 @@ def sorted_effects(effects: Iterable[ComponentEffect]) -> list[ComponentEffect]:
 def mean_or_nan(values: list[float]) -> float:
     """The mean, or ``nan`` for no values."""
     return sum(values) / len(values) if values else math.nan
+
+
+PARAPHRASE, PORTABILITY = "paraphrase", "portability"
+"""The probe groups the editing metrics read: a group named ``paraphrase`` (or starting ``paraphrase ``,
+such as ``paraphrase (held out)``) holds rephrasings of the edit, ``portability`` facts that should follow
+from it."""
+
+
+def in_group(group: str | None, name: str) -> bool:
+    """Whether a probe's ``group`` is ``name`` or starts with ``name`` and a space (case ignored)."""
+    g = (group or "").strip().lower()
+    return g == name or g.startswith(name + " ")
+
+
+@dataclass(frozen=True)
+class EditMetric:
+    """One knowledge-editing metric over a share of the probes, with the protocol that defines it.
+
+    Attributes:
+        name: ``reliability``, ``generalization``, ``portability`` or ``locality``.
+        protocol: One sentence: what counts, over which probes.
+        hits: Probes that count as a success.
+        total: Probes the metric is over (0: not measured).
+        top1: Intended-probe metrics: probes whose target is the tuned top-1 (a target answer: every token,
+            teacher-forced); ``None`` for locality.
+        mean_kl: Locality: the mean KL(base ‖ tuned) over the controls (nats); ``None`` otherwise.
+    """
+
+    name: str
+    protocol: str
+    hits: int
+    total: int
+    top1: int | None = None
+    mean_kl: float | None = None
+
+    @property
+    def share(self) -> float:
+        """``hits / total`` (``nan`` over no probe)."""
+        return self.hits / self.total if self.total else math.nan
+
+
+def edit_metrics(probes: Sequence[ProbeDiff], min_gain: float) -> tuple[EditMetric, ...]:
+    """Reliability, generalization, locality, and portability when a probe is in a ``portability`` group.
+
+    The intended probes (``"expect": "changed"``) split by group: ``paraphrase`` → generalization,
+    ``portability`` → portability, the rest → reliability; each counts the probes whose verdict passed.
+    Locality counts the controls (``"expect": "unchanged"``) whose top-1 is kept (see :data:`PROTOCOLS`).
+    """
+    intended = [p for p in probes if p.probe.expect == "changed"]
+    controls = [p for p in probes if p.probe.expect == "unchanged"]
+
+    def share(name: str, members: list[ProbeDiff]) -> EditMetric:
+        hits = sum(p.verdict.passed is True for p in members)
+        top1 = sum(map(_top1, members))
+        return EditMetric(name, PROTOCOLS[name].format(g=min_gain), hits, len(members), top1)
+
+    para = [p for p in intended if in_group(p.probe.group, PARAPHRASE)]
+    port = [p for p in intended if in_group(p.probe.group, PORTABILITY)]
+    rest = [p for p in intended if p not in para and p not in port]
+    kls = [_control_kl(p) for p in controls]
+    locality = EditMetric(
+        "locality",
+        PROTOCOLS["locality"],
+        sum(map(_kept, controls)),
+        len(controls),
+        mean_kl=mean_or_nan(kls) if kls else None,
+    )
+    metrics = [share("reliability", rest), share("generalization", para), locality]
+    return tuple(metrics + ([share("portability", port)] if port else []))
+
+
+PROTOCOLS = {
+    "reliability": (
+        "intended probes (expect changed) outside the paraphrase and portability groups: the share that pass "
+        "— the target becomes the tuned top-1 next token or its probability gains ≥ {g:g} (a target answer: "
+        "log p(target) gains ≥ {g:g} nats, or judge greedy: the tuned greedy decoding reproduces it); top-1: "
+        "the share whose target is the tuned top-1 (a target answer: every token, teacher-forced)"
+    ),
+    "generalization": (
+        "intended probes in a paraphrase group (rephrasings of the edit, meant to be held out from "
+        "training): the share that pass by the reliability rule (p gain ≥ {g:g} or top-1); top-1 as for "
+        "reliability"
+    ),
+    "portability": (
+        "intended probes in a portability group (facts that should follow from the edit): the share that "
+        "pass by the reliability rule (p gain ≥ {g:g} or top-1); top-1 as for reliability"
+    ),
+    "locality": (
+        "controls (expect unchanged): the share whose top-1 next token is the same for base and tuned, "
+        "teacher-forced on the probe's own prompt (a target answer: at every answer token; generate: "
+        "identical greedy continuations); mean KL(base ‖ tuned) over them alongside"
+    ),
+}
+"""Each metric's protocol, one sentence (``{g}``: the check's ``min_gain``)."""
+
+
+def _top1(p: ProbeDiff) -> bool:
+    if isinstance(p.answer, TargetAnswer):
+        return p.answer.departs("tuned") is None
+    return p.tracked_is_target and p.tuned_top[0].id == p.tracked.id
+
+
+def _kept(p: ProbeDiff) -> bool:
+    if isinstance(p.answer, TargetAnswer):
+        return all(b.id == t.id for b, t in zip(p.answer.base_top, p.answer.tuned_top, strict=True))
+    if isinstance(p.answer, Continuations):
+        return p.answer.divergence is None
+    return not p.flipped
+
+
+def _control_kl(p: ProbeDiff) -> float:
+    if isinstance(p.answer, TargetAnswer):
+        return math.fsum(p.answer.kl) / len(p.answer.kl)
+    if isinstance(p.answer, Continuations):
+        return p.answer.mean_kl
+    return p.kl
+
+
+@dataclass(frozen=True)
+class DriftedContext:
+    """One of the most-drifted positions of a held-out text, explained like a probe.
+
+    Attributes:
+        passage: The passage (or window) it is in, 0-based, in corpus order.
+        position: The token position in the passage whose next-token distribution is compared (0-based).
+        kl: KL(base ‖ tuned) there, nats (from the batched pass over the corpus).
+        base_top1: The base model's top-1 next token there.
+        tuned_top1: The tuned model's.
+        probe: The position explained as a probe (prefix = the passage up to the position): the exact split
+            and components of ``logit[tuned top-1] − logit[base top-1]`` (of ``logit[top-1]`` when both
+            agree).
+    """
+
+    passage: int
+    position: int
+    kl: float
+    base_top1: TokenScore
+    tuned_top1: TokenScore
+    probe: ProbeDiff
+
+    @property
+    def changed(self) -> bool:
+        """Base and tuned choose different top-1 tokens here."""
+        return self.base_top1.id != self.tuned_top1.id
+
+    @property
+    def text(self) -> str:
+        """The context: the passage's text up to and including the token at ``position``."""
+        return "".join(self.probe.tokens)
+
+
+@dataclass(frozen=True)
+class CorpusDrift:
+    """Per-token KL(base ‖ tuned) over every token of a held-out text.
+
+    Attributes:
+        source: The corpus file (``default``: the built-in sample).
+        split: ``lines`` (a passage per line, long ones cut into windows) or ``windows`` (the whole text cut
+            into windows).
+        window: Tokens per window at most.
+        passages: Passages (windows) scored.
+        tokens: Positions scored: every token of every passage (the next-token distribution after it).
+        unscored: Tokens past ``max_tokens`` left out (0: the whole text was scored).
+        mean_kl: The mean per-token KL(base ‖ tuned), nats.
+        p99_kl: Its 99th percentile (linear interpolation between order statistics).
+        max_kl: Its largest value.
+        top1_changed: Positions where base and tuned choose different top-1 tokens.
+        drifted: The most-drifted contexts, largest KL first, at most one per passage.
+        threshold: ``check --max-corpus-kl``: the mean KL allowed; ``None``: reported, not judged.
+    """
+
+    source: str
+    split: str
+    window: int
+    passages: int
+    tokens: int
+    unscored: int
+    mean_kl: float
+    p99_kl: float
+    max_kl: float
+    top1_changed: int
+    drifted: tuple[DriftedContext, ...]
+    threshold: float | None = None
+
+    @property
+    def top1_share(self) -> float:
+        """The share of positions whose top-1 changed."""
+        return self.top1_changed / self.tokens if self.tokens else math.nan
+
+    @property
+    def passed(self) -> bool | None:
+        """Mean KL within the threshold; ``None`` when no threshold was set (reported only)."""
+        return None if self.threshold is None else self.mean_kl <= self.threshold
+
+    @property
+    def reason(self) -> str:
+        """One line: the mean KL against the threshold, or that it is reported only."""
+        if self.threshold is None:
+            return f"mean KL {self.mean_kl:.4g} nats (no --max-corpus-kl: reported, not judged)"
+        sign = "<=" if self.passed else ">"
+        return f"mean KL {self.mean_kl:.4g} {sign} {self.threshold:g} nats"

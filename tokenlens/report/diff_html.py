@@ -300,6 +300,40 @@ def _aggregate(report: DiffReport, top: int) -> str:
     )
 
 
+def _metrics(report: DiffReport) -> str:
+    rows = [
+        f'<tr data-name="{html.escape(m.name)}"><td>{html.escape(m.name)}</td>'
+        f"{optional_number(m.share if m.total else None, '.3f', False)}"
+        f"<td>{html.escape(visible(layout.metric_value(m)))}</td><td>{html.escape(visible(m.protocol))}</td></tr>"
+        for m in report.metrics
+    ]
+    return html.table(["metric", "share", "value", "protocol: what counts, over which probes"], rows)
+
+
+def _corpus(report: DiffReport) -> str:
+    c = report.corpus
+    if c is None:
+        return ""
+    rows = [
+        f'<tr data-name="drifted-{k}"><td>{k}</td><td>{d.passage + 1}</td><td>{d.position}</td>'
+        f"{number(d.kl, '.4g', False)}<td>{html.token(d.base_top1.token)}</td>"
+        f"<td>{html.token(d.tuned_top1.token)}{' <span class=flip>⇄</span>' if d.changed else ''}</td>"
+        f"<td>{html.escape(', '.join(layout.mover_text(e) for e in layout.movers(d)))}</td>"
+        f"<td>{html.token(layout.context_tail(d), title=d.text)}</td></tr>"
+        for k, d in enumerate(c.drifted, 1)
+    ]
+    facts = [
+        f'<tr><th>corpus</th><td><bdi dir="ltr">{html.escape(visible(c.source))}</bdi></td></tr>',
+        f"<tr><th>mean KL</th>{number(c.mean_kl, '.4g', False, name='corpus_mean_kl')}</tr>",
+        f"<tr><th>p99 KL</th>{number(c.p99_kl, '.4g', False, name='corpus_p99_kl')}</tr>",
+        f"<tr><th>top-1 changed</th>{number(c.top1_share, '.3f', False, name='corpus_top1_changed')}</tr>",
+        f"<tr><th>scored</th><td>{html.escape(visible(layout.corpus_summary(c)))}</td></tr>",
+        f"<tr><th>protocol</th><td>{html.escape(layout.CORPUS_PROTOCOL)}</td></tr>",
+    ]
+    head = ["#", "passage", "token", "KL", "base top-1", "tuned top-1", "moved by", "context (its end)"]
+    return html.key_values(facts) + "<h3>Most-drifted contexts</h3>" + html.table(head, rows)
+
+
 def _images(report: DiffReport) -> dict[str, bytes]:
     from tokenlens.report.plots import figure_png
     from tokenlens.report.plots.diff import diff_figures
@@ -334,7 +368,9 @@ def render_diff_html(
     }
     content = {
         "summary": lambda _: _summary(report),
+        "metrics": lambda _: _metrics(report),
         "probes": lambda _: _probes(report),
+        "corpus": lambda _: _corpus(report),
         "probe": lambda i: _probe(i, report.probes[i], top),
         "weights": lambda _: _weights(report, top),
         "aggregate": lambda _: _aggregate(report, top),

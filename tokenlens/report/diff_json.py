@@ -17,17 +17,20 @@ from tokenlens.diff.result import (
     AggregateRow,
     ComponentEffect,
     Continuations,
+    CorpusDrift,
     DiffReport,
     ProbeDiff,
     TargetAnswer,
     Telescope,
 )
-from tokenlens.report.diff_layout import drills, probe_number, verdict_summary
+from tokenlens.report.diff_layout import CORPUS_PROTOCOL, drills, probe_number, verdict_summary
 from tokenlens.report.kit.text import json_number
 from tokenlens.version import __version__
 
-SCHEMA_VERSION = 3
-"""3: whole answers: each probe has ``generate``, ``judge``, ``contrast`` and ``answer``; at a continuation's
+SCHEMA_VERSION = 4
+"""4: ``metrics`` (the knowledge-editing metrics, each with its protocol) and ``corpus`` (the drift over a
+held-out text, ``null`` without ``--corpus``); ``passed`` also fails on a judged corpus. 3: whole answers:
+each probe has ``generate``, ``judge``, ``contrast`` and ``answer``; at a continuation's
 divergence ``split`` is of ``logit[tuned token] − logit[base token]`` (``split.contrast_id``) and
 ``flip_split`` is ``null`` (it would repeat it). 2: probes are numbered as everywhere else (``number``: the
 probe file's line, else the command-line prompt's place from 1) and ``failures`` lists those numbers; 1 had a
@@ -131,6 +134,63 @@ def _answer(answer: TargetAnswer | Continuations | None) -> dict[str, Any] | Non
     return None
 
 
+def _metrics(report: DiffReport) -> list[dict[str, Any]]:
+    """The editing metrics: ``share`` is ``hits / total`` (``null`` over no probe); ``top1`` (intended-probe
+    metrics) and ``mean_kl`` (locality) are ``null`` where they do not apply."""
+    return [
+        {
+            "name": m.name,
+            "hits": m.hits,
+            "total": m.total,
+            "share": json_number(m.share),
+            "top1": m.top1,
+            "mean_kl": json_number(m.mean_kl),
+            "protocol": m.protocol,
+        }
+        for m in report.metrics
+    ]
+
+
+def _corpus(c: CorpusDrift | None) -> dict[str, Any] | None:
+    """The drift over a held-out text; each most-drifted context with its passage (0-based), token position
+    (0-based, in the passage), KL, both top-1 tokens, the context text, its exact split and components."""
+    if c is None:
+        return None
+    return {
+        "source": c.source,
+        "split": c.split,
+        "window": c.window,
+        "passages": c.passages,
+        "tokens": c.tokens,
+        "unscored": c.unscored,
+        "mean_kl": json_number(c.mean_kl),
+        "p99_kl": json_number(c.p99_kl),
+        "max_kl": json_number(c.max_kl),
+        "top1_changed": c.top1_changed,
+        "top1_changed_share": json_number(c.top1_share),
+        "threshold": json_number(c.threshold),
+        "passed": c.passed,
+        "reason": c.reason,
+        "protocol": CORPUS_PROTOCOL,
+        "drifted": [
+            {
+                "passage": d.passage,
+                "position": d.position,
+                "kl": json_number(d.kl),
+                "changed": d.changed,
+                "base_top1": _score(d.base_top1),
+                "tuned_top1": _score(d.tuned_top1),
+                "context": d.text,
+                "tokens": [{"id": i, "token": t} for i, t in zip(d.probe.token_ids, d.probe.tokens)],
+                "split": _telescope(d.probe.split),
+                "components": [_effect(e) for e in d.probe.components],
+                "notes": list(d.probe.notes),
+            }
+            for d in c.drifted
+        ],
+    }
+
+
 def probe_to_dict(index: int, p: ProbeDiff) -> dict[str, Any]:
     """One probe's JSON form (see :func:`diff_to_dict`); ``index`` is its place in the report (0-based)."""
     probe, split = p.probe, p.split
@@ -204,6 +264,8 @@ def diff_to_dict(report: DiffReport) -> dict[str, Any]:
         "judged": report.judged,
         "failures": [probe_number(p, i) for i, p in enumerate(report.probes) if p.verdict.passed is False],
         "summary": verdict_summary(report),
+        "metrics": _metrics(report),
+        "corpus": _corpus(report.corpus),
         "weights": {
             "changes": [
                 {

@@ -20,7 +20,10 @@ from tokenlens.diff.result import (
     AggregateRow,
     ComponentEffect,
     Continuations,
+    CorpusDrift,
     DiffReport,
+    DriftedContext,
+    EditMetric,
     ProbeDiff,
     TargetAnswer,
     Telescope,
@@ -51,6 +54,9 @@ HOW_TO_READ = (
     "generate passes when the continuations are identical and the mean KL stays at most max_kl.",
     "Probes are numbered by their probe file's line (as tokenlens check names them), command-line prompts "
     "from 1 in the order given.",
+    "Editing metrics (reported, not judged): reliability, generalization (probes in a paraphrase group), "
+    "portability (a portability group) and locality, each with its protocol: what counts, over which probes; "
+    "the drift over a held-out text (--corpus) states its own.",
 )
 """Paragraphs explaining a diff report (Markdown and HTML)."""
 
@@ -96,6 +102,16 @@ def number_column(report: DiffReport) -> str:
     return "line" if report.probes and all(p.probe.line is not None for p in report.probes) else "#"
 
 
+CORPUS_PROTOCOL = (
+    "KL(base ‖ tuned) over the full vocabulary at every token of a held-out text (the next-token "
+    "distribution after it, each passage read from its start); mean and p99 over all those tokens; top-1 "
+    "changed: the share of tokens where the two models' top-1 next tokens differ; most drifted: the largest "
+    "KL of each passage, largest first, each explained like a probe — the exact split and components of "
+    "logit[tuned top-1] − logit[base top-1] after the context."
+)
+"""The corpus drift's protocol, one sentence."""
+
+
 @dataclass(frozen=True)
 class DiffSection:
     """One section of a diff report, in page order.
@@ -132,7 +148,12 @@ def plan_diff(
     for slug in slugs:
         homes.setdefault(figure_home(slug, numbers), []).append(slug)
     shown = range(len(report.probes)) if probes is None else probes
-    plan = [DiffSection("summary", "Summary"), DiffSection("probes", "Probes")]
+    plan = [DiffSection("summary", "Summary")]
+    if any(p.probe.expect for p in report.probes):
+        plan.append(DiffSection("metrics", "Editing metrics"))
+    plan.append(DiffSection("probes", "Probes"))
+    if report.corpus is not None:
+        plan.append(DiffSection("corpus", "Drift over a held-out text"))
     plan += [DiffSection(f"probe-{numbers[i]}", probe_title(report.probes[i], i), i) for i in shown]
     plan += [DiffSection("weights", "Weights"), DiffSection("aggregate", "Components over all probes")]
     if "figures" in homes:
@@ -242,10 +263,15 @@ def verdict_summary(report: DiffReport) -> str:
     judged, total = report.judged, len(report.probes)
     rest = f" ({total - judged} not judged)" if 0 < judged < total else ""
     if judged == 0:
-        return f"not judged (none of {total} probes has an expectation)"
-    if report.passed:
-        return f"PASS {judged}/{judged} judged{rest}"
-    return f"FAIL: {len(report.failures)} of {judged} judged{rest}"
+        text = f"not judged (none of {total} probes has an expectation)"
+    elif not report.failures:
+        text = f"PASS {judged}/{judged} judged{rest}"
+    else:
+        text = f"FAIL: {len(report.failures)} of {judged} judged{rest}"
+    c = report.corpus
+    if c is not None and c.passed is not None:
+        text += f"; corpus {'pass' if c.passed else 'FAIL'}: {c.reason}"
+    return text
 
 
 def verdict_word(passed: bool | None) -> str:
@@ -335,3 +361,67 @@ def target_summary(a: TargetAnswer) -> str:
         f"{n} token{'s' * (n != 1)}, judged on {judged}: log p(target) {a.base_logprob:.4f} → "
         f"{a.tuned_logprob:.4f} nats (gain {a.gain:+.4f}); greedy reproduces it: base {base}, tuned {tuned}"
     )
+
+
+def metric_value(m: EditMetric) -> str:
+    """``2/3 (67%); top-1 1/3`` (locality: ``; mean KL 0.012 nats``), or ``not measured (no probe)``."""
+    if not m.total:
+        return "not measured (no probe)"
+    text = f"{m.hits}/{m.total} ({m.share:.0%})"
+    if m.top1 is not None:
+        text += f"; top-1 {m.top1}/{m.total}"
+    if m.mean_kl is not None:
+        text += f"; mean KL {m.mean_kl:.4g} nats"
+    return text
+
+
+def metric_lines(report: DiffReport) -> list[str]:
+    """One line per editing metric for ``check``: name, value and protocol (none without judged probes)."""
+    if not any(p.probe.expect for p in report.probes):
+        return []
+    return [f"{m.name}: {metric_value(m)} — {m.protocol}" for m in report.metrics]
+
+
+def corpus_summary(c: CorpusDrift) -> str:
+    """One line: what was scored, the KL's mean, p99 and max, the top-1 changes, and the verdict."""
+    left = f", {c.unscored} more left out (--corpus-tokens)" if c.unscored else ""
+    return (
+        f"{c.tokens} tokens in {c.passages} passages ({c.split}, windows of at most {c.window} tokens"
+        f"{left}): "
+        f"KL(base ‖ tuned) mean {c.mean_kl:.4g}, p99 {c.p99_kl:.4g}, max {c.max_kl:.4g} nats; top-1 changed "
+        f"at {c.top1_changed} ({c.top1_share:.1%}); {c.reason}"
+    )
+
+
+def context_tail(d: DriftedContext, limit: int = 60) -> str:
+    """The end of a drifted context's text (``…`` in front when cut), whitespace runs kept as they are."""
+    text = d.text
+    return text if len(text) <= limit else "…" + text[len(text) - limit + 1 :]
+
+
+def movers(d: DriftedContext, n: int = 3) -> list[ComponentEffect]:
+    """The components that moved a drifted context most (sorted like every component table)."""
+    return list(d.probe.components[:n])
+
+
+def mover_text(e: ComponentEffect) -> str:
+    """``L1.mlp causal +2.31`` (measured), else ``L1.mlp direct +0.52``."""
+    if e.causal is not None:
+        return f"{e.name} causal {e.causal:+.3g}"
+    return f"{e.name} direct {(e.direct or 0.0):+.3g}"
+
+
+def corpus_lines(report: DiffReport, show: Callable[[str], str] = repr) -> list[str]:
+    """``check``'s lines about the corpus: its summary, then one per most-drifted context."""
+    c = report.corpus
+    if c is None:
+        return []
+    lines = [f"corpus {c.source}: {corpus_summary(c)}"]
+    for k, d in enumerate(c.drifted, 1):
+        moved = ", ".join(mover_text(e) for e in movers(d))
+        lines.append(
+            f"  drifted {k}: passage {d.passage + 1}, token {d.position}: KL {d.kl:.4g}, top-1 "
+            f"{show(d.base_top1.token)} → {show(d.tuned_top1.token)}; moved by {moved}; context "
+            f"{show(context_tail(d))}"
+        )
+    return lines

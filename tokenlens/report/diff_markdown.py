@@ -226,6 +226,31 @@ def _aggregate(report: DiffReport, top: int) -> str:
     )
 
 
+def _metrics(report: DiffReport) -> str:
+    return "\n".join(
+        f"- **{m.name}**: {plain(layout.metric_value(m))} — {plain(m.protocol)}" for m in report.metrics
+    )
+
+
+def _corpus(report: DiffReport) -> str:
+    c = report.corpus
+    if c is None:
+        return ""
+    rows = [
+        [str(k), str(d.passage + 1), str(d.position), f"{d.kl:.4g}", token(d.base_top1.token, True),
+         token(d.tuned_top1.token, True) + (" ⇄" if d.changed else ""),
+         plain(", ".join(layout.mover_text(e) for e in layout.movers(d))),
+         token(layout.context_tail(d), True)]
+        for k, d in enumerate(c.drifted, 1)
+    ]  # fmt: skip
+    head = ["#", "passage", "token", "KL", "base top-1", "tuned top-1", "moved by", "context (its end)"]
+    return (
+        f"- **corpus**: {code(c.source)}\n- {plain(layout.corpus_summary(c))}\n"
+        f"- **protocol**: {plain(layout.CORPUS_PROTOCOL)}\n\n**Most-drifted contexts**\n\n"
+        + markdown.table(head, rows)
+    )
+
+
 def render_diff_markdown(
     report: DiffReport, *, figures: Mapping[str, str] | None = None, top: int = 10
 ) -> str:
@@ -247,7 +272,9 @@ def render_diff_markdown(
     plan, homes = layout.plan_diff(report, list(paths))
     content = {
         "summary": lambda _: _summary(report),
+        "metrics": lambda _: _metrics(report),
         "probes": lambda _: _probes(report),
+        "corpus": lambda _: _corpus(report),
         "probe": lambda i: _probe(report.probes[i], top),
         "weights": lambda _: _weights(report, top),
         "aggregate": lambda _: _aggregate(report, top),

@@ -246,6 +246,37 @@ def _aggregate(report: DiffReport, top: int) -> list[RenderableType]:
     ]
 
 
+def _metrics(report: DiffReport) -> list[RenderableType]:
+    table = terminal.table(
+        "metric", "value", "protocol: what counts, over which probes", title="Editing metrics"
+    )
+    for m in report.metrics:
+        table.add_row(m.name, layout.metric_value(m), Text(m.protocol, overflow="fold"))
+    return [table]
+
+
+def _corpus(report: DiffReport) -> list[RenderableType]:
+    c = report.corpus
+    if c is None:
+        return []
+    style = "dim" if c.passed is None else "bold green" if c.passed else "bold red"
+    head = Text.assemble(
+        ("Drift over a held-out text ", "bold"), (f"{c.source}: ", "bold"), (layout.corpus_summary(c), style)
+    )
+    table = terminal.table(
+        "#", "passage", "token", "KL", "base top-1", "tuned top-1", "moved by", "context",
+        title="Most-drifted contexts (largest KL of each passage)",
+    )  # fmt: skip
+    for k, d in enumerate(c.drifted, 1):
+        table.add_row(
+            str(k), str(d.passage + 1), str(d.position), f"{d.kl:.4g}", show_token(d.base_top1.token),
+            Text(show_token(d.tuned_top1.token), style="bold yellow" if d.changed else ""),
+            ", ".join(layout.mover_text(e) for e in layout.movers(d)),
+            Text(show_token(layout.context_tail(d, 40)), overflow="fold"),
+        )  # fmt: skip
+    return [Group(head, table, Text(layout.CORPUS_PROTOCOL, style="dim"))]
+
+
 def render_diff(report: DiffReport, *, top: int = 8) -> RenderableType:
     """The diff for a terminal: header and verdict, the probe table, probe details, weights, aggregates.
 
@@ -258,7 +289,9 @@ def render_diff(report: DiffReport, *, top: int = 8) -> RenderableType:
     plan, _ = layout.plan_diff(report, probes=shown)
     content = {
         "summary": lambda _: _header(report),
+        "metrics": lambda _: _metrics(report),
         "probes": lambda _: _probes(report, len(shown)),
+        "corpus": lambda _: _corpus(report),
         "probe": lambda s: _probe(s.index, report.probes[s.index], top),
         "weights": lambda _: _weights(report, top),
         "aggregate": lambda _: _aggregate(report, top),
