@@ -18,6 +18,7 @@ from tokenlens.errors import TokenlensError
 from tokenlens.report.kinds import ablation as ablation_kind
 from tokenlens.report.kinds import grids as grid_kind
 from tokenlens.report.kinds.common import metric_text
+from tokenlens.report.sections import section_kind
 
 PROMPTS = ["The capital of France is", "Rome is the capital of"]
 
@@ -243,6 +244,14 @@ def test_custom_metric_ablation_and_grid(loaded):
         assert "margin of" in kind.to_html(result, attribution) and "margin of" in kind.to_markdown(
             result, attribution
         )
+    from tokenlens.report.plots.common import metric_label
+
+    assert metric_label(metric) == (f"margin of ' Paris' at position {last}", "margin units")
+    for key, result in (("ablation", ablated), ("grid", grids)):  # and its figures draw
+        figure = section_kind(key).to_figure(result)
+        from matplotlib.text import Text
+
+        assert "margin of" in " ".join(t.get_text() for t in figure.findobj(Text))
 
 
 def test_custom_metric_is_checked(loaded):

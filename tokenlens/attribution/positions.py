@@ -24,7 +24,7 @@ from tokenlens.attribution import inputs
 from tokenlens.attribution.direct import parse_sources, resolve_token, splits_needed
 from tokenlens.attribution.request import AttributionRequest
 from tokenlens.attribution.result import LogitAttribution, SourceSplit
-from tokenlens.attribution.sequence import _explain
+from tokenlens.attribution.sequence import explain_steps
 from tokenlens.errors import TokenlensError, option
 from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import bare_model
@@ -83,7 +83,7 @@ def attribute_positions(
     scopes = parse_sources(request.sources, n_layers, n_heads)
     splits = splits_needed(request.heads, request.neurons, request.experts, scopes, spec)
     limit = inputs.decodable_vocab(tokenizer, vocab_size)
-    steps, _ = _explain(loaded, ids[:1], ids[1:], request, contrast, splits, scopes, text, limit)
+    steps, _ = explain_steps(loaded, ids[:1], ids[1:], request, contrast, splits, scopes, text, limit)
     tokens = tuple(inputs.decode_token(tokenizer, i) for i in ids)
     return tuple(
         dataclasses.replace(

@@ -160,7 +160,7 @@ def attribute_sequence(
                 f"the contrast token is the answer's token at step {k} "
                 f"({inputs.decode_token(tokenizer, token_id)!r}): choose another {option('vs')}"
             )
-    steps, split = _explain(loaded, prompt_ids, answer, request, contrast, splits, scopes, text, limit)
+    steps, split = explain_steps(loaded, prompt_ids, answer, request, contrast, splits, scopes, text, limit)
     return SequenceAttribution(
         model=loaded.ref,
         prompt=text,
@@ -189,7 +189,7 @@ def _fed_text(tokenizer: Any, prompt: str, chat: bool) -> str:
 
 
 @torch.no_grad()
-def _explain(
+def explain_steps(
     loaded: LoadedModel,
     prompt_ids: list[int],
     answer: list[int],

@@ -142,10 +142,11 @@ def metric_label(metric: Metric) -> tuple[str, str]:
         return token_label(text) if text is not None else f"id {token_id}"
 
     target = name(metric.target_text, metric.target_id)
-    what = {
+    built_in = {
         "logit": f"logit[{target}]",
         "logprob": f"log p({target})",
         "prob": f"p({target})",
         "logit_diff": f"logit[{target}] − logit[{name(metric.contrast_text, metric.contrast_id)}]",
-    }[metric.kind]
-    return f"{what} at position {metric.position}", UNITS[metric.kind]
+    }
+    what = built_in.get(metric.kind, f"{metric.kind} of {target}")  # a custom metric: its name
+    return f"{what} at position {metric.position}", UNITS.get(metric.kind, f"{metric.kind} units")
