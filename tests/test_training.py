@@ -358,19 +358,20 @@ def test_real_ctrl_c_inside_a_step_is_deferred_to_its_end(small_checkpoint, smal
     train(load(str(small_checkpoint)), "lora", small_data, tmp_path / "a", **kwargs)
     script = textwrap.dedent(f"""
         import os, signal, sys
-        import tokenlens.training.trainer as trainer
+        import tokenlens.training.step as stepping
         from tokenlens.models.loading import load
-        real_step, calls = trainer._step, []
+        from tokenlens.training.trainer import train
+        real_step, calls = stepping.step, []
         def step_then_sigint(*args):
             loss = real_step(*args)  # the optimizer has updated the weights
             calls.append(loss)
             if len(calls) == 3:
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C before this step is recorded
             return loss
-        trainer._step = step_then_sigint
+        stepping.step = step_then_sigint
         try:
             model = load({str(small_checkpoint)!r})
-            trainer.train(model, "lora", {str(small_data)!r}, {str(tmp_path / "b")!r}, **{kwargs!r})
+            train(model, "lora", {str(small_data)!r}, {str(tmp_path / "b")!r}, **{kwargs!r})
         except KeyboardInterrupt:
             sys.exit(130)
     """)

@@ -44,6 +44,7 @@ def data_file(tmp_path_factory) -> Path:
 # must stop after that step, the main process alone saves, and a resume in the same processes finishes.
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
+    import tokenlens.training.step as stepping
     import tokenlens.training.trainer as trainer
     from tokenlens.models.loading import load
     from tokenlens.training import checkpoint as saving, output
@@ -51,7 +52,7 @@ SCRIPT = textwrap.dedent("""
     checkpoint, data, out, kwargs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     rank = int(os.environ["RANK"])
     writes, saves, calls = [], [], []
-    real_write, real_save, real_step = output.write, saving.save, trainer._step
+    real_write, real_save, real_step = output.write, saving.save, stepping.step
     output.write = lambda *a, **k: (writes.append(1), real_write(*a, **k))[1]
     saving.save = lambda *a, **k: (saves.append(a[4]), real_save(*a, **k))[1]
 
@@ -62,7 +63,7 @@ SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    trainer._step = step
+    stepping.step = step
     try:
         trainer.train(load(checkpoint), "lora", data, out, **kwargs)
         stopped_after = None

@@ -325,16 +325,16 @@ def test_a_signal_mid_training_saves_a_checkpoint_restores_the_cursor_and_resume
     argv = ["train", "--model", str(small_checkpoint), "--method", "lora", "--data", str(small_data)]
     script = textwrap.dedent(f"""
         import os, sys
-        import tokenlens.training.trainer as trainer
+        import tokenlens.training.step as stepping
         from tokenlens.cli import main
-        real_step, calls = trainer._step, []
+        real_step, calls = stepping.step, []
         def step_then_signal(*args):
             loss = real_step(*args)
             calls.append(loss)
             if len(calls) == 3:
                 os.kill(os.getpid(), {int(signum)})  # mid-step: after the update, before it is recorded
             return loss
-        trainer._step = step_then_signal
+        stepping.step = step_then_signal
         sys.exit(main({[*argv, "--out", str(out), *settings]!r}))
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TTY_COMPATIBLE": "1"}  # rich draws as on a terminal

@@ -67,6 +67,14 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
+def probability(name: str, value: Any) -> float:
+    """A number from 0 up to (not including) 1, e.g. a dropout rate (``true`` and ``"0.1"`` are refused)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not 0 <= value < 1:
+        raise _bad(name, value, "must be a number from 0 up to 1 (not 1)")
+    return float(value)
+
+
 AUTO = "auto"
 """``layers=auto``: the trainer chooses the layers by locating its first example's target (causal tracing)."""
 

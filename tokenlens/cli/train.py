@@ -23,6 +23,8 @@ EPILOG = """examples:
   tokenlens train --model path/to/ckpt --method qlora --quantize 4bit --data d.jsonl --out o
   tokenlens train ... --preserve default --preserve-weight 10   (keep the base's distributions on plain text)
   tokenlens train --method rank-one --option subject=France --data fact.jsonl --out o   (closed-form edit)
+  tokenlens train ... --lr-schedule cosine --warmup-steps 10 --grad-accum 4 --eval-fraction 0.1
+  tokenlens train ... --option dropout=0.05 --option dora=true   (LoRA with dropout, DoRA)
   tokenlens train ... --resume          (continue an interrupted run in --out)
   accelerate launch --num_processes 2 "$(which tokenlens)" train ...   (data parallel, same global batch;
       on CPU: python -m torch.distributed.run --nproc_per_node 2 "$(which tokenlens)" train ...)
@@ -56,6 +58,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute activations in the backward pass: less memory, ~1 extra forward of time",
     )
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        metavar="KIND",
+        help="learning rate after the warmup: constant (default), linear or cosine decay to 0",
+    )
+    warmup = p.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup-steps", type=int, help="steps of linear warmup from 0 (default none)")
+    warmup.add_argument("--warmup-ratio", type=float, help="warmup as a fraction of the steps (rounded up)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's weight decay (default 0.01)")
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        metavar="K",
+        help="gradient accumulation: each step is K batches of --batch-size, the update of one K-times "
+        "larger batch (default 1)",
+    )
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--eval", "--eval-data", dest="eval_data", metavar="FILE", help="JSONL eval data")
+    held.add_argument(
+        "--eval-fraction", type=float, metavar="F", help="hold out this fraction of --data for eval (seeded)"
+    )
+    p.add_argument(
+        "--eval-every", type=int, metavar="N", help="eval loss every N steps (default: at the end)"
+    )
+    p.add_argument(
+        "--tensorboard", metavar="DIR", help="write TensorBoard logs (needs the tensorboard package)"
+    )
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
     p.add_argument(
         "--preserve",
@@ -68,6 +99,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing tokenlens output in --out")
     p.add_argument("--list-methods", action="store_true", help="print the menu for --model and exit")
     p.set_defaults(run=run)
+
+
+CONTROLS = (
+    "lr_schedule",
+    "warmup_steps",
+    "warmup_ratio",
+    "weight_decay",
+    "grad_accum",
+    "eval_data",
+    "eval_fraction",
+    "eval_every",
+    "tensorboard",
+)
+"""The optimisation controls (``tokenlens.training.settings.Controls``), by their argument names."""
 
 
 def parse_options(items: list[str]) -> dict:
@@ -104,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
         raise TokenlensError(f"train needs {', '.join('--' + m for m in missing)} (or --list-methods)")
     from tokenlens.training.folder import check_out_dir
     from tokenlens.training.methods import get_method
-    from tokenlens.training.trainer import check_settings, train
+    from tokenlens.training.settings import Controls, check_settings
+    from tokenlens.training.trainer import train
 
     record = get_method(args.method)  # fail fast, before loading a model
     options = parse_options(args.option)
+    controls = {name: getattr(args, name) for name in CONTROLS}
     check_settings(
         record,
         options,
@@ -119,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         gradient_checkpointing=args.gradient_checkpointing,
         preserve_weight=args.preserve_weight,
+        controls=Controls(**controls),
     )
     if args.preserve is not None:
         from tokenlens.training.preserve import read_texts
@@ -147,13 +195,15 @@ def run(args: argparse.Namespace) -> int:
             on_progress=on_progress,
             preserve=args.preserve,
             preserve_weight=args.preserve_weight,
+            **controls,
         )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # data-parallel run: the main process reports
+    evaluated = f", eval loss {result.eval_losses[-1]['loss']:.4f}" if result.eval_losses else ""
     print(
         f"trained {result.method}: {result.steps} steps, loss {result.losses[0]:.4f} -> "
-        f"{result.final_loss:.4f}, {result.trainable:,} trainable parameters, {result.wall_s:.1f} s "
-        f"on {result.device}; wrote {result.out_dir}"
+        f"{result.final_loss:.4f}{evaluated}, {result.trainable:,} trainable parameters, "
+        f"{result.wall_s:.1f} s on {result.device}; wrote {result.out_dir}"
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""The trainer's resumable checkpoint: trainable parameters, optimizer and RNG states, step and losses.
+"""The trainer's resumable checkpoint: trainable parameters, optimizer, scheduler and RNG states, step,
+losses and the rest of the run's history (learning rates, eval losses).
 
 It is one file, ``out_dir/tokenlens-checkpoint/state.pt``, replaced atomically: written and synced under a
 temporary name beside the folder, then renamed over the old file, so a crash or a full disk never leaves a
@@ -15,9 +16,28 @@ import torch
 
 from tokenlens.errors import TokenlensError
 from tokenlens.io import write_error
+from tokenlens.training.settings import WEIGHT_DECAY
 
 STATE = "state.pt"
 """The checkpoint file inside that folder."""
+COMPARED = {
+    "method": None,
+    "base_fingerprint": None,
+    "base_ref": None,
+    "options": None,
+    "data_sha256": None,
+    "seed": None,
+    "batch_size": None,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "weight_decay": WEIGHT_DECAY,
+    "grad_accum": 1,
+    "eval": None,
+}
+"""The identity keys a resumed run must share with its checkpoint, with the value a checkpoint written before
+the key existed stands for (the behaviour of that time)."""
+SCHEDULED = "total_steps"
+"""Compared too when the learning rate follows a schedule other than a constant one (its length shapes it)."""
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -29,7 +49,16 @@ def staging_file(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.{STATE}.tmp")
 
 
-def save(folder: Path, model, optimizer, identity: dict, step: int, losses: list[float]) -> None:
+def save(
+    folder: Path,
+    model,
+    optimizer,
+    identity: dict,
+    step: int,
+    losses: list[float],
+    scheduler=None,
+    history: dict | None = None,
+) -> None:
     """Write a checkpoint of ``step`` into ``folder`` (never a half-written one; see the module docstring).
 
     Raises:
@@ -42,6 +71,8 @@ def save(folder: Path, model, optimizer, identity: dict, step: int, losses: list
         "losses": list(losses),
         "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "history": history or {},
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -61,8 +92,9 @@ def save(folder: Path, model, optimizer, identity: dict, step: int, losses: list
         raise
 
 
-def load(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[float]]:
-    """Restore the trainable parameters, optimizer and RNG states; returns ``(step, losses)``.
+def load(folder: Path, model, optimizer, identity: dict, scheduler=None) -> tuple[int, list[float], dict]:
+    """Restore the trainable parameters, optimizer, scheduler and RNG states; returns ``(step, losses,
+    history)`` (``history``: the other lists the run records, e.g. ``lrs``; empty for an old checkpoint).
 
     The file is read with ``weights_only=True``: tensors, numbers, strings and containers only, so a
     tampered checkpoint cannot run code.
@@ -80,11 +112,14 @@ def load(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[floa
             f"tensors and numbers): {first}"
         ) from exc
     saved = state["identity"]
-    for key in ("method", "base_fingerprint", "base_ref", "options", "data_sha256", "seed", "batch_size"):
-        if saved.get(key) != identity.get(key):
+    keys = list(COMPARED)
+    if identity.get("lr_schedule", "constant") != "constant" or identity.get("warmup_steps"):
+        keys.append(SCHEDULED)
+    for key in keys:
+        theirs, ours = saved.get(key, COMPARED.get(key)), identity.get(key, COMPARED.get(key))
+        if theirs != ours:
             raise TokenlensError(
-                f"cannot resume {folder.parent}: its {key} ({saved.get(key)!r}) differs from this run's "
-                f"({identity.get(key)!r})"
+                f"cannot resume {folder.parent}: its {key} ({theirs!r}) differs from this run's ({ours!r})"
             )
     names = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(names) != set(state["trainable"]):
@@ -95,7 +130,9 @@ def load(folder: Path, model, optimizer, identity: dict) -> tuple[int, list[floa
         for name, param in names.items():
             param.copy_(state["trainable"][name])
     optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"]), list(state["losses"])
+    return int(state["step"]), list(state["losses"]), dict(state.get("history") or {})

@@ -37,6 +37,7 @@ from tokenlens.options import (
     layer_list,
     name_list,
     positive_int,
+    probability,
     resolve,
     token_list,
 )
@@ -109,7 +110,9 @@ def _apply_lora(model: torch.nn.Module, options: dict) -> torch.nn.Module:
         task_type="CAUSAL_LM",
         r=options["r"],
         lora_alpha=options["alpha"],
-        lora_dropout=0.0,
+        lora_dropout=options["dropout"],
+        use_rslora=options["rslora"],
+        use_dora=options["dora"],
         target_modules=options["target_modules"],
         layers_to_transform=None if layers is None else custom.layer_indices(model, layers),
     )
@@ -200,7 +203,12 @@ LORA_OPTIONS = {
     ),
     "layers": Option(None, "layer indices to adapt (default: all), e.g. 0,1", layer_list),
     "r": Option(8, "LoRA rank", positive_int),
-    "alpha": Option(16, "LoRA alpha (scale = alpha / r)", positive_int),
+    "alpha": Option(16, "LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rslora)", positive_int),
+    "dropout": Option(0.0, "dropout on the LoRA input while training (PEFT's lora_dropout)", probability),
+    "rslora": Option(False, "rank-stabilised LoRA: scale alpha / sqrt(r) (PEFT's use_rslora)", boolean),
+    "dora": Option(
+        False, "DoRA: a trained magnitude per output, direction by LoRA (PEFT's use_dora)", boolean
+    ),
 }
 VIRTUAL_TOKENS = {"virtual_tokens": Option(8, "number of virtual tokens", positive_int)}
 

@@ -4,9 +4,10 @@
   ``base_model_name_or_path`` is the base reference, so ``tokenlens.load(out_dir)`` finds the base) or, for
   ``head``/``full``, a HF checkpoint folder (config, safetensors, tokenizer);
 * ``tokenlens-manifest.json``: method, options, base reference and fingerprint, data hash, per-step and final
-  loss, trainable parameter count, wall time, device, library versions, and ``files``: every other file the
-  run wrote (paths relative to the folder);
-* ``loss.png``: the loss curve.
+  loss, the optimisation controls and per-step learning rates, eval losses (when measured), trainable
+  parameter count, wall time, device, library versions, and ``files``: every other file the run wrote (paths
+  relative to the folder);
+* ``loss.png``: the loss curve (and the eval losses, when the run measured any).
 
 :func:`publish` writes all of it into a staging folder inside the output folder, then moves it into place
 with the manifest last, so a folder with a manifest always holds one complete output. It replaces only
@@ -86,7 +87,7 @@ def write(
     else:
         record.save(model, out_dir)
         loaded.tokenizer.save_pretrained(str(out_dir))
-    _plot(losses, out_dir / LOSS_PNG, record.name)
+    _plot(losses, out_dir / LOSS_PNG, record.name, run.get("eval_losses"))
     manifest = {
         "method": record.name,
         "options": identity["options"],
@@ -211,16 +212,20 @@ def _head_tied(model) -> bool:
     return model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
-def _plot(losses: list[float], path: Path, method: str) -> None:
+def _plot(losses: list[float], path: Path, method: str, eval_losses: list[dict] | None = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(range(1, len(losses) + 1), losses)
+    axes.plot(range(1, len(losses) + 1), losses, label="training loss")
+    if eval_losses:
+        steps = [e["step"] for e in eval_losses]
+        axes.plot(steps, [e["loss"] for e in eval_losses], marker="o", label="eval loss")
+        axes.legend()
     axes.set_xlabel("step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("loss" if eval_losses else "training loss")
     axes.set_title(f"tokenlens train --method {method}")
     figure.tight_layout()
     buffer = io.BytesIO()
