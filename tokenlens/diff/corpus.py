@@ -115,11 +115,7 @@ def encode_corpus(
 @torch.no_grad()
 def padded_logits(model: torch.nn.Module, rows: list[list[int]], pad: int) -> torch.Tensor:
     """One forward pass of ``rows`` padded on the right (attention mask 0 on the padding): float32 logits
-    ``(rows, longest, vocab)``, a prompt-tuned model's virtual positions dropped.
-
-    Raises:
-        TokenlensError: NaN or infinite logits at a real position.
-    """
+    ``(rows, longest, vocab)``, a prompt-tuned model's virtual positions dropped."""
     device = next(bare_model(model).parameters()).device
     longest = max(map(len, rows))
     ids = torch.full((len(rows), longest), pad, dtype=torch.long)
@@ -128,12 +124,7 @@ def padded_logits(model: torch.nn.Module, rows: list[list[int]], pad: int) -> to
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-    logits = logits[:, logits.shape[1] - longest :].float().cpu()  # virtual tokens come first
-    if not torch.isfinite(logits[mask.bool()]).all():
-        raise TokenlensError(
-            f"a model produced NaN or infinite logits on the corpus (try {option('dtype', 'float32')})"
-        )
-    return logits
+    return logits[:, logits.shape[1] - longest :].float().cpu()  # virtual tokens come first
 
 
 @dataclass(frozen=True)
@@ -166,21 +157,33 @@ def score_passages(pair: ModelPair, passages: list[list[int]], cells: int = CELL
             tuned = padded_logits(model, rows, pad)
         for r, i in enumerate(chunk):
             n = len(passages[i])
-            out[i] = _score(base[r, :n].double(), tuned[r, :n].double(), limit)
+            out[i] = _score(base[r, :n], tuned[r, :n], limit)
         start += len(chunk)
     return [out[i] for i in range(len(passages))]
 
 
 def _score(base: torch.Tensor, tuned: torch.Tensor, limit: int) -> Scores:
-    log_p, log_q = base.log_softmax(-1), tuned.log_softmax(-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+    """KL(base ‖ tuned) = Σ p·(b − t) − (lse_b − lse_t) in float64 (``p = softmax(b)``, ``lse`` the
+    log-sum-exp), and both top-1 tokens.
+
+    Raises:
+        TokenlensError: NaN or infinite logits (the KL is not finite).
+    """
+    b64, t64 = base.double(), tuned.double()
+    lse_b, lse_t = b64.logsumexp(-1), t64.logsumexp(-1)
+    p = (b64 - lse_b[:, None]).exp_()
+    kl = (p * (b64 - t64)).sum(-1) - (lse_b - lse_t)
+    if not torch.isfinite(kl).all():
+        raise TokenlensError(
+            f"a model produced NaN or infinite logits on the corpus (try {option('dtype', 'float32')})"
+        )
     b, t = base[:, :limit].argmax(-1), tuned[:, :limit].argmax(-1)
 
-    def top(logits: torch.Tensor, logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        index = ids[:, None]
-        return torch.stack([logits.gather(-1, index)[:, 0], logp.gather(-1, index)[:, 0].exp()], -1)
+    def top(logits: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        value = logits.gather(-1, ids[:, None])[:, 0].double()
+        return torch.stack([value, (value - lse).exp()], -1)
 
-    return Scores(kl, b, t, top(base, log_p, b), top(tuned, log_q, t))
+    return Scores(kl.clamp_min(0.0), b, t, top(base, lse_b, b), top(tuned, lse_t, t))
 
 
 def p99(values: torch.Tensor) -> float:
