@@ -343,7 +343,7 @@ def test_every_view_shows_the_answers(planted, qwen_tokenizer, tmp_path):
     report = diff(pair_of(base, tuned, qwen_tokenizer), load_probes(path), DiffOptions(causal=False))
     gen, target = report.probes
     data = json.loads(json.dumps(diff_to_dict(report), allow_nan=False))
-    assert data["schema"] == SCHEMA_VERSION == 3
+    assert data["schema"] == SCHEMA_VERSION == 4
     g, t = data["probes"]
     assert g["generate"] == N and g["answer"]["kind"] == "generate" and g["answer"]["divergence"] == STEP
     assert [s["id"] for s in g["answer"]["base"]] == cont and g["contrast"]["id"] == cont[STEP]
