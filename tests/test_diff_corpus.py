@@ -25,6 +25,7 @@ from tokenlens.models.loading import LoadedModel
 from tokenlens.models.specs import spec_for_model
 from tokenlens.report.diff_html import render_diff_html
 from tokenlens.report.diff_json import diff_to_dict
+from tokenlens.report.diff_layout import movers
 from tokenlens.report.diff_markdown import render_diff_markdown
 from tokenlens.report.kit.markdown import plain
 
@@ -132,6 +133,10 @@ def test_most_drifted_contexts_are_ranked_and_explained(drift_pair, corpus_file,
         assert d.probe.split.contrast_id == (d.base_top1.id if d.changed else None)
         assert d.probe.split.exact and d.probe.components[0].causal is not None
         assert d.text == "".join(d.probe.tokens)
+        terms = d.probe.split.as_dict()
+        top = [e.name for e in movers(d, len(terms))]
+        assert sorted(terms, key=lambda t: -abs(terms[t])) == top  # every term, largest first
+        assert all(e.causal is not None for e in movers(d) if not e.name.startswith("readout."))
     assert drift.passed is False and ">" in drift.reason
 
 
@@ -233,6 +238,7 @@ def test_check_corpus_default_end_to_end(folders, tmp_path, capsys):
     assert "reliability: 1/1 (100%)" in out and "corpus default:" in out and "reported, not judged" in out
     assert "more left out (--corpus-tokens)" in out
     assert out.count("  drifted ") == 5 and "→ ' Lyon'" in out
+    assert out.count("moved by readout.logit_bias +20") == 5  # the head bias, named by the exact split
     target = tmp_path / "d.json"
     assert main([*args, "--max-corpus-kl", "0.05", "--format", "json", "--out", str(target)]) == 1
     data = json.loads(target.read_text())

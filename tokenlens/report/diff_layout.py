@@ -400,15 +400,20 @@ def context_tail(d: DriftedContext, limit: int = 60) -> str:
 
 
 def movers(d: DriftedContext, n: int = 3) -> list[ComponentEffect]:
-    """The components that moved a drifted context most (sorted like every component table)."""
-    return list(d.probe.components[:n])
+    """What moved a drifted context most: the ``n`` largest terms of its exact split by |direct| — components
+    (with their measured causal effect when there is one) and the readout's own terms (``readout.head``,
+    ``readout.logit_bias``, …), which is where a head-only or logit-bias change shows."""
+    causal = {e.name: e for e in d.probe.components}
+    split = d.probe.split.as_dict()
+    terms = [causal.get(name, ComponentEffect(name, value)) for name, value in split.items()]
+    return sorted(terms, key=lambda e: -abs(e.direct or 0.0))[:n]
 
 
 def mover_text(e: ComponentEffect) -> str:
-    """``L1.mlp causal +2.31`` (measured), else ``L1.mlp direct +0.52``."""
-    if e.causal is not None:
-        return f"{e.name} causal {e.causal:+.3g}"
-    return f"{e.name} direct {(e.direct or 0.0):+.3g}"
+    """``L1.mlp +0.52 (causal +2.31)``: the term of the exact split, and the measured effect when there is
+    one."""
+    text = f"{e.name} {(e.direct or 0.0):+.3g}"
+    return text if e.causal is None else f"{text} (causal {e.causal:+.3g})"
 
 
 def corpus_lines(report: DiffReport, show: Callable[[str], str] = repr) -> list[str]:
