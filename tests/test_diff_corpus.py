@@ -39,6 +39,7 @@ LINES = [
     "A",
     "The library stays open until nine on weekdays.",
     "She folded the map twice and started up the narrow path toward the ridge.",
+    "<b>Bold</b> & | pipes `ticks` \u202eevil",
 ]
 WINDOW = 12
 
@@ -138,6 +139,29 @@ def test_most_drifted_contexts_are_ranked_and_explained(drift_pair, corpus_file,
         assert sorted(terms, key=lambda t: -abs(terms[t])) == top  # every term, largest first
         assert all(e.causal is not None for e in movers(d) if not e.name.startswith("readout."))
     assert drift.passed is False and ">" in drift.reason
+
+
+def test_every_format_shows_the_corpus(drift_pair, corpus_file):
+    """Terminal, Markdown, HTML and JSON show the drift and its most-drifted contexts, untrusted text safe."""
+    from dataclasses import replace
+
+    from tokenlens.report.diff_terminal import render_diff
+    from tokenlens.report.kit.terminal import renderables_to_text
+
+    options = DiffOptions(causal=False)
+    drift = corpus_drift(drift_pair, read_corpus(corpus_file), window=WINDOW, drifted=99, options=options)
+    report = diff(drift_pair, (Probe("Call me", expect="unchanged", line=1),), options)
+    report = replace(report, corpus=drift)
+    text = renderables_to_text([render_diff(report)], width=200)
+    md, page = render_diff_markdown(report), render_diff_html(report, figures=False)
+    for view in (text, md, page):
+        assert "Most-drifted contexts" in view and "locality" in view
+    assert f"{drift.mean_kl:.4g}" in text and f"p99 {drift.p99_kl:.4g}" in md
+    assert 'data-name="corpus_mean_kl"' in page
+    assert "<b>Bold" not in page and "\u202e" not in page + md + text  # escaped, direction marks visible
+    assert any("Bold" in d.text for d in drift.drifted)  # the hostile passage is among those shown
+    assert md.index('<a id="corpus">') < md.index('<a id="probe-1">')
+    assert len(diff_to_dict(report)["corpus"]["drifted"]) == drift.passages  # one per passage
 
 
 def test_token_cap_and_window(drift_pair, corpus_file, qwen_tokenizer):

@@ -247,9 +247,9 @@ def _aggregate(report: DiffReport, top: int) -> list[RenderableType]:
 
 
 def _metrics(report: DiffReport) -> list[RenderableType]:
-    table = terminal.table(
-        "metric", "value", "protocol: what counts, over which probes", title="Editing metrics"
-    )
+    table = terminal.table("metric", title="Editing metrics")
+    table.add_column("value")
+    table.add_column("protocol: what counts, over which probes", overflow="fold")
     for m in report.metrics:
         table.add_row(m.name, layout.metric_value(m), Text(m.protocol, overflow="fold"))
     return [table]
@@ -264,9 +264,10 @@ def _corpus(report: DiffReport) -> list[RenderableType]:
         ("Drift over a held-out text ", "bold"), (f"{c.source}: ", "bold"), (layout.corpus_summary(c), style)
     )
     table = terminal.table(
-        "#", "passage", "token", "KL", "base top-1", "tuned top-1", "moved by", "context",
-        title="Most-drifted contexts (largest KL of each passage)",
-    )  # fmt: skip
+        "#", "passage", "token", "KL", title="Most-drifted contexts (largest KL of each passage)"
+    )
+    for column in ("base top-1", "tuned top-1", "moved by (terms of the exact split)", "context (its end)"):
+        table.add_column(column, overflow="fold")
     for k, d in enumerate(c.drifted, 1):
         table.add_row(
             str(k), str(d.passage + 1), str(d.position), f"{d.kl:.4g}", show_token(d.base_top1.token),
