@@ -4,8 +4,9 @@ For two models every parameter is compared by name (PEFT-style ``base_layer`` se
 relative Frobenius norm ``‖W_T − W_B‖ / ‖W_B‖`` reported; tensors only the tuned model has (an added bias, an
 adapter's matrices) are ``added``. For an adapter held toggled the base weights are untouched by
 construction, so the summary reads the adapter instead: a LoRA layer's effective update ``ΔW = s·B·A``
-(``get_delta_weight``), any other PEFT-wrapped module's effective change measured through the module with
-the adapter on and off, and prompt/prefix tuning's virtual-token parameters as ``added``.
+(``get_delta_weight``), any other PEFT-wrapped module's effective change — a DoRA layer's too, whose
+magnitude vector rescales every output column besides ``B·A`` — measured through the module with the
+adapter on and off, and prompt/prefix tuning's virtual-token parameters as ``added``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _adapter_summary(model: nn.Module) -> WeightSummary:
         if weight is None:
             continue
         clean = _clean(name) + ".weight"
-        if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A"):
+        dora = any(getattr(module, "use_dora", {}).get(a, False) for a in module.active_adapters)
+        if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A") and not dora:
             delta = sum(
                 module.get_delta_weight(a).float() for a in module.active_adapters if a in module.lora_A
             )
