@@ -171,16 +171,18 @@ def test_finer_splits_leave_no_gradients_on_the_weights(tiny_loaded):
 # --- messages ---------------------------------------------------------------------------------------------
 
 
-def test_diff_does_not_suggest_a_flag_it_lacks(tiny_checkpoint, capsys):
+def test_multi_token_targets_are_answers_and_only_inspect_suggests_first_token(tiny_checkpoint, capsys):
+    # diff judges a multi-token target as a whole answer (its sequence log-probability): no error, no flag
     args = ["diff", "--base", str(tiny_checkpoint), "--tuned", str(tiny_checkpoint), "--no-causal"]
-    assert main([*args, "--prompt", PROMPT, "--target", " Parisianism"]) == 2
+    assert main([*args, "--prompt", PROMPT, "--target", " Parisianism", "--format", "json"]) == 0
+    probe = json.loads(capsys.readouterr().out)["probes"][0]
+    assert probe["answer"]["text"] == " Parisianism" and probe["answer"]["gain"] == pytest.approx(0, abs=1e-9)
+    # inspect explains a multi-token target as a whole answer too, but a contrast must be one token: there the
+    # message names the flag inspect has
+    argv = ["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--target", " Paris"]
+    assert main([*argv, "--vs", " Parisianism"]) == 2
     err = one_line_error(capsys)
-    assert "3 tokens" in err and "' Paris'" in err and "--first-token" not in err
-    assert (
-        main(["inspect", "--model", str(tiny_checkpoint), "--prompt", PROMPT, "--target", " Parisianism"])
-        == 2
-    )
-    assert "--first-token explains its first token" in one_line_error(capsys)
+    assert "3 tokens" in err and "--first-token explains its first token" in err
 
 
 def test_messages_name_settings_as_the_reader_types_them(tiny_loaded, tiny_checkpoint, capsys):
