@@ -136,7 +136,11 @@ def test_grad_accum_trains_like_the_larger_batch(small_checkpoint, small_data, t
     )
     assert accum.losses == pytest.approx(big.losses, rel=1e-5)
     a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    # Adam divides each gradient entry by its running RMS, so an entry near zero in both runs (differing only
+    # in float summation order, which depends on the thread count) can move by a visible part of a step: allow
+    # 1% of one step (lr 1e-3); measured 4.1e-6 with 2 threads, 0 with 1. The gradients themselves are
+    # compared in test_accumulated_parts_are_weighted_by_their_loss_tokens.
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     assert manifest(tmp_path / "b")["grad_accum"] == 2
 
 
