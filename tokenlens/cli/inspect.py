@@ -311,29 +311,14 @@ def render(
         images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
         return render_html(result, sections=sections, images=images, settings=settings)
     if output.format == "markdown":
-        from tokenlens.io import figures_folder
         from tokenlens.report.markdown import render_markdown
-        from tokenlens.report.plots import attribution_figures, save_figure
+        from tokenlens.report.plots import attribution_figures
 
-        folder = figures_folder(output.out)
-        paths = {}
-        for key, figure in attribution_figures(result, sections=sections).items():
-            png, _ = save_figure(figure, folder / key)
-            paths[key] = f"{folder.name}/{png.name}"
+        paths = output.figure_paths(attribution_figures(result, sections=sections))
         return render_markdown(result, sections=sections, image_paths=paths, settings=settings)
     from tokenlens.report.terminal import render_report
 
-    parts = render_report(result, sections)
-    if output.out is not None:
-        from tokenlens.report.kit.terminal import renderables_to_text
-
-        return renderables_to_text(parts)
-    from rich.console import Console
-
-    console = Console()
-    for part in parts:
-        console.print(part)
-    return None
+    return output.terminal(render_report(result, sections))
 
 
 def render_sequence(
@@ -353,38 +338,23 @@ def render_sequence(
 
         return json.dumps(sequence_to_dict(result), indent=2, ensure_ascii=False) + "\n"
     if output.format in ("html", "markdown"):
-        from tokenlens.report.plots import figure_png, save_figure
         from tokenlens.report.plots.sequence import sequence_figures
 
         figures = sequence_figures(result)
     if output.format == "html":
+        from tokenlens.report.plots import figure_png
         from tokenlens.report.sequence_html import render_sequence_html
 
         images = {key: figure_png(figure, dpi=80) for key, figure in figures.items()}
         return render_sequence_html(result, images=images, settings=settings, colour_by=colour_by)
     if output.format == "markdown":
-        from tokenlens.io import figures_folder
         from tokenlens.report.sequence_markdown import render_sequence_markdown
 
-        folder = figures_folder(output.out)
-        paths = {}
-        for key, figure in figures.items():
-            png, _ = save_figure(figure, folder / key)
-            paths[key] = f"{folder.name}/{png.name}"
+        paths = output.figure_paths(figures)
         return render_sequence_markdown(result, image_paths=paths, settings=settings, colour_by=colour_by)
     from tokenlens.report.sequence_terminal import render_sequence as terminal_view
 
-    parts = terminal_view(result, colour_by)
-    if output.out is not None:
-        from tokenlens.report.kit.terminal import renderables_to_text
-
-        return renderables_to_text(parts)
-    from rich.console import Console
-
-    console = Console()
-    for part in parts:
-        console.print(part)
-    return None
+    return output.terminal(terminal_view(result, colour_by))
 
 
 def _settings(model: ModelOptions) -> dict[str, str]:

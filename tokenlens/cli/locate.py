@@ -98,14 +98,4 @@ def render(output: OutputOptions, location) -> str | None:
         return location_markdown(location)
     from tokenlens.report.location import location_table
 
-    parts = location_table(location)
-    if output.out is not None:
-        from tokenlens.report.kit.terminal import renderables_to_text
-
-        return renderables_to_text(parts)
-    from rich.console import Console
-
-    console = Console()
-    for part in parts:
-        console.print(part)
-    return None
+    return output.terminal(location_table(location))

@@ -172,6 +172,31 @@ class OutputOptions:
             out = check_output_path(args.out, force=args.force, figures=fmt == "markdown")
         return cls(format=fmt, out=out, force=args.force)
 
+    def terminal(self, parts: list) -> str | None:
+        """Rich renderables as the text to write to ``out``, or printed to the terminal (``None``)."""
+        if self.out is not None:
+            from tokenlens.report.kit.terminal import renderables_to_text
+
+            return renderables_to_text(parts)
+        from rich.console import Console
+
+        console = Console()
+        for part in parts:
+            console.print(part)
+        return None
+
+    def figure_paths(self, figures: dict) -> dict[str, str]:
+        """Save a Markdown report's figures into its folder beside ``out``; ``{key: relative PNG path}``."""
+        from tokenlens.io import figures_folder
+        from tokenlens.report.plots import save_figure
+
+        folder = figures_folder(self.out)
+        paths = {}
+        for key, figure in figures.items():
+            png, _ = save_figure(figure, folder / key)
+            paths[key] = f"{folder.name}/{png.name}"
+        return paths
+
     def write(self, text: str | None) -> None:
         """Write ``text`` to ``out`` atomically (saying so on stderr), or to stdout; ``None``: nothing."""
         if text is None:
