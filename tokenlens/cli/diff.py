@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tokenlens.cli.inspect import progress
+from tokenlens.cli.feedback import feedback as progress
 from tokenlens.cli.options import ModelOptions, OutputOptions, quiet_transformers
 from tokenlens.errors import TokenlensError
 
