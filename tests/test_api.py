@@ -262,3 +262,80 @@ def test_custom_metric_is_checked(loaded):
     bad = Metric.custom("vector", lambda logits: logits[:2], target_id=1, position=0)
     with pytest.raises(TokenlensError, match=r"must return a scalar tensor, not \(2,\)"):
         bad.of(torch.zeros(5))
+
+
+def _lyon_pair(qwen_tokenizer, bias: float):
+    """A tiny base and a copy whose head has a logit bias of ``bias`` on " Lyon" (a known, planted change)."""
+    import copy
+
+    from conftest import build_tiny
+
+    from tokenlens.diff import ModelPair
+    from tokenlens.models.loading import LoadedModel
+    from tokenlens.models.specs import spec_for_model
+
+    base = build_tiny("qwen3-untied-mha")
+    tuned = copy.deepcopy(base)
+    lyon = qwen_tokenizer(" Lyon")["input_ids"][0]
+    logit_bias = torch.zeros(tuned.lm_head.out_features)
+    logit_bias[lyon] = bias
+    tuned.lm_head.bias = torch.nn.Parameter(logit_bias)
+
+    def held(model, ref):
+        return LoadedModel(model, qwen_tokenizer, spec_for_model(model), ref=ref, source="test")
+
+    return ModelPair(base=held(base, "base"), tuned=held(tuned, "tuned"), toggled=False), lyon
+
+
+def _probe_file(tmp_path) -> str:
+    import json
+
+    lines = [
+        {"prompt": "The capital of France is", "target": " Lyon", "expect": "changed"},
+        {"prompt": "Hello, my name is", "expect": "unchanged"},
+        {"prompt": "One, two,"},
+    ]
+    path = tmp_path / "probes.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_top_level_diff_and_check(qwen_tokenizer, tmp_path):
+    """``tokenlens.diff_models`` is the diff (``tokenlens.diff`` stays the subpackage); ``tokenlens.check``
+    gives the verdicts of the planted change: a +20 logit bias on " Lyon" wins the intended probe and flips
+    the control; with a +0 bias nothing moves, so the intended probe fails and the control passes."""
+    import types
+
+    from tokenlens.diff import engine
+
+    assert tokenlens.diff_models is engine.diff and isinstance(tokenlens.diff, types.ModuleType)
+    assert {"check", "diff_models"} <= set(tokenlens.__all__)
+    pair, lyon = _lyon_pair(qwen_tokenizer, 20.0)
+    probes = _probe_file(tmp_path)
+    report = tokenlens.check(pair, probes)
+    edit, control, other = report.probes
+    assert edit.tuned_top[0].id == lyon and edit.verdict.passed is True
+    assert control.flipped and control.verdict.passed is False and "' Lyon'" in control.verdict.reason
+    assert other.verdict.passed is None and report.failures == (control,) and not report.passed
+    assert all(e.causal is None for p in report.probes for e in p.components)  # check: no patching by default
+    full = tokenlens.diff_models(pair, tokenlens.load_probes(probes))
+    assert [p.verdict for p in full.probes] == [p.verdict for p in report.probes]
+    assert any(e.causal is not None for e in full.probes[0].components)  # the diff measures causal effects
+    loose = tokenlens.check(pair, tokenlens.load_probes(probes), max_kl=1e9)
+    assert loose.probes[1].verdict.passed is False  # a flipped top-1 fails whatever the KL
+    still, _ = _lyon_pair(qwen_tokenizer, 0.0)
+    same = tokenlens.check(still, probes)
+    assert same.probes[1].verdict.passed is True and same.probes[0].verdict.passed is False
+
+
+def test_check_refuses_what_it_cannot_judge(qwen_tokenizer, tmp_path):
+    pair, _ = _lyon_pair(qwen_tokenizer, 1.0)
+    probes = tokenlens.prompt_probes(["One, two,"])
+    with pytest.raises(TokenlensError, match="nothing to check"):
+        tokenlens.check(pair, probes)
+    with pytest.raises(TokenlensError, match="max_kl"):
+        tokenlens.check(pair, _probe_file(tmp_path), max_kl=-1.0)
+    with pytest.raises(TokenlensError, match="ModelPair"):
+        tokenlens.check(42, _probe_file(tmp_path))
+    with pytest.raises(TokenlensError, match="base"):
+        tokenlens.check(pair, _probe_file(tmp_path), base="other")

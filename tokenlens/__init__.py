@@ -9,8 +9,10 @@ Causal effects (ablation, patching, attribution patching, norm and RoPE ablation
 Importing this package is cheap: torch and transformers load only when a model-facing name is used.
 
 Base vs fine-tune: :func:`pair_models` and :func:`load_probes` (or :func:`prompt_probes`), then
-``tokenlens.diff.diff(pair, probes)`` gives a ``DiffReport`` (``report.passed`` is the check's verdict);
-:func:`train` post-trains a loaded model.
+``tokenlens.diff_models(pair, probes)`` gives a ``DiffReport`` (``report.passed`` is the check's verdict) and
+``tokenlens.check(pair, probes)`` is ``tokenlens check`` (the same report, causal effects off by default);
+:func:`train` post-trains a loaded model. ``diff_models`` is :func:`tokenlens.diff.diff` under a name that
+does not shadow the :mod:`tokenlens.diff` subpackage (``tokenlens.diff.diff`` keeps working).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ __all__ = [
     "prompt_probes",
     "DiffOptions",
     "DiffReport",
+    "diff_models",
+    "check",
     "ZOO",
     "DEFAULT_MODEL",
     "__version__",
@@ -81,7 +85,12 @@ _LAZY = {
     "prompt_probes": "tokenlens.diff.probes",
     "DiffOptions": "tokenlens.diff.engine",
     "DiffReport": "tokenlens.diff.result",
+    "check": "tokenlens.diff.check",
 }
+
+_ALIASES = {"diff_models": ("tokenlens.diff.engine", "diff")}
+"""Top-level names that are another module's object under a different name: ``tokenlens.diff`` is the
+subpackage, so its ``diff`` function is ``tokenlens.diff_models``."""
 
 _SUBPACKAGES = ("causal", "diff")
 """Subpackages reachable as attributes without importing them first: ``tokenlens.diff.diff(pair, probes)``."""
@@ -109,7 +118,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.causal.grids import patching_grids
     from tokenlens.causal.locate import locate
     from tokenlens.causal.tracing import trace
+    from tokenlens.diff.check import check
     from tokenlens.diff.engine import DiffOptions
+    from tokenlens.diff.engine import diff as diff_models
     from tokenlens.diff.pairing import pair_models
     from tokenlens.diff.probes import load_probes, prompt_probes
     from tokenlens.diff.result import DiffReport
@@ -123,6 +134,11 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _ALIASES:
+        import importlib
+
+        module, attribute = _ALIASES[name]
+        return getattr(importlib.import_module(module), attribute)
     if name in _SUBPACKAGES:
         import importlib
 

@@ -166,3 +166,62 @@ def judge_continuation(expect: str | None, cont: Continuations, max_kl: float = 
     if kl > max_kl:
         return Verdict(expect, False, f"{same} but mean KL {kl:.3g} > {max_kl:g}")
     return Verdict(expect, True, f"{same}, mean KL {kl:.3g} <= {max_kl:g}")
+
+
+def check(
+    pair,
+    probes,
+    *,
+    min_gain: float = MIN_GAIN,
+    max_kl: float = MAX_KL,
+    causal: bool = False,
+    base: str | None = None,
+    top_k: int = 5,
+):
+    """``tokenlens check`` from Python: diff ``pair`` on ``probes`` with the check's thresholds.
+
+    The same computation as the command (causal effects only when asked for: the verdicts do not need them).
+    ``report.passed`` is the verdict (the command's exit 0 or 1), ``report.failures`` the failing probes
+    and each probe's ``verdict.reason`` the line ``tokenlens check`` prints.
+
+    Args:
+        pair: A :class:`~tokenlens.diff.pairing.ModelPair`, or a reference to the tuned model (adapter folder,
+            trainer output folder, model folder) that :func:`~tokenlens.diff.pairing.pair_models` loads.
+        probes: Probes (:func:`~tokenlens.diff.probes.load_probes`), or the path of a probe file.
+        min_gain: Intended probes' threshold (absolute probability gain; nats of a target answer).
+        max_kl: Controls' threshold (KL(base‖tuned), nats).
+        causal: Also measure causal effects (slower; ``tokenlens check --causal``).
+        base: The base model reference when ``pair`` is a reference that does not name its base.
+        top_k: Tokens kept before/after per probe.
+
+    Returns:
+        The :class:`~tokenlens.diff.result.DiffReport`.
+
+    Raises:
+        TokenlensError: Thresholds out of range, no probe with an ``expect`` (nothing to check), or any error
+            of :func:`~tokenlens.diff.engine.diff` / ``pair_models`` / ``load_probes``.
+    """
+    import os
+
+    from tokenlens.diff.engine import DiffOptions, diff
+    from tokenlens.diff.pairing import ModelPair, pair_models
+    from tokenlens.diff.probes import load_probes
+
+    check_thresholds(min_gain, max_kl)
+    if top_k < 1:
+        raise TokenlensError(f"{option('top_k')} must be at least 1, got {top_k}")
+    if isinstance(probes, (str, os.PathLike)):
+        probes = load_probes(probes)
+    probes = list(probes)
+    if not any(p.expect for p in probes):
+        raise TokenlensError('no probe has an "expect": nothing to check')
+    if isinstance(pair, (str, os.PathLike)):
+        pair = pair_models(str(pair), base)
+    elif not isinstance(pair, ModelPair):
+        raise TokenlensError(
+            f"check needs a ModelPair or a tuned model's reference, got {type(pair).__name__}"
+        )
+    elif base is not None:
+        raise TokenlensError("base names the base of a tuned model's reference; a ModelPair has its base")
+    options = DiffOptions(top_k=top_k, causal=causal, min_gain=min_gain, max_kl=max_kl)
+    return diff(pair, probes, options)
