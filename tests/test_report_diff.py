@@ -215,7 +215,9 @@ def test_every_format_follows_the_plans():
     bold = re.findall(r"\*\*(Components|Heads|Neurons|Experts|Attention to the virtual tokens)\*\*", markdown)
     assert bold == titles and markdown.index("- **logit[") < markdown.index("- **flip logit[")
     page = render_diff_html(build(drilled))
-    assert re.findall(r"<h3>([^<]*)</h3>", page)[:5] == [*titles[:-1], f"{titles[-1]} (direct)"]
+    headings = re.findall(r"<h3>([^<]*)</h3>", page)
+    assert headings[0] == "Each component's effect on each probe's tracked-token logit"  # the heatmap table
+    assert headings[1:6] == [*titles[:-1], f"{titles[-1]} (direct)"]
     assert page.index('id="probe-3-split"') < page.index('id="probe-3-flip"') < page.index("<h3>Components")
     report = build(intended(), control())
     plan, homes = plan_diff(report, ["heatmap", "topk-7", "topk-1", "extra"], probes=[1])
@@ -495,7 +497,7 @@ def test_html_is_escaped_and_structured(report):
     sections = [i for i in dom.ids if i in {"summary", "probes", "weights", "aggregate", "figures"}]
     assert sections == ["summary", "probes", "weights", "aggregate", "figures"]
     assert {"probe-3", "probe-7", "probe-9", "probe-3-flip", "how-to-read", "verdict"} <= set(dom.ids)
-    assert [s for s, _ in dom.images] == ["probes", "probe-7", "figures"]
+    assert [s for s, _ in dom.images] == ["probe-7", "figures"]  # the heatmap is a table, never a picture
     assert all(base64.b64decode(src.split(",", 1)[1]).startswith(PNG) for _, src in dom.images)
     assert "FAIL: 1 of 2 judged" in dom.text["summary"] and repr(HOSTILE) in dom.text["probe-7"]
     assert "system: 'be brief'" in dom.text["probe-9"]
@@ -504,13 +506,13 @@ def test_html_is_escaped_and_structured(report):
     assert dom.values["probe-9"].count("null") == 20 and dom.values["probe-3"].count("null") == 3 + 3 + 4
     assert "2.4" in dom.values["probe-3"]  # causal_reverse of L1.attn
     with pytest.raises(ValueError, match="not PNG"):
-        render_diff_html(report, images={"heatmap": b"GIF89a"})
+        render_diff_html(report, images={"topk-3": b"GIF89a"})
 
 
 def test_html_draws_its_own_figures(report):
     dom = Dom(render_diff_html(report))
     slugs = [src for _, src in dom.images]
-    assert len(slugs) == 1 + 3 + 2 + 3  # heatmap, waterfalls, flip waterfalls, top-k
+    assert len(slugs) == 3 + 2 + 3  # waterfalls, flip waterfalls, top-k (the heatmap is a table)
     assert all(base64.b64decode(src.split(",", 1)[1]).startswith(PNG) for src in slugs)
     assert not Dom(render_diff_html(report, figures=False)).images
 
@@ -575,8 +577,10 @@ def test_topk_bars_and_figure_set(report):
     assert [b.get_width() for b in base.patches] == pytest.approx([0.6, 0.1, 0.05])
     assert [b.get_width() for b in tuned.patches] == pytest.approx([0.7, 0.2, 0.01])
     assert [t.get_text() for t in tuned.get_yticklabels()] == ["◆ ' Lyon'", "' Paris'", "'`'"]
-    figures = diff_figures(report, max_probes=2)  # the failing probe first, then a flipped one
+    figures = diff_figures(report, max_probes=1)  # the intended probe (apart), the failing one before flipped
     assert list(figures) == ["heatmap", "waterfall-3", "flip-3", "topk-3", "waterfall-7", "topk-7"]
+    assert list(diff_figures(report, max_probes=0, max_intended=0)) == ["heatmap"]
+    assert "heatmap" not in diff_figures(report, heatmap=False)
 
 
 def test_command_line_prompts_are_numbered_from_1_in_every_format():
@@ -594,4 +598,164 @@ def test_command_line_prompts_are_numbered_from_1_in_every_format():
     markdown = render_diff_markdown(report)
     assert "[prompt 2](#probe-2)" in markdown and "| [1](#probe-1) |" in markdown
     assert '<a href="#probe-2">prompt 2</a>' in render_diff_html(report, figures=False)
-    assert list(diff_figures(report, max_probes=1)) == ["heatmap", "waterfall-2", "topk-2"]
+    assert list(diff_figures(report, max_probes=1, max_intended=0)) == ["heatmap", "waterfall-2", "topk-2"]
+
+
+# --- the heatmap as a table, figures for intended probes, colours and ranks in words (issue 19.7) ---------
+
+
+class HeatTable(HTMLParser):
+    """The ``heatmap`` table: its header texts and, per row, its data-name, text and cells
+    ``(data-name, data-value, style)``."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.inside, self.head, self.rows, self.cell = False, [], [], None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id") == "heatmap":
+            self.inside = True
+        if not self.inside:
+            return
+        if tag == "th":
+            self.head.append("")
+            self.cell = "th"
+        elif tag == "tr" and "data-name" in attrs:
+            self.rows.append({"name": attrs["data-name"], "text": "", "cells": []})
+        elif tag == "td" and "data-value" in attrs:
+            self.rows[-1]["cells"].append(
+                (attrs.get("data-name"), attrs["data-value"], attrs.get("style", ""))
+            )
+        elif tag == "td":
+            self.cell = "label"
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self.inside and self.rows and not self.cell:
+            self.inside = False
+        if tag in ("th", "td"):
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.inside and self.cell == "th":
+            self.head[-1] += data
+        elif self.inside and self.cell == "label":
+            self.rows[-1]["text"] += data
+
+
+MEASURED = {  # each probe's causal effects as written in the fixtures above (None: not measured)
+    "probe-3": [0.05, 0.4, 1.9, -2.5, 0.7],
+    "probe-7": [None, None, 0.01, -0.08, None],
+    "probe-9": [None] * 5,
+}
+
+
+def test_html_heatmap_is_a_table_of_the_measured_effects(report):
+    page = render_diff_html(report, figures=False)
+    table = HeatTable(page)
+    assert table.head[1:] == list(NAMES) and table.head[0] == "line probe"
+    assert [r["name"] for r in table.rows] == ["probe-3", "probe-7", "probe-9"]
+    for row in table.rows:
+        assert [c[0] for c in row["cells"]] == list(NAMES)
+        values = [None if v == "null" else float(v) for _, v, _ in row["cells"]]
+        assert values == pytest.approx(MEASURED[row["name"]])
+        for _, value, style in row["cells"]:
+            if value == "null":
+                assert style == ""
+                continue
+            value = float(value)
+            rgb, alpha = re.fullmatch(r"background-color:rgba\((\d+,\d+,\d+),([\d.]+)\)", style).groups()
+            assert rgb == ("46,158,79" if value > 0 else "214,69,65")  # green up, red down
+            assert float(alpha) == pytest.approx(0.7 * abs(value) / 2.5, abs=0.006)  # peak |value| 2.5
+    assert (
+        repr(HOSTILE[:27] + "…") in table.rows[1]["text"] and "<script>" not in page.split('id="heatmap"')[1]
+    )
+    assert "MEASURED" in page.split('id="heatmap"')[1].split("</p>")[0]
+    direct = HeatTable(render_diff_html(build(unjudged()), figures=False))  # nothing measured: direct terms
+    assert [float(v) for _, v, _ in direct.rows[0]["cells"]] == pytest.approx([0.1, 0.2, 0.3, 0.2, 0.1])
+
+
+def wide(components: int = 61) -> DiffReport:
+    """Two probes over ``components`` components (SmolLM2 has 61): values ``±(j + 1) / 10``."""
+    names = tuple(f"L{j}.mlp" for j in range(components))
+    probes = []
+    for sign, p in ((1.0, intended()), (-1.0, control())):
+        values = [sign * (j + 1) / 10 for j in range(components)]
+        split = Telescope(
+            p.split.target_id, None, names, torch.tensor(values), torch.zeros(4), 0.0, sum(values)
+        )
+        effects = tuple(CE(n, v, causal=v) for n, v in zip(names, values))
+        probes.append(dataclasses.replace(p, split=split, flip_split=None, components=effects))
+    return build(*probes)
+
+
+def test_a_wide_heatmap_is_split_into_readable_parts():
+    from tokenlens.report.diff_layout import HEATMAP_COLUMNS, column_chunks, figure_home
+    from tokenlens.report.plots.diff import MAX_INCHES, heatmap_figures
+
+    assert [len(c) for c in column_chunks(61)] == [21, 20, 20] and column_chunks(30) == [range(30)]
+    report = wide(61)
+    parts = heatmap_figures(report)
+    assert list(parts) == ["heatmap-1of3", "heatmap-2of3", "heatmap-3of3"]
+    shown, limits = [], set()
+    for fig in parts.values():
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert len(labels) <= HEATMAP_COLUMNS and max(fig.get_size_inches()) <= MAX_INCHES
+        grid = ax.images[0].get_array()
+        assert grid.tolist()[0] == pytest.approx([(int(n[1:-4]) + 1) / 10 for n in labels])
+        limits.add((ax.images[0].norm.vmin, ax.images[0].norm.vmax))
+        shown += labels
+    assert shown == [f"L{j}.mlp" for j in range(61)] and limits == {(-6.1, 6.1)}  # one colour scale
+    assert {figure_home(slug, [3, 7]) for slug in parts} == {"probes"}
+    text = render_diff_markdown(report, figures={slug: f"f/{slug}.png" for slug in parts})
+    probes = text.split('<a id="probes"></a>')[1].split("<a id=")[0]
+    assert all(f"f/{slug}.png" in probes for slug in parts) and "part 2 of 3" in probes
+    assert len(HeatTable(render_diff_html(report, figures=False)).head) == 1 + 61
+    assert list(heatmap_figures(wide(30))) == ["heatmap"]
+
+
+def test_intended_probes_get_figures_when_many_controls_fail():
+    from tokenlens.report.diff_layout import chosen_probes
+
+    controls = [
+        dataclasses.replace(control(), probe=dataclasses.replace(control().probe, line=10 + k))
+        for k in range(12)
+    ]
+    probes = [
+        *controls[:6],
+        intended(),
+        *controls[6:],
+        dataclasses.replace(intended(), verdict=Verdict("changed", True, "ok")),
+    ]
+    report = build(*probes)
+    chosen = chosen_probes(report)
+    assert 6 in chosen and 13 in chosen  # both intended probes, though 12 failing controls come first
+    assert len([i for i in chosen if report.probes[i].probe.expect == "unchanged"]) == 8
+    assert chosen_probes(report, max_probes=0) == [6, 13]
+
+
+def test_words_name_the_colours_each_format_uses(report):
+    from matplotlib import colormaps
+
+    from tokenlens.report.plots.common import SIGNED_CMAP, signed_norm
+
+    page = render_diff_html(report, figures=False)
+    how = Dom(page).text["how-to-read"]
+    assert "green is a positive value" in how and "figures (waterfalls, top-k bars) blue is up" in how
+    assert "rgba(46,158,79" in page  # the tables really are green for a positive value …
+    markdown = render_diff_markdown(report)
+    assert "green" not in markdown.lower() and "blue is a positive value" in markdown
+    red, _, blue, _ = colormaps[SIGNED_CMAP](signed_norm(torch.tensor([2.0]))(2.0))  # … and figures blue
+    assert blue > red
+    assert "green" not in terminal(report).lower()  # the terminal shows colours, never names them
+
+
+def test_ranks_count_from_1_in_every_view(report):
+    """The fixture's intended probe has rank 2 under the base model and rank 1 (top-1) under the tuned one."""
+    line = "rank 2 → 1 (1 = top-1)"
+    assert line in terminal(report) and line in render_diff_markdown(report)
+    page = render_diff_html(report, figures=False)
+    assert line in Dom(page).text["probe-3"] and "Ranks count from 1" in Dom(page).text["how-to-read"]
+    assert diff_to_dict(report)["probes"][0]["tracked"]["base_rank"] == 2  # the JSON counts from 1 too

@@ -5,9 +5,11 @@ inline styles, no script, a Content-Security-Policy that forbids scripts and net
 ``data:`` PNG URIs, every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections
 follow :func:`tokenlens.report.diff_layout.plan_diff` and have stable ids: ``summary``, ``probes``,
 ``probe-{n}`` per probe (``n`` its probe-file line, or its place among command-line prompts from 1),
-``weights``, ``aggregate`` (``figures`` for figures with no other home), ``how-to-read``. Number cells
-carry their exact value in ``data-value`` (``null`` for a value that was not measured, shown as ``—``);
-causal effects are badged MEASURED, attribution-patching values ESTIMATE.
+``weights``, ``aggregate`` (``figures`` for figures with no other home), ``how-to-read``; the probes ×
+components heatmap is a table (``heatmap``, under the probe table), not a picture. Number cells carry their
+exact value in ``data-value`` (``null`` for a value that was not measured, shown as ``—``); causal effects
+are badged MEASURED, attribution-patching values ESTIMATE. Colours: green up and red down in the tables,
+blue up and red down in the figures (how-to-read says so).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from tokenlens.report.kit.text import change_format, cut, probability, show_toke
 _DIFF_CSS = """
 .kind.pass{background:#1a7f37}.kind.fail{background:#c62828}.kind.none{background:#888}
 tr.failed td{background:#fdecea}.flip{color:#a86a1f;font-weight:bold}
+table.heat td,table.heat th{padding:.1em .3em;font-size:.8em;border-bottom:1px solid #f0f0f0}
+table.heat th.component{writing-mode:vertical-rl;transform:rotate(180deg);font-weight:normal;
+font-family:ui-monospace,monospace;white-space:nowrap;vertical-align:bottom}
+table.heat td.num{color:#1b1b1b}table.heat td.probe{position:sticky;left:0;background:#fff;white-space:nowrap}
 """
 
 
@@ -109,6 +115,44 @@ def _probes(report: DiffReport) -> str:
         "p base",
     ]
     return html.table([*head, "p tuned", "Δp", "check"], rows)
+
+
+def _heatmap(report: DiffReport) -> str:
+    """Probes × components as a table (the PNG heatmap's numbers, readable at any width): one row per probe,
+    one column per component in model order, each cell its value on a green (up) / red (down) background
+    whose strength is |value| over the largest |value|; ``—`` where not measured."""
+    if not report.probes:
+        return ""
+    heat = layout.heatmap_grid(report)
+    peak = heat.peak
+    rows = []
+    for i, (p, values) in enumerate(zip(report.probes, heat.values, strict=True)):
+        n = layout.probe_number(p, i)
+        cells = "".join(
+            optional_number(None, name=name)
+            if v is None
+            else number(v, "+.2f", False, style=html.shade(v, peak), name=name)
+            for name, v in zip(heat.names, values, strict=True)
+        )
+        rows.append(
+            f'<tr data-name="probe-{n}"><td class="probe"><a href="#probe-{n}">{n}</a> {_label(p, 28)}</td>'
+            f"{cells}</tr>"
+        )
+    head = [f"{html.escape(layout.number_column(report))} probe"]
+    head += [f'<bdi dir="ltr">{html.escape(visible(name))}</bdi>' for name in heat.names]
+    table = html.table(head, rows, "heat").replace("<th><bdi", '<th class="component"><bdi')
+    what = (
+        f"causal effects {html.badge('MEASURED')} by patching each tuned output into the base run (— not "
+        "measured)"
+        if heat.kind == "causal"
+        else "direct terms of the exact split (base readout frozen)"
+    )
+    return (
+        f"<div id=\"heatmap\"><h3>Each component's effect on each probe's tracked-token logit</h3>"
+        f"<p>Probes × components: {what}, in logit units; green raises the tracked token's logit, red lowers "
+        f"it, the strongest colour is the largest |value| ({number(peak, '.3g', False, 'span')}).</p>"
+        f"{table}</div>"
+    )
 
 
 def _top(p: ProbeDiff) -> str:
@@ -249,7 +293,7 @@ def _probe(i: int, p: ProbeDiff, top: int) -> str:
         f"<tr><th>verdict</th><td>{_verdict(p.verdict.passed)} expect {expect}: "
         f"{html.escape(visible(p.verdict.reason))}</td></tr>",
         f"<tr><th>tracked</th><td>{html.token(p.tracked.token)} id {p.tracked.id}{target}"
-        f"; rank {p.base_rank} → {p.tuned_rank}</td></tr>",
+        f"; rank {p.base_rank} → {p.tuned_rank} (1 = top-1)</td></tr>",
         f"<tr><th>p base → tuned</th><td>{number(p.tracked.prob, 'p', False, 'span')} → "
         f"{number(p.tracked_tuned.prob, 'p', False, 'span')} ({_gain(p.prob_gain, 'span')})</td></tr>",
         f"<tr><th>KL(base ‖ tuned)</th>{number(p.kl, '.4f', False, name='kl')}</tr>",
@@ -338,7 +382,7 @@ def _images(report: DiffReport) -> dict[str, bytes]:
     from tokenlens.report.plots import figure_png
     from tokenlens.report.plots.diff import diff_figures
 
-    return {slug: figure_png(fig, dpi=96) for slug, fig in diff_figures(report).items()}
+    return {slug: figure_png(fig, dpi=96) for slug, fig in diff_figures(report, heatmap=False).items()}
 
 
 def render_diff_html(
@@ -349,9 +393,10 @@ def render_diff_html(
     Args:
         report: The diff.
         figures: Draw :func:`tokenlens.report.plots.diff.diff_figures` and embed them as PNG ``data:`` URIs
-            (the heatmap under the probe table, each probe's figures in its section).
-        images: Ready PNG bytes by slug instead of drawing them (same slugs); ignored when ``figures`` is
-            false.
+            (each probe's figures in its section). The probes × components heatmap is always an HTML table
+            under the probe table (id ``heatmap``), never a picture.
+        images: Ready PNG bytes by slug instead of drawing them (same slugs; a ``heatmap`` image is left
+            out: the table replaces it); ignored when ``figures`` is false.
         top: Rows per components / heads / neurons / weights / aggregate table (the JSON has all).
 
     Returns:
@@ -361,6 +406,7 @@ def render_diff_html(
         ValueError: An image that is not PNG data.
     """
     pngs = (dict(images) if images is not None else _images(report)) if figures else {}
+    pngs = {slug: png for slug, png in pngs.items() if layout.figure_home(slug, ()) != "probes"}
     plan, homes = layout.plan_diff(report, list(pngs))
     placed = {
         anchor: "".join(html.figure(s, pngs[s], layout.figure_alt(s)) for s in slugs)
@@ -369,13 +415,13 @@ def render_diff_html(
     content = {
         "summary": lambda _: _summary(report),
         "metrics": lambda _: _metrics(report),
-        "probes": lambda _: _probes(report),
+        "probes": lambda _: _probes(report) + _heatmap(report),
         "corpus": lambda _: _corpus(report),
         "probe": lambda i: _probe(i, report.probes[i], top),
         "weights": lambda _: _weights(report, top),
         "aggregate": lambda _: _aggregate(report, top),
         "figures": lambda _: "",
-        "how-to-read": lambda _: html.paragraphs(layout.HOW_TO_READ),
+        "how-to-read": lambda _: html.paragraphs((*layout.HOW_TO_READ, layout.RANKS, layout.COLOURS_HTML)),
     }
     sections = []
     for s in plan:

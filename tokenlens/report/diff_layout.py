@@ -11,6 +11,7 @@ the same order; each only words and styles them its own way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -58,7 +59,37 @@ HOW_TO_READ = (
     "portability (a portability group) and locality, each with its protocol: what counts, over which probes; "
     "the drift over a held-out text (--corpus) states its own.",
 )
-"""Paragraphs explaining a diff report (Markdown and HTML)."""
+"""Paragraphs explaining a diff report (Markdown and HTML; each adds its colours: :data:`COLOURS_HTML`,
+:data:`COLOURS_MARKDOWN`)."""
+
+RANKS = (
+    "Ranks count from 1: rank 1 is the top-1 token (also base_rank and tuned_rank in the JSON); top-k lists "
+    "are numbered the same way."
+)
+"""How a diff report counts ranks (every format)."""
+
+COLOURS_HTML = (
+    "Colours: in the tables, and in the probes × components heatmap table, green is a positive value (it "
+    "raises the tracked token's logit) and red a negative one, a stronger shade a larger |value|; in the "
+    "figures (waterfalls, top-k bars) blue is up and red down."
+)
+"""What the colours of the HTML diff report mean."""
+
+COLOURS_MARKDOWN = (
+    "Colours (the tables here are plain numbers): in the figures, the probes × components heatmap and the "
+    "waterfalls, blue is a positive value (it raises the tracked token's logit) and red a negative one."
+)
+"""What the colours of the Markdown diff report mean."""
+
+HEATMAP_COLUMNS = 30
+"""A heatmap figure shows at most this many components; more are split into parts of about equal width
+(:func:`column_chunks`), each with the same colour scale."""
+
+MAX_PROBES = 8
+"""Per-probe figures go to at most this many probes besides the intended ones (:func:`chosen_probes`)."""
+
+MAX_INTENDED = 8
+"""Per-probe figures go to at most this many intended probes (``expect: changed``), counted apart."""
 
 FIGURE_ALT = {
     "heatmap": "Each component's effect on each probe's tracked-token logit (probes × components)",
@@ -163,8 +194,11 @@ def plan_diff(
 
 
 def figure_home(slug: str, numbers: Sequence[int]) -> str:
-    """The section a figure goes to: ``probe-3`` for ``waterfall-3`` (3 one of the probes' ``numbers``,
-    :func:`probe_number`), ``probes`` for the heatmap, else ``figures``."""
+    """The section a figure goes to: ``probes`` for the heatmap and its parts (``heatmap``, ``heatmap-2of3``),
+    ``probe-3`` for ``waterfall-3`` (3 one of the probes' ``numbers``, :func:`probe_number`), else
+    ``figures``."""
+    if slug == "heatmap" or slug.startswith("heatmap-"):
+        return "probes"
     kind, _, rest = slug.rpartition("-")
     if kind and rest.isdigit() and int(rest) in numbers:
         return f"probe-{int(rest)}"
@@ -173,6 +207,9 @@ def figure_home(slug: str, numbers: Sequence[int]) -> str:
 
 def figure_alt(slug: str) -> str:
     """A diff figure's alt text from its slug (:data:`FIGURE_ALT`), ``Figure {slug}`` for an unknown one."""
+    if slug.startswith("heatmap-"):
+        part, _, parts = slug.removeprefix("heatmap-").partition("of")
+        return f"{FIGURE_ALT['heatmap']}, part {part} of {parts}"
     kind, _, i = slug.rpartition("-")
     return FIGURE_ALT.get(kind, FIGURE_ALT.get(slug, f"Figure {slug}")).format(i=i)
 
@@ -430,3 +467,97 @@ def corpus_lines(report: DiffReport, show: Callable[[str], str] = repr) -> list[
             f"{show(context_tail(d))}"
         )
     return lines
+
+
+@dataclass(frozen=True)
+class HeatGrid:
+    """Probes × components: each component's effect on each probe's tracked-token logit.
+
+    Attributes:
+        kind: ``causal`` (MEASURED by patching each tuned output into the base run) or ``direct`` (the exact
+            split's component terms, base readout frozen).
+        names: The components, in model order (first seen first).
+        values: One row per probe (report order), one value per component; ``None`` where not measured.
+    """
+
+    kind: str
+    names: tuple[str, ...]
+    values: tuple[tuple[float | None, ...], ...]
+
+    @property
+    def peak(self) -> float:
+        """The largest |value| (0 when nothing was measured): the colour scale's end."""
+        return max((abs(v) for row in self.values for v in row if v is not None), default=0.0)
+
+
+def heatmap_grid(report: DiffReport, kind: str = "auto") -> HeatGrid:
+    """The probes × components values of the heatmap.
+
+    Args:
+        report: The diff.
+        kind: ``"direct"``, ``"causal"`` (cells not measured are ``None``) or ``"auto"``: causal when any
+            component was measured, else direct.
+
+    Raises:
+        ValueError: An unknown ``kind``.
+    """
+    if kind not in ("auto", "direct", "causal"):
+        raise ValueError(f"unknown heatmap kind {kind!r}: use auto, direct or causal")
+    if kind == "auto":
+        measured = any(_finite(e.causal) is not None for p in report.probes for e in p.components)
+        kind = "causal" if measured else "direct"
+    names: list[str] = []
+    rows: list[dict[str, float]] = []
+    for p in report.probes:
+        if kind == "direct":
+            row = {n: float(v) for n, v in zip(p.split.names, p.split.direct.tolist())}
+            order = list(p.split.names)
+        else:
+            row = {e.name: v for e in p.components if (v := _finite(e.causal)) is not None}
+            order = [e.name for e in p.components]
+        names += [n for n in order if n not in names]
+        rows.append(row)
+    if kind == "causal":  # model order where the split knows it
+        model = [n for p in report.probes for n in p.split.names]
+        names.sort(key=lambda n: model.index(n) if n in model else len(model))
+    values = tuple(tuple(row.get(n) for n in names) for row in rows)
+    return HeatGrid(kind, tuple(names), values)
+
+
+def _finite(value: float | None) -> float | None:
+    """``None`` for a value that was not measured (``None``, NaN or infinite), else the value."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def column_chunks(count: int, limit: int = HEATMAP_COLUMNS) -> list[range]:
+    """``count`` columns in consecutive parts of at most ``limit``, as equal as can be (61 → 21, 20, 20)."""
+    if count <= 0:
+        return []
+    parts = -(-count // limit)
+    size, extra = divmod(count, parts)
+    chunks, start = [], 0
+    for k in range(parts):
+        stop = start + size + (k < extra)
+        chunks.append(range(start, stop))
+        start = stop
+    return chunks
+
+
+def chosen_probes(
+    report: DiffReport, max_probes: int = MAX_PROBES, max_intended: int = MAX_INTENDED
+) -> list[int]:
+    """The probes that get per-probe figures, in report order: up to ``max_intended`` intended probes
+    (``expect: changed``; failing ones first), and apart from them up to ``max_probes`` others, failing
+    first, then flipped, then the rest. Intended probes are counted apart so that a run whose controls fail
+    still shows the probes it was meant to change."""
+
+    def priority(i: int) -> int:
+        p = report.probes[i]
+        return 0 if p.verdict.passed is False else 1 if p.flipped else 2
+
+    indices = range(len(report.probes))
+    intended = [i for i in indices if report.probes[i].probe.expect == "changed"]
+    others = [i for i in indices if report.probes[i].probe.expect != "changed"]
+    chosen = sorted(intended, key=priority)[: max(0, max_intended)]
+    chosen += sorted(others, key=priority)[: max(0, max_probes)]
+    return sorted(chosen)

@@ -183,7 +183,7 @@ def _probe(p: ProbeDiff, top: int) -> str:
         f"{plain(p.verdict.reason)}",
         f"- **tracked** {token(p.tracked.token)} (id {p.tracked.id}){target}: "
         f"p {probability(p.tracked.prob)} → {probability(p.tracked_tuned.prob)} "
-        f"({probability_change(p.prob_gain)}), rank {p.base_rank} → {p.tuned_rank}; "
+        f"({probability_change(p.prob_gain)}), rank {p.base_rank} → {p.tuned_rank} (1 = top-1); "
         f"KL(base ‖ tuned) {p.kl:.4f}, JS {p.js:.4f}",
     ]
     plan = layout.probe_plan(p)
@@ -279,7 +279,9 @@ def render_diff_markdown(
         "weights": lambda _: _weights(report, top),
         "aggregate": lambda _: _aggregate(report, top),
         "figures": lambda _: "",
-        "how-to-read": lambda _: "\n\n".join(plain(text) for text in layout.HOW_TO_READ),
+        "how-to-read": lambda _: "\n\n".join(
+            plain(text) for text in (*layout.HOW_TO_READ, layout.RANKS, layout.COLOURS_MARKDOWN)
+        ),
     }
     parts = [f"# tokenlens diff: {code(report.base)} → {code(report.tuned)}"]
     for s in plan:
@@ -287,7 +289,7 @@ def render_diff_markdown(
             heading = f"## {s.title}"
         else:
             heading = f"### {s.title}: {_label(report.probes[s.index], table=False)}"
-        images = [markdown.image(slug, paths[slug]) for slug in homes.get(s.anchor, [])]
+        images = [markdown.image(layout.figure_alt(slug), paths[slug]) for slug in homes.get(s.anchor, [])]
         block = (f'<a id="{s.anchor}"></a>\n{heading}', content[s.key](s.index), *images)
         parts.append("\n\n".join(part for part in block if part))
     return "\n\n".join(parts) + "\n"

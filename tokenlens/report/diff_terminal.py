@@ -198,7 +198,7 @@ def _probe(i: int, p: ProbeDiff, top: int) -> list[RenderableType]:
         Text(
             f"tracked {tracked}: p {probability(p.tracked.prob, 4, 1)} → "
             f"{probability(p.tracked_tuned.prob, 4, 1)} ({probability_change(p.prob_gain)}), "
-            f"rank {p.base_rank} → {p.tuned_rank}"
+            f"rank {p.base_rank} → {p.tuned_rank} (1 = top-1)"
         ),
         Text(
             "top-k base: "

@@ -17,8 +17,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from tokenlens.diff.result import READOUT_TERMS, DiffReport, ProbeDiff, Telescope
-from tokenlens.report.diff_layout import probe_number
-from tokenlens.report.kit.text import cut, json_number, probability
+from tokenlens.report.diff_layout import (
+    MAX_INTENDED,
+    MAX_PROBES,
+    chosen_probes,
+    column_chunks,
+    heatmap_grid,
+    probe_number,
+)
+from tokenlens.report.kit.text import cut, probability
 from tokenlens.report.plots.attribution import ANNOTATE_CELLS
 from tokenlens.report.plots.common import (
     LITERAL,
@@ -36,8 +43,19 @@ from tokenlens.report.plots.common import (
 )
 from tokenlens.report.plots.common import number as short
 
-MAX_PROBES = 8
-""":func:`diff_figures` draws per-probe figures for at most this many probes."""
+MAX_INCHES = 18.0
+"""No side of a heatmap figure is drawn larger than this (inches); wider grids are split into parts."""
+
+__all__ = [
+    "MAX_INTENDED",
+    "MAX_PROBES",
+    "chosen_probes",
+    "delta_heatmap",
+    "diff_figures",
+    "diff_waterfall",
+    "heatmap_figures",
+    "topk_bars",
+]
 
 _UNITS = "logit units"
 
@@ -119,29 +137,7 @@ def diff_waterfall(probe: ProbeDiff, *, index: int | None = None, flip: bool = F
     return fig
 
 
-def _grid(report: DiffReport, kind: str) -> tuple[torch.Tensor, list[str]]:
-    """``(probe, component)`` values and the component names (model order, first seen first)."""
-    names: list[str] = []
-    rows: list[dict[str, float]] = []
-    for p in report.probes:
-        if kind == "direct":
-            row = dict(zip(p.split.names, p.split.direct.tolist()))
-        else:
-            row = {e.name: v for e in p.components if (v := json_number(e.causal)) is not None}
-        order = p.split.names if kind == "direct" else [e.name for e in p.components]
-        names += [n for n in order if n not in names]
-        rows.append(row)
-    if kind == "causal":  # model order where the split knows it
-        model = [n for p in report.probes for n in p.split.names]
-        names.sort(key=lambda n: model.index(n) if n in model else len(model))
-    grid = torch.full((len(rows), len(names)), math.nan, dtype=torch.float64)  # (probe, component)
-    for i, row in enumerate(rows):
-        for j, name in enumerate(names):
-            grid[i, j] = row.get(name, math.nan)
-    return grid, names
-
-
-def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
+def delta_heatmap(report: DiffReport, *, kind: str = "auto", columns: range | None = None) -> Figure:
     """Probes × components: each component's effect on each probe's tracked-token logit.
 
     Args:
@@ -149,21 +145,26 @@ def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
         kind: ``"direct"`` (the exact split's component terms), ``"causal"`` (MEASURED by patching; cells
             not measured stay blank) or ``"auto"``: causal when any component was measured, else direct.
             The title names the kind.
+        columns: Draw only these components (indices into the grid's model-ordered names, a part of
+            :func:`~tokenlens.report.diff_layout.column_chunks`); the colour scale stays the whole grid's, so
+            the parts of one heatmap compare. Default: all.
 
     Raises:
         ValueError: An unknown ``kind``.
     """
-    if kind not in ("auto", "direct", "causal"):
-        raise ValueError(f"unknown heatmap kind {kind!r}: use auto, direct or causal")
-    if kind == "auto":
-        measured = any(json_number(e.causal) is not None for p in report.probes for e in p.components)
-        kind = "causal" if measured else "direct"
-    grid, names = _grid(report, kind)
+    heat = heatmap_grid(report, kind)
+    full = torch.tensor(
+        [[math.nan if v is None else v for v in row] for row in heat.values], dtype=torch.float64
+    ).reshape(len(heat.values), len(heat.names))  # (probe, component)
+    columns = range(len(heat.names)) if columns is None else columns
+    grid = full[:, list(columns)]
+    names = [heat.names[j] for j in columns]
     labels = [f"{probe_number(p, i)} {cut(p.probe.label, 28)!r}" for i, p in enumerate(report.probes)]
-    fig = new_figure(max(6.0, 3.6 + 0.42 * len(names)), max(3.2, 2.2 + 0.3 * len(labels)))
+    width = min(MAX_INCHES, max(6.0, 4.2 + 0.3 * len(names)))
+    fig = new_figure(width, min(MAX_INCHES, max(3.2, 2.2 + 0.3 * len(labels))))
     ax = fig.add_subplot()
     ax.set_facecolor("0.9")  # blank (unmeasured) cells
-    norm, cmap = signed_norm(grid), colormaps[SIGNED_CMAP]
+    norm, cmap = signed_norm(full), colormaps[SIGNED_CMAP]
     image = ax.imshow(grid.numpy(), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     set_ticks(ax.yaxis, labels, fontsize=7)
     set_ticks(ax.xaxis, names, rotation=90, fontsize=7)
@@ -175,12 +176,14 @@ def delta_heatmap(report: DiffReport, *, kind: str = "auto") -> Figure:
                     ink = ink_for(cmap(norm(value)))
                     ax.text(j, i, short(value), ha="center", va="center", fontsize=6, color=ink)
     bar = fig.colorbar(image, ax=ax, shrink=0.9)
-    bar.set_label(f"Δ tracked-token logit ({_UNITS})", **LITERAL)
+    bar.set_label(f"Δ tracked-token logit ({_UNITS}); blue up, red down", **LITERAL)
     what = (
         ["causal effects, MEASURED by patching", "each tuned output into the base run", "grey: not measured"]
-        if kind == "causal"
+        if heat.kind == "causal"
         else ["direct terms of the exact split", "base readout frozen"]
     )
+    if len(names) < len(heat.names):
+        what.append(f"components {columns.start + 1}–{columns.stop} of {len(heat.names)}")
     fragments = ["Base → tuned: each component's effect", "on each probe's tracked-token logit", *what]
     text = flow(fragments, chars_across(fig.get_figwidth() - 0.4, 9.5))
     fig.suptitle(text, x=0.01, ha="left", fontsize=9.5, **LITERAL)
@@ -232,26 +235,37 @@ def topk_bars(probe: ProbeDiff, *, index: int | None = None) -> Figure:
     return fig
 
 
-def chosen_probes(report: DiffReport, max_probes: int = MAX_PROBES) -> list[int]:
-    """Up to ``max_probes`` probe indices in report order, chosen failing first, then flipped, intended."""
+def heatmap_figures(report: DiffReport) -> dict[str, Figure]:
+    """:func:`delta_heatmap` by slug: ``heatmap`` when it has at most
+    :data:`~tokenlens.report.diff_layout.HEATMAP_COLUMNS` components, else ``heatmap-1of3``, ``heatmap-2of3``
+    … (parts of about equal width, one colour scale); nothing without probes."""
+    if not report.probes:
+        return {}
+    chunks = column_chunks(len(heatmap_grid(report).names))
+    if len(chunks) <= 1:
+        return {"heatmap": delta_heatmap(report)}
+    n = len(chunks)
+    return {f"heatmap-{k}of{n}": delta_heatmap(report, columns=c) for k, c in enumerate(chunks, 1)}
 
-    def priority(i: int) -> int:
-        p = report.probes[i]
-        return 0 if p.verdict.passed is False else 1 if p.flipped else 2 if p.probe.expect == "changed" else 3
 
-    ranked = sorted(range(len(report.probes)), key=priority)[:max_probes]
-    return sorted(ranked)
-
-
-def diff_figures(report: DiffReport, max_probes: int = MAX_PROBES) -> dict[str, Figure]:
+def diff_figures(
+    report: DiffReport,
+    max_probes: int = MAX_PROBES,
+    *,
+    max_intended: int = MAX_INTENDED,
+    heatmap: bool = True,
+) -> dict[str, Figure]:
     """Every diff figure, keyed by a stable slug, in display order.
 
-    ``heatmap`` (:func:`delta_heatmap`), then per chosen probe (:func:`chosen_probes`) numbered ``n``
-    (:func:`~tokenlens.report.diff_layout.probe_number`: its probe-file line, else its place among the
-    command-line prompts from 1): ``waterfall-{n}``, ``flip-{n}`` when its top-1 flipped, and ``topk-{n}``.
+    The heatmap (:func:`heatmap_figures`: ``heatmap`` or its parts ``heatmap-1of3`` …; left out with
+    ``heatmap=False``, as the HTML report shows it as a table), then per chosen probe
+    (:func:`~tokenlens.report.diff_layout.chosen_probes`: the intended ones and up to ``max_probes`` others)
+    numbered ``n`` (:func:`~tokenlens.report.diff_layout.probe_number`: its probe-file line, else its place
+    among the command-line prompts from 1): ``waterfall-{n}``, ``flip-{n}`` when its top-1 flipped, and
+    ``topk-{n}``.
     """
-    figures = {"heatmap": delta_heatmap(report)} if report.probes else {}
-    for i in chosen_probes(report, max_probes):
+    figures = heatmap_figures(report) if heatmap else {}
+    for i in chosen_probes(report, max_probes, max_intended):
         p = report.probes[i]
         n = probe_number(p, i)
         figures[f"waterfall-{n}"] = diff_waterfall(p, index=n)
