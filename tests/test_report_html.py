@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ import tokenlens
 import tokenlens.causal as causal
 from tokenlens.attribution.direct import attribute
 from tokenlens.attribution.lens import logit_lens
+from tokenlens.report.explorer import SCRIPT, script_hash
 from tokenlens.report.html import render_html
 
 PROMPT = "The capital of France is"
@@ -103,6 +105,18 @@ def dom(text: str) -> Node:
     return Tree(text).root
 
 
+def only_the_explorer(root: Node) -> None:
+    """The page's scripts are the explorer's JSON data (parsed, never run) and the explorer itself, the
+    only script the Content-Security-Policy allows (by its hash)."""
+    data, script = root.find("script")
+    assert data.attrs == {"type": "application/json", "id": "tokenlens-data", "data-tokenlens": None}
+    assert "<" not in data.text() and json.loads(data.text())["views"]
+    assert script.attrs == {} and script.text() == SCRIPT
+    (csp,) = root.find("meta", http_equiv="Content-Security-Policy")
+    policy = dict(d.split(" ", 1) for d in csp.attrs["content"].split("; "))
+    assert policy["script-src"] == script_hash(SCRIPT) and policy["default-src"] == "'none'"
+
+
 def values(node: Node) -> dict[str, float]:
     """``{data-name: data-value}`` of the number cells in the rows (or cells) of ``node``."""
     out = {}
@@ -177,7 +191,8 @@ def hostile(loaded):
 def test_document_is_self_contained(run):
     text, root = run["text"], run["root"]
     assert text.startswith("<!DOCTYPE html>")
-    assert not root.find("script") and not root.find("link") and not root.find("iframe")
+    assert not root.find("link") and not root.find("iframe")
+    only_the_explorer(root)
     assert "http://" not in text and "https://" not in text and "url(" not in text and "@import" not in text
     assert len(root.find("style")) == 1
     (csp,) = root.find("meta", http_equiv="Content-Security-Policy")
@@ -235,6 +250,8 @@ def test_components_sum_to_the_model_logit_with_signed_bars(run, model_logits, l
     assert math.fsum(shown.values()) == pytest.approx(float(logits[target] - logits[contrast]), abs=1e-5)
     check = section.by_id("check").text()
     assert "✓ exact" in check and f"{d.error:.1e}" in check and f"{d.tolerance:.1e}" in check
+    rows = [r for r in section.find("tr") if "data-component" in r.attrs]
+    assert {r.attrs["data-component"]: float(r.attrs["data-value"]) for r in rows} == d.as_dict()
     peak = max(abs(v) for v in shown.values())
     for row in section.find("tr"):
         if "data-name" not in row.attrs:
@@ -252,6 +269,12 @@ def test_heads_grid_rows_add_up_to_their_layer(run):
     components = values(root.by_id("components"))
     cells = {n.attrs["data-name"]: n for n in root.by_id("heads").find("td") if "data-name" in n.attrs}
     heads = result.heads.contributions
+    tagged = {
+        n.attrs["data-component"]: float(n.attrs["data-value"])
+        for n in cells.values()
+        if "data-component" in n.attrs
+    }
+    assert tagged == result.heads.as_dict()
     for i in range(heads.shape[0]):
         row = [float(cells[f"L{i}.H{h}"].attrs["data-value"]) for h in range(heads.shape[1])]
         assert row == heads[i].tolist()
@@ -378,6 +401,10 @@ def test_experts_of_a_moe_model_add_up_to_their_mlp(tiny_loaded):
     root = dom(render_html(result))
     components, experts = values(root.by_id("components")), values(root.by_id("experts"))
     assert len(experts) == result.experts.expert_ids.numel()
+    tagged = {
+        r.attrs["data-component"]: float(r.attrs["data-value"]) for r in root.by_id("experts").find("tr")[1:]
+    }
+    assert tagged == experts
     for layer in result.experts.layers:
         parts = [v for name, v in experts.items() if name.startswith(f"L{layer}.E")]
         assert math.fsum(parts) == pytest.approx(components[f"L{layer}.mlp"], abs=1e-5)
@@ -388,10 +415,10 @@ def test_experts_of_a_moe_model_add_up_to_their_mlp(tiny_loaded):
 
 def test_hostile_prompt_is_only_ever_text(hostile, loaded):
     result, text = hostile
-    assert "<script" not in text.lower() and "\u202e" not in text and "\u200b" not in text
+    assert text.lower().count("<script") == 2 and "\u202e" not in text and "\u200b" not in text
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
     root = dom(text)
-    assert not root.find("script")
+    only_the_explorer(root)
     prompt = root.by_id("prediction").find("bdi")[0]
     assert prompt.text() == repr(HOSTILE) and "\\u202e" in prompt.text() and "\\u200b" in prompt.text()
     ids = loaded.tokenizer(HOSTILE)["input_ids"]
@@ -434,7 +461,7 @@ def test_chromium_renders_the_report(hostile, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(text, encoding="utf-8")
     dumped = _browse(chromium, tmp_path / "profile-dom", "--dump-dom", page.as_uri()).stdout
-    assert dumped.count("<script") == 0
+    assert dumped.count("<script") == 2
     root = dom(dumped)
     ids = {n.attrs.get("id") for n in root.walk()}
     assert {"prediction", "top", "components", "check", "heads", "sources", "ablation", "settings"} <= ids
@@ -442,7 +469,8 @@ def test_chromium_renders_the_report(hostile, tmp_path):
     assert root.by_id("prediction").find("bdi")[0].text() == repr(HOSTILE)
     assert '<script>alert("x")</script>' in root.by_id("prediction").text()
     assert "✓ exact" in root.by_id("check").text()
-    assert not root.find("script") and len(root.find("img")) == 2
+    assert len(root.find("script")) == 2 and len(root.find("img")) == 2
+    assert len(root.find("aside", **{"class": "explorer"})) == 1  # the explorer ran
     shot = tmp_path / "shot.png"
     _browse(
         chromium, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()

@@ -1,13 +1,16 @@
 """A self-contained HTML report of a logit attribution (rendering only: no model runs here).
 
 The report is one HTML5 file that needs nothing else (:mod:`tokenlens.report.kit.html`): styles sit in one
-``<style>`` element, figures are ``data:`` URIs, there is no script, and a Content-Security-Policy meta tag
-forbids scripts and every network load outright. Token strings and prompts are untrusted: each is shown as
-its ``repr`` (whitespace, zero-width and bidi control characters become visible escapes such as
-``'\\u202e'``), HTML-escaped, and isolated in ``<bdi>`` so right-to-left text cannot reorder the page around
-it. Every section has a stable ``id`` (``prediction``, ``top``, ``components``, ``heads``, ``neurons``,
-``experts``, ``sources``, one per section given as ``(key, result)`` such as ``lens`` or ``ablation``,
-``figures``, ``settings``, ``how-to-read``) and every number cell carries its exact value in ``data-value``.
+``<style>`` element, figures are ``data:`` URIs, and a Content-Security-Policy meta tag forbids every network
+load and every script but the report's own explorer (:mod:`tokenlens.report.explorer`, allowed by its
+hash), which only adds to the static page: click a layer for its heads, a head for its sources, hover the
+lens. Token strings and prompts are untrusted: each is shown as its ``repr`` (whitespace, zero-width and
+bidi control characters become visible escapes such as ``'\\u202e'``), HTML-escaped, and isolated in
+``<bdi>`` so right-to-left text cannot reorder the page around it. Every section has a stable ``id``
+(``prediction``, ``top``, ``components``, ``heads``, ``neurons``, ``experts``, ``sources``, one per section
+given as ``(key, result)`` such as ``lens`` or ``ablation``, ``figures``, ``settings``, ``how-to-read``),
+every number cell carries its exact value in ``data-value``, and every component, head, neuron, expert and
+source row (a heads-grid cell) names itself in ``data-component``, its exact value in ``data-value``.
 The sections follow :func:`tokenlens.report.layout.plan_report`; a section kind's content is its
 :attr:`~tokenlens.report.sections.SectionKind.to_html` renderer.
 """
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from tokenlens.attribution.result import LogitAttribution, LogitLens, SourceSplit
+from tokenlens.report import explorer
 from tokenlens.report.kit import html
 from tokenlens.report.kit.text import QUANTITY_WORDS, show_token, visible
 from tokenlens.report.layout import figure_alt, plan_report, settings_items, source_anchors, split_rows
@@ -79,7 +83,9 @@ def _components(r: LogitAttribution) -> str:
     for name, value in values.items():
         share = f"{100 * value / d.logit:+.0f}%" if abs(d.logit) > 1e-9 else ""
         rows.append(
-            html.row(name, html.number(value), f'<td class="num">{share}</td>', html.bar(value, peak))
+            html.row(
+                name, html.number(value), f'<td class="num">{share}</td>', html.bar(value, peak), value=value
+            )
         )
     what, units = QUANTITY_WORDS[r.quantity]
 
@@ -104,7 +110,7 @@ def _heads(r: LogitAttribution) -> str:
     rows = []
     for i, row in enumerate(c.tolist()):
         cells = "".join(
-            html.number(v, "+.3f", False, style=html.shade(v, peak), name=f"L{i}.H{h}")
+            html.number(v, "+.3f", False, style=html.shade(v, peak), name=f"L{i}.H{h}", component=True)
             for h, v in enumerate(row)
         )
         total = html.number(math.fsum(row), "+.4f", name=f"L{i}.heads")
@@ -126,7 +132,12 @@ def _mlp_split(r: LogitAttribution, split: str, intro: str, extra: tuple[str, st
     peak = float(parts.contributions.abs().max()) if parts.contributions.numel() else 0.0
     body = [
         html.row(
-            name, f"<td>{parent}</td>", html.number(v), html.number(x, extra[1], False), html.bar(v, peak)
+            name,
+            f"<td>{parent}</td>",
+            html.number(v),
+            html.number(x, extra[1], False),
+            html.bar(v, peak),
+            value=v,
         )
         for name, parent, v, x in rows
     ]
@@ -165,7 +176,8 @@ def _source_split(r: LogitAttribution, split: SourceSplit, anchor: str, figures:
         for j, token in enumerate(r.source_tokens)
     )
     rows = [
-        f'<tr data-name="{split.name}.S{j}"><td>S{j}</td><td>{html.token(r.source_tokens[j])}</td>'
+        f'<tr data-name="{split.name}.S{j}" data-component="{split.name}.S{j}" data-value="{values[j]!r}">'
+        f"<td>S{j}</td><td>{html.token(r.source_tokens[j])}</td>"
         f"{html.number(values[j])}"
         f'<td class="num">{" ".join(f"{a:.3f}" for a in split.pattern[:, j].tolist())}</td>'
         f"{html.bar(values[j], peak)}</tr>"
@@ -179,6 +191,7 @@ def _source_split(r: LogitAttribution, split: SourceSplit, anchor: str, figures:
             html.number(bias),
             "<td></td>",
             html.bar(bias, peak),
+            value=bias,
         )
     )
     parent = f"head {split.name}" if split.head is not None else f"layer L{split.layer} (all heads)"
@@ -211,7 +224,8 @@ def render_html(
     images: Mapping[str, bytes] = _EMPTY,
     settings: Mapping[str, str] | None = None,
 ) -> str:
-    """One self-contained HTML5 document explaining ``result`` (no scripts, no network, inline styles).
+    """One self-contained HTML5 document explaining ``result`` (no network, inline styles, one inline script:
+    the explorer, which only adds to the static page).
 
     Args:
         result: The attribution to show, with any finer splits it carries.
@@ -267,7 +281,8 @@ def render_html(
         )
         for s in plan
     ]
-    return _page(result, body)
+    lenses = [(s.anchor, s.value) for s in plan if s.kind is not None and isinstance(s.value, LogitLens)]
+    return _page(result, body, explorer.explorer_data(result, lenses))
 
 
 _NAV = {
@@ -284,8 +299,9 @@ _NAV = {
 }
 
 
-def _page(result: LogitAttribution, sections: list[tuple[str, str]]) -> str:
-    """The document around the ``(anchor, html)`` sections, with a header and a table of contents."""
+def _page(result: LogitAttribution, sections: list[tuple[str, str]], data: dict) -> str:
+    """The document around the ``(anchor, html)`` sections, with a header and a table of contents, and the
+    explorer over ``data`` (:func:`~tokenlens.report.explorer.explorer_data`) at the end."""
     labels = _NAV | {kind.key: kind.label for kind in section_kinds() if kind.label}
     nav = " ".join(f'<a href="#{html.escape(a)}">{html.escape(labels.get(a, a))}</a>' for a, _ in sections)
     d, t = result.decomposition, result.target
@@ -299,16 +315,25 @@ def _page(result: LogitAttribution, sections: list[tuple[str, str]]) -> str:
     )
     header = f"<h1>tokenlens report: {html.token(t.token)}{vs_html}</h1>\n{lead}\n<nav>{nav}</nav>"
     title = visible(f"tokenlens: {show_token(t.token)}{vs} — {result.model}")
-    return html.page(title, header, "\n".join(part for _, part in sections))
+    return html.page(
+        title,
+        header,
+        "\n".join(part for _, part in sections),
+        html.CSS + explorer.CSS,
+        end_html=explorer.explorer_html(data),
+        script_hashes=[explorer.script_hash(explorer.SCRIPT)],
+    )
 
 
 def render_html_fragment(result: LogitAttribution, **kwargs: object) -> str:
     """The report's body as an HTML fragment with styles scoped to it, for a notebook cell.
 
     Takes the arguments of :func:`render_html`. The styles apply only inside the fragment's
-    ``<div class="tokenlens-report">``, so the notebook around it keeps its own look.
+    ``<div class="tokenlens-report">``, so the notebook around it keeps its own look. It ends with the
+    explorer's data and script, which act only inside that ``div``; where the notebook does not run the
+    script (an untrusted notebook, a viewer that strips scripts) the fragment is the static report.
     """
     page = render_html(result, **kwargs)  # type: ignore[arg-type]
     body = page[page.index("<body>") + len("<body>") : page.rindex("</body>")]
-    css = html.scoped_css(html.CSS, ".tokenlens-report")
+    css = html.scoped_css(html.CSS + explorer.CSS, ".tokenlens-report")
     return f'<div class="tokenlens-report"><style>{css}</style>{body}</div>'

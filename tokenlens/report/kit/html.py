@@ -1,7 +1,8 @@
-"""Pieces of a self-contained HTML report: one file, no script, no network, untrusted text only ever text.
+"""Pieces of a self-contained HTML report: one file, no network, untrusted text only ever text.
 
 Every page gets the same style sheet (:data:`CSS`) and a Content-Security-Policy (:data:`CSP`) that forbids
-scripts and every network load; figures are PNG ``data:`` URIs. Untrusted strings go through
+scripts and every network load; a page given one inline script (:func:`page`) allows that script alone, by
+its hash (:func:`csp`). Figures are PNG ``data:`` URIs. Untrusted strings go through
 :func:`escape`; tokens through :func:`token`, which also shows them as literals and isolates them in
 ``<bdi>`` so right-to-left text cannot reorder the page around them. A number cell (:func:`number`) shows
 the value rounded and carries it exactly in ``data-value``, green or red by sign. Functions return HTML
@@ -46,6 +47,16 @@ figcaption{color:#666;font-size:.9em}
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 """The Content-Security-Policy of every page: no script, no network, images only from ``data:`` URIs."""
 
+
+def csp(script_hashes: Sequence[str] = ()) -> str:
+    """The Content-Security-Policy of a page: :data:`CSP`, or with ``script_hashes`` (``'sha256-…'``) the same
+    policy allowing exactly those inline scripts (``script-src``) and nothing else."""
+    if not script_hashes:
+        return CSP
+    default, rest = CSP.split("; ", 1)
+    return f"{default}; script-src {' '.join(script_hashes)}; {rest}"
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 """The first bytes of every PNG file (a figure that does not start with them is refused)."""
 
@@ -82,7 +93,13 @@ def _formatted(value: float, fmt: str) -> str:
 
 
 def number(
-    value: float, fmt: str = "+.4f", signed: bool = True, tag: str = "td", style: str = "", name: str = ""
+    value: float,
+    fmt: str = "+.4f",
+    signed: bool = True,
+    tag: str = "td",
+    style: str = "",
+    name: str = "",
+    component: bool = False,
 ) -> str:
     """A number in a ``tag`` element: formatted text, its exact value in ``data-value``.
 
@@ -93,10 +110,12 @@ def number(
         tag: ``td`` for a table cell, ``span`` inside text.
         style: An inline style for the element.
         name: A ``data-name`` for the element (what the number is).
+        component: The number is a component's value: ``name`` is also its ``data-component``.
     """
     value = value if isinstance(value, int) else float(value)
     cls = "num" + ((" pos" if value > 0 else " neg" if value < 0 else "") if signed else "")
     extra = (f' style="{style}"' if style else "") + (f' data-name="{escape(name)}"' if name else "")
+    extra += f' data-component="{escape(name)}"' if component and name else ""
     return f'<{tag} class="{cls}" data-value="{value!r}"{extra}>{_formatted(value, fmt)}</{tag}>'
 
 
@@ -144,9 +163,11 @@ def table(head_html: Sequence[str], rows_html: Sequence[str], cls: str = "") -> 
     return f"<div class=scroll><table{attr}><tr>{cells}</tr>\n" + "\n".join(rows_html) + "</table></div>"
 
 
-def row(name: str, *cells_html: str) -> str:
-    """A table row named ``name`` (its ``data-name`` and first cell), then the cells given."""
-    return f'<tr data-name="{escape(name)}"><td>{escape(name)}</td>{"".join(cells_html)}</tr>'
+def row(name: str, *cells_html: str, value: float | None = None) -> str:
+    """A table row named ``name`` (its ``data-name`` and first cell), then the cells given; with ``value``,
+    a component's row: ``data-component`` is its name and ``data-value`` its exact value."""
+    extra = "" if value is None else f' data-component="{escape(name)}" data-value="{float(value)!r}"'
+    return f'<tr data-name="{escape(name)}"{extra}><td>{escape(name)}</td>{"".join(cells_html)}</tr>'
 
 
 def key_values(rows_html: Iterable[str]) -> str:
@@ -181,16 +202,27 @@ def section(anchor: str, title_html: str, content_html: str, figures_html: str =
     return f'<section id="{escape(anchor)}">\n<h2>{title_html}</h2>\n{content_html}\n{figures_html}</section>'
 
 
-def page(title: str, header_html: str, main_html: str, css: str = CSS) -> str:
+def page(
+    title: str,
+    header_html: str,
+    main_html: str,
+    css: str = CSS,
+    *,
+    end_html: str = "",
+    script_hashes: Sequence[str] = (),
+) -> str:
     """A whole HTML5 document: ``title`` (plain text), the ``<header>``'s content, the ``<main>``'s content,
-    the style sheet and the Content-Security-Policy, and a footer naming the tokenlens version."""
+    the style sheet and the Content-Security-Policy, and a footer naming the tokenlens version.
+
+    ``end_html`` goes last in the body (a page's data and its inline script); ``script_hashes`` are the CSP
+    hashes of its inline scripts (:func:`csp`), the only scripts the page may run."""
     return (
         '<!DOCTYPE html>\n<html lang="en" dir="ltr">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp(script_hashes)}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{escape(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n"
         f"<header>{header_html}</header>\n<main>\n{main_html}\n</main>\n"
-        f'<footer class="note">tokenlens {escape(__version__)}</footer>\n</body>\n</html>\n'
+        f'<footer class="note">tokenlens {escape(__version__)}</footer>\n{end_html}</body>\n</html>\n'
     )
 
 
