@@ -164,7 +164,9 @@ function subRow(part, parent) {
   var cell = el("td", "num" + (v > 0 ? " pos" : v < 0 ? " neg" : ""), signed(v, 4));
   cell.setAttribute("data-value", String(v));
   tr.appendChild(cell);
-  tr.appendChild(el("td", "num", part.length > 2 ? part[2] : ""));
+  var pct = 100 * v / view.explained;
+  var share = Math.abs(view.explained) > 1e-9 ? (pct >= 0 ? "+" : "") + pct.toFixed(0) + "%" : "";
+  tr.appendChild(el("td", "num", share + (part.length > 2 ? " \u00b7 " + part[2] : "")));
   var bar = el("td", "bar"), span = el("span", v > 0 ? "pos" : "neg");
   span.style.width = (peak > 0 ? 50 * Math.abs(v) / peak : 0).toFixed(1) + "%";
   bar.appendChild(span);

@@ -15,7 +15,10 @@ from matplotlib.figure import Figure
 
 
 def attribution_html(result: Any) -> str:
-    """The report's tables for ``result`` as an HTML fragment whose styles are scoped to the output cell."""
+    """The report's tables for ``result`` as an HTML fragment whose styles are scoped to the output cell,
+    with the report's explorer (:mod:`tokenlens.report.explorer`): its script acts only inside this output,
+    and where the notebook does not run it (untrusted, or a viewer that strips scripts) the tables read as the
+    static report."""
     from tokenlens.report.html import render_html_fragment
 
     return render_html_fragment(result)
