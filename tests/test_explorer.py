@@ -203,13 +203,18 @@ def run(loaded, tmp_path_factory):
     return result, lens, path
 
 
-def _rows(page: Page, parent: str) -> list[tuple[str, float]]:
-    """``(data-component, data-value)`` of the visible rows under ``parent`` in the components table."""
+def _rows_in(page: Page, table: str, parent: str) -> list[tuple[str, float]]:
+    """``(data-component, data-value)`` of the visible rows under ``parent`` in ``table``."""
     return page.js(
-        f"""[...document.querySelectorAll('#components tr[data-parent="{parent}"]')]
+        f"""[...document.querySelectorAll('{table} tr[data-parent="{parent}"]')]
         .filter(r => r.offsetParent !== null)
         .map(r => [r.dataset.component, parseFloat(r.dataset.value)])"""
     )
+
+
+def _rows(page: Page, parent: str) -> list[tuple[str, float]]:
+    """The visible rows under ``parent`` in the report's components table."""
+    return _rows_in(page, "#components", parent)
 
 
 def _colours(page: Page) -> list[str]:
@@ -369,3 +374,47 @@ def test_embedded_json_cannot_close_its_element(run):
     shown = explorer_data(result, [("lens", lens)])
     assert shown["tokens"] == [show_token(t) for t in result.tokens]
     assert [p for p, _ in shown["views"][0]["children"]["L1.attn"]] == [f"L1.H{h}" for h in range(4)]
+
+
+def test_a_whole_answer_steps_through_its_tokens(browser, loaded, tmp_path):
+    from tokenlens.attribution.sequence import attribute_sequence
+    from tokenlens.report.sequence_html import render_sequence_html
+
+    answer = attribute_sequence(loaded, PROMPT, completion=" Paris, of course", heads=True, sources=["L2.H0"])
+    steps = answer.steps
+    assert len(steps) >= 3
+    path = tmp_path / "answer.html"
+    path.write_text(render_sequence_html(answer), encoding="utf-8")
+    page = Page(browser, path)
+
+    def shown() -> dict[str, float]:
+        return dict(
+            page.js(
+                """[...document.querySelectorAll('table[data-explorer] tr[data-component]:not(.sub)')]
+                .map(r => [r.dataset.component, parseFloat(r.dataset.value)])"""
+            )
+        )
+
+    def here() -> int:
+        return page.js(
+            "[...document.querySelectorAll('.explorer [data-source]')].findIndex(s => "
+            "s.classList.contains('here'))"
+        )
+
+    assert shown() == steps[0].decomposition.as_dict() and here() == steps[0].position
+    page.click("#steps tr[data-name]:nth-of-type(3)")  # the header row is the first: this is step 1
+    assert shown() == steps[1].decomposition.as_dict() and here() == steps[1].position
+    page.click('.explorer button[aria-label="next step"]')
+    assert shown() == steps[2].decomposition.as_dict() and here() == steps[2].position
+    assert page.js("document.querySelector('.explorer select').selectedIndex") == 2
+    page.click('table[data-explorer] tr[data-component="L1.attn"]')
+    heads = _rows_in(page, "table[data-explorer]", "L1.attn")
+    assert [v for _, v in heads] == steps[2].heads.contributions[1].tolist()
+    assert math.fsum(v for _, v in heads) == pytest.approx(
+        steps[2].decomposition.as_dict()["L1.attn"], abs=1e-5
+    )
+    page.click('table[data-explorer] tr[data-component="L2.attn"]')
+    page.click('table[data-explorer] tr[data-component="L2.H0"]')
+    split = steps[2].sources[0]
+    _check_colours(_colours(page), split.contributions[: steps[2].source_end].tolist())
+    assert page.problems() == []

@@ -55,11 +55,10 @@ SCRIPT = r"""(function () {
 var me = document.currentScript;
 var root = (me && me.closest && me.closest(".tokenlens-report")) || document;
 var holder = root.querySelector('script[type="application/json"][data-tokenlens]');
-if (!holder) { return; }
-var data = JSON.parse(holder.textContent);
-var view = data.views[0];
 var main = root.querySelector("main");
-if (!main) { return; }
+if (!holder || !main) { return; }
+var data = JSON.parse(holder.textContent);
+var views = data.views, view = views[0];
 function el(tag, cls, text) {
   var e = document.createElement(tag);
   if (cls) { e.className = cls; }
@@ -86,19 +85,45 @@ function activate(node, fn) {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fn(e); }
   });
 }
+function peakOf(values) {
+  var p = 0;
+  values.forEach(function (v) { p = Math.max(p, Math.abs(v)); });
+  return p;
+}
 
 var panel = el("aside", "explorer");
 panel.setAttribute("aria-label", "explorer");
 panel.appendChild(el("p", "hint", "Explorer: click a layer's row to show its heads (or neurons, experts); " +
-  "click a head to colour the prompt by what it read; hover the logit lens for its top tokens."));
-panel.appendChild(el("p", "", "Position " + view.position + ", target " + view.target +
-  (view.contrast === null ? "" : " vs " + view.contrast) + ": " + view.quantity + " " +
-  signed(view.explained, 4)));
+  "click a head to colour the prompt by what it read." +
+  (data.lens.length ? " Hover the logit lens for its top tokens." : "") +
+  (views.length > 1 ? " Choose the step (a position and its target) here or by clicking a step's row." :
+    "")));
+var chooser = null;
+if (views.length > 1) {
+  chooser = el("select", "step");
+  chooser.setAttribute("aria-label", "step");
+  views.forEach(function (v, k) { chooser.appendChild(el("option", "", v.label)); });
+  var back = el("button", "", "\u25C0"), next = el("button", "", "\u25B6"), nav = el("p", "steps");
+  back.type = next.type = "button";
+  back.setAttribute("aria-label", "previous step");
+  next.setAttribute("aria-label", "next step");
+  back.addEventListener("click", function () { show(Math.max(0, chooser.selectedIndex - 1)); });
+  next.addEventListener("click", function () {
+    show(Math.min(views.length - 1, chooser.selectedIndex + 1));
+  });
+  chooser.addEventListener("change", function () { show(chooser.selectedIndex); });
+  nav.appendChild(el("span", "", "Step "));
+  nav.appendChild(back);
+  nav.appendChild(chooser);
+  nav.appendChild(next);
+  panel.appendChild(nav);
+}
+var heading = el("p", "view");
+panel.appendChild(heading);
 var line = el("p", "tokens");
 var spans = data.tokens.map(function (t, j) {
-  var s = token(t, j < data.source_end ? "tok" : "tok after");
+  var s = token(t, "tok");
   s.setAttribute("data-source", String(j));
-  s.title = "S" + j;
   line.appendChild(s);
   line.appendChild(document.createTextNode(" "));
   return s;
@@ -112,24 +137,29 @@ panel.appendChild(status);
 main.parentNode.insertBefore(panel, main);
 
 var selected = [];
-function select(name, nodes) {
+function mark(nodes) {
   selected.forEach(function (n) { n.classList.remove("selected"); });
   selected = nodes;
   nodes.forEach(function (n) { n.classList.add("selected"); });
-  var key = /\.attn$/.test(name) ? name.slice(0, -5) : name;
-  var split = view.sources[key];
+}
+function clear() {
   legend.textContent = "";
   spans.forEach(function (s, j) {
     s.style.backgroundColor = "";
     s.title = "S" + j;
   });
+}
+function select(name, nodes) {
+  mark(nodes);
+  clear();
+  var key = /\.attn$/.test(name) ? name.slice(0, -5) : name;
+  var split = view.sources[key];
   if (!split) {
     legend.textContent = name + ": no source split in this report (add --sources " + key +
       " to the command).";
     return;
   }
-  var peak = 0;
-  split.values.forEach(function (v) { peak = Math.max(peak, Math.abs(v)); });
+  var peak = peakOf(split.values);
   split.values.forEach(function (v, j) {
     spans[j].style.backgroundColor = shade(v, peak);
     spans[j].title = "S" + j + ": " + signed(v, 4);
@@ -152,55 +182,113 @@ function select(name, nodes) {
   legend.appendChild(el("span", "", "; value bias " + signed(split.bias, 4) + "."));
 }
 
-var components = section("components");
-var peak = 0;
-view.components.forEach(function (c) { peak = Math.max(peak, Math.abs(c[1])); });
-function subRow(part, parent) {
-  var tr = el("tr", "sub"), v = part[1];
-  tr.setAttribute("data-component", part[0]);
-  tr.setAttribute("data-value", String(v));
-  tr.setAttribute("data-parent", parent);
-  tr.appendChild(el("td", "", part[0]));
+function cells(tr, v, note, peak) {
   var cell = el("td", "num" + (v > 0 ? " pos" : v < 0 ? " neg" : ""), signed(v, 4));
   cell.setAttribute("data-value", String(v));
   tr.appendChild(cell);
   var pct = 100 * v / view.explained;
   var share = Math.abs(view.explained) > 1e-9 ? (pct >= 0 ? "+" : "") + pct.toFixed(0) + "%" : "";
-  tr.appendChild(el("td", "num", share + (part.length > 2 ? " \u00b7 " + part[2] : "")));
+  tr.appendChild(el("td", "num", share + (note ? " \u00b7 " + note : "")));
   var bar = el("td", "bar"), span = el("span", v > 0 ? "pos" : "neg");
   span.style.width = (peak > 0 ? 50 * Math.abs(v) / peak : 0).toFixed(1) + "%";
   bar.appendChild(span);
   tr.appendChild(bar);
+}
+function subRow(part, parent, peak) {
+  var tr = el("tr", "sub");
+  tr.setAttribute("data-component", part[0]);
+  tr.setAttribute("data-value", String(part[1]));
+  tr.setAttribute("data-parent", parent);
+  tr.appendChild(el("td", "", part[0]));
+  cells(tr, part[1], part.length > 2 ? part[2] : "", peak);
   activate(tr, function (e) { e.stopPropagation(); select(part[0], [tr]); });
   return tr;
 }
-if (components) {
-  components.querySelectorAll("tr[data-component]").forEach(function (tr) {
-    var name = tr.getAttribute("data-component"), parts = view.children[name], rows = null;
+function hookRow(tr, peak) {
+  var name = tr.getAttribute("data-component"), parts = view.children[name], rows = null;
+  if (parts) {
+    tr.classList.add("expandable");
+    tr.setAttribute("aria-expanded", "false");
+  }
+  if (!parts && !(/\.attn$/.test(name) && view.sources[name.slice(0, -5)])) { return; }
+  activate(tr, function () {
     if (parts) {
-      tr.classList.add("expandable");
-      tr.setAttribute("aria-expanded", "false");
-    }
-    if (!parts && !(/\.attn$/.test(name) && view.sources[name.slice(0, -5)])) { return; }
-    activate(tr, function () {
-      if (parts) {
-        var open = tr.getAttribute("aria-expanded") !== "true";
-        if (rows === null) {
-          rows = parts.map(function (p) { return subRow(p, name); });
-          rows.slice().reverse().forEach(function (r) { tr.parentNode.insertBefore(r, tr.nextSibling); });
-        }
-        rows.forEach(function (r) { r.hidden = !open; });
-        tr.setAttribute("aria-expanded", open ? "true" : "false");
+      var open = tr.getAttribute("aria-expanded") !== "true";
+      if (rows === null) {
+        rows = parts.map(function (p) { return subRow(p, name, peak); });
+        rows.slice().reverse().forEach(function (r) { tr.parentNode.insertBefore(r, tr.nextSibling); });
       }
-      select(name, [tr]);
-    });
+      rows.forEach(function (r) { r.hidden = !open; });
+      tr.setAttribute("aria-expanded", open ? "true" : "false");
+    }
+    select(name, [tr]);
   });
+}
+
+var table = null;
+function show(k) {
+  view = views[k];
+  if (chooser) { chooser.selectedIndex = k; }
+  heading.textContent = "Position " + view.position + ", target " + view.target +
+    (view.contrast === null ? "" : " vs " + view.contrast) + ": " + view.quantity + " " +
+    signed(view.explained, 4);
+  spans.forEach(function (s, j) {
+    s.className = j === view.source_end - 1 ? "tok here" : j < view.source_end ? "tok" : "tok after";
+  });
+  mark([]);
+  clear();
+  var peak = peakOf(view.components.map(function (c) { return c[1]; }));
+  if (table) {
+    table.textContent = "";
+    var head = el("tr");
+    ["component", "value", "share", "\u2212 | +"].forEach(function (h) {
+      head.appendChild(el("th", "", h));
+    });
+    table.appendChild(head);
+    view.components.forEach(function (c) {
+      var tr = el("tr");
+      tr.setAttribute("data-component", c[0]);
+      tr.setAttribute("data-value", String(c[1]));
+      tr.appendChild(el("td", "", c[0]));
+      cells(tr, c[1], "", peak);
+      table.appendChild(tr);
+      hookRow(tr, peak);
+    });
+  }
+  return peak;
+}
+
+var components = section("components");
+if (views.length > 1 || !components) {
+  var built = el("section", "explorer-step");
+  built.appendChild(el("h2", "", "Step explorer"));
+  built.appendChild(el("p", "", "The chosen step's split over the components (" + view.quantity +
+    "); click a row for its finer parts."));
+  var box = el("div", "scroll");
+  table = el("table");
+  table.setAttribute("data-explorer", "components");
+  box.appendChild(table);
+  built.appendChild(box);
+  main.insertBefore(built, section("steps") || null);
+}
+var firstPeak = show(0);
+if (!table && components) {
+  components.querySelectorAll("tr[data-component]").forEach(function (tr) { hookRow(tr, firstPeak); });
 }
 var heads = section("heads");
 if (heads) {
   heads.querySelectorAll("td[data-component]").forEach(function (td) {
     td.classList.add("pickable");
     activate(td, function () { select(td.getAttribute("data-component"), [td]); });
+  });
+}
+var steps = section("steps");
+if (steps && views.length > 1) {
+  steps.querySelectorAll("tr[data-name]").forEach(function (tr, k) {
+    if (k < views.length) {
+      tr.classList.add("pickable");
+      activate(tr, function () { show(k); });
+    }
   });
 }
 
@@ -216,9 +304,7 @@ function showLens(lens, d, c, node) {
   });
   status.appendChild(el("span", "", "; target " + lens.target + " p " + cell.p.toFixed(4) +
     ", rank " + (cell.rank + 1) + " (1 = top-1)"));
-  selected.forEach(function (n) { n.classList.remove("selected"); });
-  selected = [node];
-  node.classList.add("selected");
+  mark([node]);
 }
 data.lens.forEach(function (lens) {
   var sec = section(lens.anchor);
@@ -231,9 +317,9 @@ data.lens.forEach(function (lens) {
     var hook = function (node, c) {
       node.tabIndex = 0;
       node.setAttribute("data-lens", lens.depths[d] + "@" + lens.positions[c]);
-      var show = function () { showLens(lens, d, c, node); };
-      node.addEventListener("mouseenter", show);
-      node.addEventListener("focus", show);
+      var reveal = function () { showLens(lens, d, c, node); };
+      node.addEventListener("mouseenter", reveal);
+      node.addEventListener("focus", reveal);
     };
     if (tr.hasAttribute("data-name")) {
       hook(tr, lens.positions.length - 1);
@@ -300,6 +386,33 @@ def _lens(anchor: str, lens: LogitLens) -> dict[str, Any]:
     }
 
 
+def _view(r: LogitAttribution, label: str = "") -> dict[str, Any]:
+    """One explained position and target: what the explorer shows of it."""
+    sources: dict[str, dict[str, Any]] = {}
+    for split in r.sources:
+        sources.setdefault(
+            split.name,
+            {
+                "values": split.contributions[: r.source_end].tolist(),
+                "bias": split.value_bias,
+                "residual": split.residual,
+            },
+        )
+    target = show_token(r.target.token)
+    return {
+        "label": label or f"position {r.position}: {target}",
+        "position": r.position,
+        "source_end": r.source_end,
+        "target": target,
+        "contrast": None if r.contrast is None else show_token(r.contrast.token),
+        "quantity": r.quantity,
+        "explained": r.decomposition.logit,
+        "components": [[k, v] for k, v in r.decomposition.as_dict().items()],
+        "children": _children(r),
+        "sources": sources,
+    }
+
+
 def explorer_data(result: LogitAttribution, lenses: Sequence[tuple[str, LogitLens]] = ()) -> dict[str, Any]:
     """What the explorer reads, as plain JSON values.
 
@@ -309,39 +422,34 @@ def explorer_data(result: LogitAttribution, lenses: Sequence[tuple[str, LogitLen
 
     Returns:
         ``tokens`` (every source position's literal, a prompt-tuning adapter's virtual ones first),
-        ``offset`` (how many virtual positions come first), ``source_end`` (how many the explained position
-        sees), ``views`` (one per explained position and target: ``position``, ``target``, ``contrast``,
-        ``quantity``, ``explained``, ``components`` as ``[name, value]``, ``children`` by component, and
-        ``sources`` by split name: ``values`` per source up to ``source_end``, ``bias``, ``residual``) and
-        ``lens`` (per lens section: ``anchor``, ``target``, ``depths``, ``positions`` and ``cells[depth]
-        [position]`` with ``top`` as ``[token, probability]``, the target's ``p`` and ``rank``, 0 = top-1).
+        ``offset`` (how many virtual positions come first), ``views`` (one per explained position and
+        target, each with a ``label``, ``position``, ``source_end`` — how many tokens it sees —, ``target``,
+        ``contrast``, ``quantity``, ``explained``, ``components`` as ``[name, value]``, ``children`` by
+        component, and ``sources`` by split name: ``values`` per source up to ``source_end``, ``bias``,
+        ``residual``) and ``lens`` (per lens section: ``anchor``, ``target``, ``depths``, ``positions`` and
+        ``cells[depth][position]`` with ``top`` as ``[token, probability]``, the target's ``p`` and ``rank``,
+        0 = top-1).
     """
-    sources: dict[str, dict[str, Any]] = {}
-    for split in result.sources:
-        sources.setdefault(
-            split.name,
-            {
-                "values": split.contributions[: result.source_end].tolist(),
-                "bias": split.value_bias,
-                "residual": split.residual,
-            },
-        )
-    view = {
-        "position": result.position,
-        "target": show_token(result.target.token),
-        "contrast": None if result.contrast is None else show_token(result.contrast.token),
-        "quantity": result.quantity,
-        "explained": result.decomposition.logit,
-        "components": [[k, v] for k, v in result.decomposition.as_dict().items()],
-        "children": _children(result),
-        "sources": sources,
-    }
     return {
         "tokens": [show_token(t) for t in result.source_tokens],
         "offset": result.virtual_tokens,
-        "source_end": result.source_end,
-        "views": [view],
+        "views": [_view(result)],
         "lens": [_lens(anchor, lens) for anchor, lens in lenses],
+    }
+
+
+def sequence_explorer_data(steps: Sequence[LogitAttribution]) -> dict[str, Any]:
+    """:func:`explorer_data` for a whole answer: one view per step (each answer token at its position), over
+    the longest step's tokens (the prompt and the answer but its last token)."""
+    longest = max(steps, key=lambda s: s.source_end)
+    return {
+        "tokens": [show_token(t) for t in longest.source_tokens],
+        "offset": longest.virtual_tokens,
+        "views": [
+            _view(s, f"{k}: position {s.position} \u2192 {show_token(s.target.token)}")
+            for k, s in enumerate(steps)
+        ],
+        "lens": [],
     }
 
 

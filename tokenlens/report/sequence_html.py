@@ -1,10 +1,12 @@
 """A self-contained HTML report of a whole-answer attribution (rendering only), and its notebook fragment.
 
-The same page rules as the single-prediction report (:mod:`tokenlens.report.kit.html`: no script, no
-network, tokens escaped and bidi-isolated, exact values in ``data-value``). Sections, each with a stable id:
-``answer`` (the prompt and the answer's tokens shaded by one component's share of each step, and the notes),
-``sequence`` (the answer's log-probability split), ``steps`` (every step × every component), ``figures``,
-``settings``, ``how-to-read``.
+The same page rules as the single-prediction report (:mod:`tokenlens.report.kit.html`: no network, tokens
+escaped and bidi-isolated, exact values in ``data-value``, one inline script allowed by its hash: the
+explorer of :mod:`tokenlens.report.explorer`, here stepping through the answer's tokens — choose a step to
+see its split, expand a layer into its heads, colour the tokens by a head's sources where computed).
+Sections, each with a stable id: ``answer`` (the prompt and the answer's tokens shaded by one component's
+share of each step, and the notes), ``sequence`` (the answer's log-probability split), ``steps`` (every
+step × every component), ``figures``, ``settings``, ``how-to-read``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from tokenlens.attribution.sequence_result import SequenceAttribution
+from tokenlens.report import explorer
 from tokenlens.report.kit import html
 from tokenlens.report.kit.text import QUANTITY_WORDS, show_token, visible
 from tokenlens.report.sequence_layout import colour_component, shares, source_words
@@ -101,7 +104,8 @@ def _steps(r: SequenceAttribution) -> str:
     head = ["position", "token", "p", "value", *(html.escape(n) for n in r.names), "check"]
     return (
         f"<p>Each answer token's {what} ({units}) split over the components; a row sums to its value. "
-        "Finer splits (heads, sources, neurons, experts) of every step are in the JSON output.</p>"
+        "Finer splits (heads, sources, neurons, experts) of every step are in the JSON output and, with "
+        "JavaScript, in the step explorer: click a row to choose its step.</p>"
         + html.table(head, rows, "grid")
     )
 
@@ -170,7 +174,14 @@ def render_sequence_html(
         f"{verdict}.</p>\n<nav>{nav}</nav>"
     )
     title = visible(f"tokenlens: {show_token(result.answer_text)[:60]} — {result.model}")
-    return html.page(title, header, body)
+    return html.page(
+        title,
+        header,
+        body,
+        html.CSS + explorer.CSS,
+        end_html=explorer.explorer_html(explorer.sequence_explorer_data(result.steps)),
+        script_hashes=[explorer.script_hash(explorer.SCRIPT)],
+    )
 
 
 def sequence_html_fragment(result: SequenceAttribution, **kwargs: object) -> str:
@@ -178,5 +189,5 @@ def sequence_html_fragment(result: SequenceAttribution, **kwargs: object) -> str
     :mod:`tokenlens.display` uses for a :class:`SequenceAttribution`)."""
     page = render_sequence_html(result, **kwargs)  # type: ignore[arg-type]
     body = page[page.index("<body>") + len("<body>") : page.rindex("</body>")]
-    css = html.scoped_css(html.CSS, ".tokenlens-report")
+    css = html.scoped_css(html.CSS + explorer.CSS, ".tokenlens-report")
     return f'<div class="tokenlens-report"><style>{css}</style>{body}</div>'
