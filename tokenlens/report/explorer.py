@@ -17,6 +17,10 @@ The single-prediction HTML report (:mod:`tokenlens.report.html`) ends with two e
   logit-lens row or grid cell shows that depth's top tokens at that position. Token text is only ever set
   with ``textContent``. The page's CSP names the script by its SHA-256 hash (:func:`script_hash`).
 
+A whole answer's report (:mod:`tokenlens.report.sequence_html`, :func:`sequence_explorer_data`) has one view
+per step, each answer token at its position: the panel gets a step chooser (also: click a row of the steps
+table), and a *Step explorer* table shows the chosen step's split with the same expanding rows.
+
 Without JavaScript (or where a notebook strips scripts) the page is the static report: nothing is hidden
 in it, the explorer only adds. In a notebook the fragment may appear several times on one page, so the
 script looks for its data and its sections only inside its own ``.tokenlens-report`` container.
