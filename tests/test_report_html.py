@@ -325,7 +325,7 @@ def test_logit_lens_last_depth_is_the_model_output(run, model_logits):
     target = run["result"].target.id
     assert logit == pytest.approx(float(logits[target]), abs=1e-5)
     assert prob == pytest.approx(float(logits.softmax(-1)[target]), rel=1e-4)
-    assert rank == int(lens.target_rank[-1, -1])
+    assert rank == int(lens.target_rank[-1, -1]) + 1  # shown counting from 1 (rank 1 = top-1)
     assert len(section.find("table")) == 2  # the per-depth table and the depth × position grid
 
 

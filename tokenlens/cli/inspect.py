@@ -142,7 +142,15 @@ def run(args: argparse.Namespace) -> int:
     loaded = _with_thinking(args, loaded)
     result, sections = _compute(args, loaded, request)
     with progress("rendering"):
-        output.write(render(output, result, sections, _settings(model), colour_by=args.color_by))
+        output.write(
+            render(
+                output,
+                result,
+                sections,
+                _settings(model, getattr(args, "argv", None)),
+                colour_by=args.color_by,
+            )
+        )
     return 0
 
 
@@ -357,10 +365,14 @@ def render_sequence(
     return output.terminal(terminal_view(result, colour_by))
 
 
-def _settings(model: ModelOptions) -> dict[str, str]:
-    """The run's settings for a report's settings section."""
+def _settings(model: ModelOptions, argv: list[str] | None = None) -> dict[str, str]:
+    """The run's settings for a report's settings section; the command shell-quoted (``shlex.join``), so it
+    can be pasted back into a POSIX shell."""
+    import shlex
+
+    argv = sys.argv[1:] if argv is None else argv
     return {
-        "command": "tokenlens " + " ".join(sys.argv[1:]) if sys.argv[1:] else "tokenlens (Python API)",
+        "command": shlex.join(["tokenlens", *argv]) if argv else "tokenlens (Python API)",
         "model": model.model,
         "dtype": model.dtype,
         "device": model.device,

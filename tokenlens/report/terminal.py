@@ -123,23 +123,28 @@ def _heads_table(result: LogitAttribution) -> Table:
     return table
 
 
-def _neurons_table(result: LogitAttribution, limit: int = 15) -> Table:
+def _neurons_table(result: LogitAttribution, limit: int = 15) -> RenderableType:
+    """The ``limit`` neurons with the largest |contribution| among every layer's top ones (the title says how
+    many of how many are shown)."""
     n = result.neurons
     rows = sorted(
         ((abs(value), name, value, act) for name, _, value, act in split_rows(result, "neurons")),
         reverse=True,
     )
     strong = 0.5 * rows[0][0] if rows else 0.0
-    table = Table(
-        title=f"Top neurons (top {n.ids.shape[1]} per layer)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
+    shown = min(limit, len(rows))
+    per_layer = f"the top {n.ids.shape[1]} per dense MLP layer"
+    title = (
+        f"Top neurons: {per_layer}, {len(rows)} in all"
+        if shown == len(rows)
+        else f"Top neurons: the {shown} largest |logit| of {len(rows)}, {per_layer} (all: other formats)"
     )
+    table = Table(box=box.SIMPLE_HEAD)
     for column in ("neuron", "logit", "activation"):
         table.add_column(column, justify="left" if column == "neuron" else "right")
     for _, name, value, act in rows[:limit]:
         table.add_row(name, signed(value, 3, strong), f"{act:+.3f}")
-    return table
+    return Group(Text(title, style="bold"), table)  # the title on its own line, not wrapped to the table
 
 
 def _experts_table(result: LogitAttribution) -> Table:

@@ -23,8 +23,11 @@ HOW_TO_READ = (
     "changes from one backward pass; the exactly measured effect stands next to each confirmed one.",
     "Units. Contributions and logits are in logit units (natural-log odds before the softmax): +1 multiplies "
     "the target's odds against every other token by e. Probabilities lie between 0 and 1; log-probabilities "
-    "are natural logs. A Δ is in the unit of its section's metric. Green pushes the target (or the metric) "
-    "up, red down.",
+    "are natural logs. A Δ is in the unit of its section's metric. Ranks count from 1 (rank 1 = the top-1 "
+    "token; the JSON's target_rank counts from 0).",
+    "Colours: in the HTML report's tables and shaded tokens green pushes the target (or the metric) up and "
+    "red down; in the figures blue is up and red down (the terminal, like the HTML tables, uses green and "
+    "red).",
     "Tokens are shown as Python string literals: ' Paris' has a leading space, '\\n' is a newline, and "
     "invisible or direction-changing characters appear as escapes such as '\\u200b'.",
 )

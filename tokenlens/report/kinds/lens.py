@@ -3,7 +3,12 @@
 
 Each depth's stream is decoded through the final norm (with its own scale) and the head; the last depth is
 the model's own output. Every format shows one row per depth at one position (the explained one in the
-terminal, the last kept one in HTML and Markdown); the JSON and the HTML grid have every kept position.
+terminal, the last kept one in HTML and Markdown) and, when several positions were kept (``--lens all``), a
+depth × position grid of top-1 guesses at every kept position (terminal, HTML and Markdown alike); the JSON
+has every number of every kept position.
+
+Ranks are shown counting from 1 (rank 1 = the top-1 token), as everywhere in the reports; the JSON's
+``target_rank`` counts from 0 (0 = top-1).
 """
 
 from __future__ import annotations
@@ -11,16 +16,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from tokenlens.attribution.result import LogitAttribution, LogitLens
 from tokenlens.report.kit import html, markdown, terminal
-from tokenlens.report.kit.text import probability, show_token
+from tokenlens.report.kit.text import cut, probability, show_token
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+GRID_CHARS = 10
+"""A token in the terminal's depth × position grid is cut to this many characters."""
 
 
 def to_dict(lens: LogitLens) -> dict[str, Any]:
@@ -58,7 +66,7 @@ def to_table(lens: LogitLens, result: LogitAttribution) -> RenderableType:
     column = kept.index(result.position) if result.position in kept else len(kept) - 1
     position = kept[column]
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("depth", "top tokens (prob)", f"p({show_token(lens.target)})", "rank"):
+    for name in ("depth", "top tokens (prob)", f"p({show_token(lens.target)})", "rank (1 = top-1)"):
         table.add_column(name, justify="left" if name in ("depth", "top tokens (prob)") else "right")
     for d, depth in enumerate(lens.depths):
         tops = "  ".join(
@@ -69,13 +77,32 @@ def to_table(lens: LogitLens, result: LogitAttribution) -> RenderableType:
             depth,
             Text(tops, overflow="ellipsis", no_wrap=True),
             f"{float(lens.target_prob[d, column]):.3f}",
-            str(int(lens.target_rank[d, column])),
+            str(int(lens.target_rank[d, column]) + 1),
         )
     detail = (
         f"position {position} (token {show_token(lens.tokens[position])}); each depth's stream decoded "
         "through the final norm with its own scale and the head; the last depth is the model's output"
     )
-    return terminal.captioned("Logit lens", detail, table)
+    view = terminal.captioned("Logit lens", detail, table)
+    if len(kept) < 2:
+        return view
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    grid.add_column("depth")
+    for j in kept:
+        grid.add_column(f"{j} {cut(show_token(lens.tokens[j]), GRID_CHARS)}", justify="left")
+    for d, depth in enumerate(lens.depths):
+        cells = []
+        for c in range(len(kept)):
+            top = cut(show_token(lens.top_tokens[d][c][0]), GRID_CHARS)
+            label = f"{top} {float(lens.top_probs[d, c, 0]):.2f}"
+            target = int(lens.top_ids[d, c, 0]) == lens.target_id
+            cells.append(Text(label, style="bold underline" if target else "", no_wrap=True))
+        grid.add_row(depth, *cells)
+    every = (
+        f"top-1 guess and its probability at every depth and kept position (columns: position and its token, "
+        f"predicting the next one); underlined: the target {show_token(lens.target)}"
+    )
+    return Group(view, terminal.captioned("Logit lens at every position", every, grid))
 
 
 def to_html(lens: LogitLens, result: LogitAttribution) -> str:
@@ -93,12 +120,12 @@ def to_html(lens: LogitLens, result: LogitAttribution) -> str:
             f'<tr data-name="{html.escape(depth)}"><td>{html.escape(depth)}</td><td>{tops}</td>'
             f"{html.number(float(lens.target_logit[d, c]), '.4f', False)}"
             f"{html.number(float(lens.target_prob[d, c]), 'p', False)}"
-            f"{html.number(int(lens.target_rank[d, c]), 'd', False)}</tr>"
+            f"{html.number(int(lens.target_rank[d, c]) + 1, 'd', False)}</tr>"
         )
     out = (
         f"<p>The stream after each depth decoded through the final norm (with its own scale) and the head, "
         f"at position {positions[c]} (token {html.token(lens.tokens[positions[c]])}); the last depth is the "
-        f"model's own output. Target: {html.token(lens.target)} (rank 0 = top-1).</p>"
+        f"model's own output. Target: {html.token(lens.target)} (rank 1 = top-1).</p>"
         + html.table(["depth", "top tokens (probability)", "target logit", "p(target)", "rank"], rows)
     )
     if len(positions) > 1:
@@ -114,7 +141,7 @@ def _grid_html(lens: LogitLens) -> str:
     for d, depth in enumerate(lens.depths):
         cells = "".join(
             f'<td style="{html.shade(float(lens.target_prob[d, k]), 1.0)}" title="p(target) '
-            f'{float(lens.target_prob[d, k]):.4f}, rank {int(lens.target_rank[d, k])}">'
+            f'{float(lens.target_prob[d, k]):.4f}, rank {int(lens.target_rank[d, k]) + 1}">'
             f"{html.token(lens.top_tokens[d][k][0])} {probability(float(lens.top_probs[d, k, 0]))}</td>"
             for k in range(len(positions))
         )
@@ -123,7 +150,8 @@ def _grid_html(lens: LogitLens) -> str:
 
 
 def to_markdown(lens: LogitLens, result: LogitAttribution) -> str:
-    """The per-depth table at the last kept position."""
+    """The per-depth table at the last kept position, and with several kept positions a depth × position
+    grid of top-1 guesses (the target's in bold)."""
     positions = lens.positions.tolist()
     c = len(positions) - 1
     rows = [
@@ -135,15 +163,31 @@ def to_markdown(lens: LogitLens, result: LogitAttribution) -> str:
             ),
             f"{float(lens.target_logit[d, c]):.4f}",
             probability(float(lens.target_prob[d, c])),
-            str(int(lens.target_rank[d, c])),
+            str(int(lens.target_rank[d, c]) + 1),
         ]
         for d, depth in enumerate(lens.depths)
     ]
-    return (
+    out = (
         f"Each depth's stream decoded through the final norm and head at position {positions[c]} "
         f"(token {markdown.token(lens.tokens[positions[c]])}); target {markdown.token(lens.target)}, "
-        "rank 0 = top-1.\n\n"
+        "rank 1 = top-1.\n\n"
         + markdown.table(["depth", "top tokens (p)", "target logit", "p(target)", "rank"], rows)
+    )
+    if len(positions) < 2:
+        return out
+    grid = []
+    for d, depth in enumerate(lens.depths):
+        cells = []
+        for k in range(len(positions)):
+            cell = f"{markdown.token(lens.top_tokens[d][k][0], True)} {float(lens.top_probs[d, k, 0]):.2f}"
+            cells.append(f"**{cell}**" if int(lens.top_ids[d, k, 0]) == lens.target_id else cell)
+        grid.append([depth, *cells])
+    head = ["depth", *(f"{j} {markdown.token(lens.tokens[j], True)}" for j in positions)]
+    return (
+        out
+        + "\n\nTop-1 guess and its probability at every depth and kept position (each column predicts the "
+        f"token after its own; bold: the target {markdown.token(lens.target)}).\n\n"
+        + markdown.table(head, grid)
     )
 
 
