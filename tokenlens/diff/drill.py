@@ -82,11 +82,12 @@ def _effects(
     grad: torch.Tensor | None,
     readout: Readout,
     reverse: bool,
+    runs: Mapping[str, Run] | None = None,
 ) -> list[ComponentEffect]:
-    """One row per unit of one layer from its write changes ``deltas`` (name -> ``(1, seq, d_model)``)."""
-    exact = patch_changes(
-        pair, input_ids, position, tracked, {n: (site, d) for n, d in deltas.items()}, reverse=reverse
-    )
+    """One row per unit of one layer from its write changes ``deltas`` (name -> ``(1, seq, d_model)``);
+    ``runs`` (side -> its captured run) let the patched runs start at the layer (:func:`patch_changes`)."""
+    changes = {n: (site, d) for n, d in deltas.items()}
+    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=reverse, runs=runs)
     rows = []
     for name, delta in deltas.items():
         direct = float(readout(delta[0, position]))
@@ -106,13 +107,15 @@ def _layer_effects(
     grads: Mapping[str, torch.Tensor],
     readout: Readout,
     reverse: bool,
+    runs: Mapping[str, Run] | None = None,
 ) -> list[ComponentEffect]:
     """Rows for the units of one layer's ``part`` (``attn``/``mlp``): ``units[side]`` as for
     :func:`unit_writes`, per side; each unit's write change is patched onto the layer's output."""
     writes = {which: unit_writes(pair, which, layer, part, units[which]) for which in ("base", "tuned")}
     deltas = {name: writes["tuned"][name] - writes["base"][name] for name in units["base"]}
     site = Site(f"L{layer}.{part}", part, layer)
-    return _effects(pair, input_ids, position, tracked, site, deltas, grads.get(site.name), readout, reverse)
+    grad = grads.get(site.name)
+    return _effects(pair, input_ids, position, tracked, site, deltas, grad, readout, reverse, runs)
 
 
 def drill_heads(
@@ -129,6 +132,7 @@ def drill_heads(
 ) -> list[ComponentEffect]:
     """Every head of ``layers`` (``base``/``tuned`` must have recorded the ``L{i}.H{h}`` sites)."""
     n_heads = head_count(pair.tuned.model)
+    runs = {"base": base, "tuned": tuned}
     rows = []
     for i in layers:
         heads = [Site(f"L{i}.H{h}", "head", i, h) for h in range(n_heads)]
@@ -137,7 +141,9 @@ def drill_heads(
             which: {s.name: (site_slice(s, width, n_heads), run.values[s.name]) for s in heads}
             for which, run in (("base", base), ("tuned", tuned))
         }
-        rows += _layer_effects(pair, input_ids, position, tracked, i, "attn", units, grads, readout, reverse)
+        rows += _layer_effects(
+            pair, input_ids, position, tracked, i, "attn", units, grads, readout, reverse, runs
+        )
     return rows
 
 
@@ -156,6 +162,7 @@ def drill_neurons(
 ) -> list[ComponentEffect]:
     """The ``count`` neurons of each of ``layers`` whose direct term changed most (needs ``internals``)."""
     spec = pair.spec
+    runs = {"base": base, "tuned": tuned}
     rows = []
     for i in layers:
         if base.internals[i].act is None:
@@ -176,7 +183,9 @@ def drill_neurons(
             which: {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites}
             for which in ("base", "tuned")
         }
-        rows += _layer_effects(pair, input_ids, position, tracked, i, "mlp", units, grads, readout, reverse)
+        rows += _layer_effects(
+            pair, input_ids, position, tracked, i, "mlp", units, grads, readout, reverse, runs
+        )
     return rows
 
 
@@ -189,8 +198,10 @@ def drill_experts(
     grads: Mapping[str, torch.Tensor],
     readout: Readout,
     reverse: bool,
+    runs: Mapping[str, Run] | None = None,
 ) -> list[ComponentEffect]:
-    """Every routed expert of the mixture-of-experts layers among ``layers`` (none in a dense model)."""
+    """Every routed expert of the mixture-of-experts layers among ``layers`` (none in a dense model);
+    ``runs`` (side -> its captured run) let the patched runs start at the layer."""
     chosen = set(layers)
     sites = [s for s in expert_sites(bare_model(pair.tuned.model), pair.spec) if s.layer in chosen]
     if not sites:
@@ -208,6 +219,6 @@ def drill_experts(
         }
         block = Site(f"L{i}.mlp", "mlp", i)  # an expert's write is an additive part of the block output
         rows += _effects(
-            pair, input_ids, position, tracked, block, deltas, grads.get(block.name), readout, reverse
+            pair, input_ids, position, tracked, block, deltas, grads.get(block.name), readout, reverse, runs
         )
     return rows

@@ -25,11 +25,12 @@ from torch import nn
 from tokenlens.attribution.readout import stream_logits
 from tokenlens.capture.internals import LayerInternals, capture_internals
 from tokenlens.capture.residual import capture_residual, component_names
+from tokenlens.causal.grids import skip_layers
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.errors import TokenlensError, option
-from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_tokens
+from tokenlens.models.specs import ArchitectureSpec, bare_model, virtual_keys, virtual_tokens
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class Run:
         writes: ``(component, d_model)`` float64 residual writes at the probe position.
         final_input: ``(d_model,)`` float64 stream entering the final norm there.
         logits: ``(vocab,)`` float64 logits there.
-        values: Site name -> ``(1, seq, width)`` activation over the real positions (model dtype).
+        values: Site name -> ``(1, seq, width)`` activation over the real positions (model dtype); besides
+            the sites asked for, the stream entering every layer (``L{i}.resid``), from which a patched
+            run starts (:func:`patch_changes`) — not for a prompt-tuned model.
         internals: Per-layer internals at the probe position (``act`` for the neuron drill-down; with
             virtual tokens also what their source split needs).
     """
@@ -80,10 +83,11 @@ def capture_run(
     seq = input_ids.shape[1]
     shift = virtual_tokens(model)
     kept = torch.tensor([position])
+    streams = [] if shift or virtual_keys(model) else stream_sites(model, spec)
     with ExitStack() as stack, torch.no_grad():
         residual = stack.enter_context(capture_residual(model, spec, kept, shift))
         inner = stack.enter_context(capture_internals(model, spec, (1, shift + seq), kept + shift, splits))
-        values = stack.enter_context(record(model, spec, sites))
+        values = stack.enter_context(record(model, spec, [*sites, *streams]))
         output = _forward(model, spec, input_ids, position)
     capture = residual.result(component_names(spec, bare_model(model)))
     logits = output.logits[0, 0].double()
@@ -120,11 +124,16 @@ def patched_logits(
     input_ids: torch.Tensor,
     position: int,
     plans: Sequence[Mapping[Site, Edit]],
+    held: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The logits ``(len(plans), vocab)`` float64 at ``position``, one row per set of edits.
 
     All plans run as one batch: row ``r`` is the prompt with ``plans[r]``'s edits applied (each edit sees
-    and returns that row alone, ``(1, seq, width)``).
+    and returns that row alone, ``(1, seq, width)``). With ``held``, the unpatched run's streams
+    (``L{i}.resid`` -> ``(1, seq, d_model)``, recorded by :func:`capture_run` on this model), the batch
+    starts at the first layer any plan changes: the layers before it are skipped
+    (:func:`tokenlens.causal.grids.skip_layers`) and the recorded stream is written as that layer's input —
+    what they would compute again, since no plan changes anything before it.
     """
     sites = {site for plan in plans for site in plan}
 
@@ -139,9 +148,23 @@ def patched_logits(
 
         return edit
 
+    edits = {site: merged(site) for site in sites}
+    skip = 0
+    if held:
+        first = min((0 if site.layer is None else site.layer) for site in sites) if sites else 0
+        entry = Site(f"L{first}.resid", "resid", first)
+        if first > 0 and entry.name in held:
+            skip = first
+            stream = held[entry.name]
+            edits[entry] = lambda a: stream.to(a).expand(a.shape[0], -1, -1).clone()
     batch = input_ids.expand(len(plans), -1)
-    with torch.no_grad(), replace(model, spec, {site: merged(site) for site in sites}):
+    with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
         return _forward(model, spec, batch, position).logits[:, 0].double()
+
+
+def stream_sites(model: nn.Module, spec: ArchitectureSpec) -> list[Site]:
+    """``L{i}.resid`` for every layer but the first: the streams a patched run can start from."""
+    return [Site(f"L{i}.resid", "resid", i) for i in range(1, len(spec.layer_list(model)))]
 
 
 def blocked_logits(
@@ -202,6 +225,7 @@ def patch_changes(
     *,
     reverse: bool,
     batch: int = PATCH_BATCH,
+    runs: Mapping[str, Run] | None = None,
 ) -> dict[str, tuple[float, float, float | None]]:
     """Exact patching of activation changes: ``(causal, causal_kl, causal_reverse)`` per name.
 
@@ -211,16 +235,22 @@ def patch_changes(
     run gets ``−delta``.
     A change that is zero everywhere has no effect by definition and is not run. The others run ``batch``
     at a time, as rows of one forward pass whose first row is the unpatched run: each change is measured
-    against that row, so batched arithmetic cannot show up as an effect.
+    against that row, so batched arithmetic cannot show up as an effect. With ``runs`` (side -> its
+    :func:`capture_run`), the changes are batched in order of layer and each batch starts at its first
+    changed layer from the recorded stream (:func:`patched_logits`), so a late layer's patch costs only the
+    layers after it.
     """
     out: dict[str, list] = {name: [0.0, 0.0, 0.0 if reverse else None] for name in changes}
     moved = [(name, site, delta) for name, (site, delta) in changes.items() if torch.count_nonzero(delta)]
+    if runs:
+        moved.sort(key=lambda change: change[1].layer or 0)
     for which, sign in (("base", 1.0), ("tuned", -1.0)) if reverse else (("base", 1.0),):
+        held = runs[which].values if runs else None
         with pair.side(which) as model:
             for start in range(0, len(moved), batch):
                 chunk = moved[start : start + batch]
                 plans = [{}] + [{site: plus(sign * delta)} for _, site, delta in chunk]
-                clean, *rows = patched_logits(model, pair.spec, input_ids, position, plans)
+                clean, *rows = patched_logits(model, pair.spec, input_ids, position, plans, held)
                 for (name, _, _), row in zip(chunk, rows, strict=True):
                     if which == "base":
                         out[name][:2] = [

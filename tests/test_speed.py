@@ -1,0 +1,131 @@
+"""The diff's shortcuts give the numbers of the long way round.
+
+* Patched runs start at the first layer they change, from the stream recorded on the unpatched run
+  (:func:`tokenlens.diff.runs.patched_logits`): every causal number of a whole diff (components, heads,
+  neurons, both directions) equals the same diff with every patched run computed from the embedding, and
+  equals one plain forward per patched component, to 1e-5.
+* The adapter is switched off without PEFT's status walk (:func:`tokenlens.diff.pairing.adapters_off`): the
+  base side's logits equal PEFT's ``disable_adapter()`` and the merged-free base model, and the adapter is
+  on again afterwards.
+
+No timing here: speed is measured in ``benchmarks/`` (``reports/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import peft
+import pytest
+import torch
+from conftest import build_tiny
+
+from tokenlens.causal.interventions import replace
+from tokenlens.causal.sites import layer_sites
+from tokenlens.diff import diff, pair_models, prompt_probes
+from tokenlens.diff import runs as diff_runs
+from tokenlens.diff.pairing import adapters_off
+from tokenlens.diff.runs import capture_run, patch_changes, plus, read
+from tokenlens.models.specs import bare_model
+
+PROMPTS = ["The capital of France is", "Hello, my name is", "One two three four five six seven"]
+
+
+@pytest.fixture(scope="module")
+def lora_all(tmp_path_factory, qwen_tokenizer):
+    """A base checkpoint and a LoRA adapter on every linear of every layer (non-zero update)."""
+    folder = tmp_path_factory.mktemp("speed")
+    base = build_tiny("qwen3-untied-mha")
+    base.save_pretrained(folder / "base")
+    qwen_tokenizer.save_pretrained(folder / "base")
+    torch.manual_seed(2)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    model = peft.get_peft_model(copy.deepcopy(base), config)
+    model.save_pretrained(str(folder / "lora"))
+    adapter_config = json.loads((folder / "lora" / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(folder / "base")
+    (folder / "lora" / "adapter_config.json").write_text(json.dumps(adapter_config))
+    return pair_models(str(folder / "lora"))
+
+
+def _numbers(report) -> dict[tuple[int, str, str], float]:
+    out = {}
+    for index, probe in enumerate(report.probes):
+        for kind in ("components", "heads", "neurons"):
+            for row in getattr(probe, kind):
+                for field in ("direct", "causal", "causal_kl", "causal_reverse", "estimate"):
+                    value = getattr(row, field)
+                    if value is not None:
+                        out[(index, row.name, field)] = value
+    return out
+
+
+def test_patched_runs_from_the_recorded_stream_equal_full_forwards(lora_all, monkeypatch):
+    probes = prompt_probes(PROMPTS)
+    skipped = []
+    skip = diff_runs.skip_layers
+
+    def counting(model, spec, count):
+        skipped.append(count)
+        return skip(model, spec, count)
+
+    monkeypatch.setattr(diff_runs, "skip_layers", counting)
+    short = diff(lora_all, probes)
+    assert max(skipped) == 2  # the shortcut was taken (up to the last of the 3 layers)
+    monkeypatch.setattr(diff_runs, "stream_sites", lambda model, spec: [])  # no stream: every run from 0
+    full = diff(lora_all, probes)
+    a, b = _numbers(short), _numbers(full)
+    assert a.keys() == b.keys()
+    causal = [k for k in a if k[2] == "causal_reverse" and k[1].startswith("L2")]
+    assert causal and any(a[k] != 0.0 for k in causal)  # late layers were patched and moved something
+    heads = [k for k in a if ".H" in k[1] and k[2] == "causal"]
+    neurons = [k for k in a if ".N" in k[1] and k[2] == "causal"]
+    assert heads and neurons
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_patch_changes_equal_one_plain_forward_per_component(lora_all):
+    """Independent of the batching: each component's change patched alone, one unbatched forward each."""
+    pair = lora_all
+    ids = pair.tokenizer(PROMPTS[2], return_tensors="pt")["input_ids"]
+    position = ids.shape[1] - 1
+    sites = layer_sites(bare_model(pair.tuned.model), pair.spec)
+    with pair.side("base") as model:
+        base = capture_run(model, pair.spec, ids, position, sites)
+    with pair.side("tuned") as model:
+        tuned = capture_run(model, pair.spec, ids, position, sites)
+    tracked = int(tuned.logits.argmax())
+    changes = {s.name: (s, tuned.values[s.name].float() - base.values[s.name].float()) for s in sites}
+    runs = {"base": base, "tuned": tuned}
+    batched = patch_changes(pair, ids, position, tracked, changes, reverse=True, runs=runs)
+    for which, sign, slot in (("base", 1.0, 0), ("tuned", -1.0, 2)):
+        with pair.side(which) as model, torch.no_grad():
+            clean = model(input_ids=ids).logits[0, position].double()
+            for name, (site, delta) in changes.items():
+                with replace(model, pair.spec, {site: plus(sign * delta)}):
+                    row = model(input_ids=ids).logits[0, position].double()
+                expected = float(read(row, tracked) - read(clean, tracked))
+                assert batched[name][slot] == pytest.approx(expected, abs=1e-5), (which, name)
+
+
+def test_adapters_off_equals_peft_disable_adapter(lora_all, qwen_tokenizer):
+    model = lora_all.tuned.model
+    ids = qwen_tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+        with model.disable_adapter():
+            peft_base = model(input_ids=ids).logits
+        with adapters_off(model):
+            assert model._adapters_disabled
+            ours = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+        with lora_all.side("base") as side:
+            side_base = side(input_ids=ids).logits
+    assert not torch.equal(tuned, peft_base)
+    torch.testing.assert_close(ours, peft_base, rtol=0, atol=0)
+    torch.testing.assert_close(side_base, peft_base, rtol=0, atol=0)
+    torch.testing.assert_close(again, tuned, rtol=0, atol=0)
+    assert not model._adapters_disabled
