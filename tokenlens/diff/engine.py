@@ -67,6 +67,7 @@ from tokenlens.diff.runs import (
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
+from tokenlens.progress import report
 
 EXACT_ALL_UP_TO = 32
 """Models with at most this many components get exact patching for every component."""
@@ -112,7 +113,8 @@ def diff(
         pair: From :func:`tokenlens.diff.pairing.pair_models`.
         probes: From :func:`tokenlens.diff.probes.load_probes` or ``prompt_probes``.
         options: What to compute (defaults: :class:`DiffOptions`).
-        on_probe: Called with (done, total) after each probe (progress display).
+        on_probe: Called with (done, total) after each probe; the same is reported as ``"probe"`` to a
+            :mod:`tokenlens.progress` listener.
 
     Raises:
         TokenlensError: An empty probe set, a bad probe (multi-token target, over-long prompt, …), NaNs.
@@ -147,6 +149,7 @@ def diff(
             results.append(dataclasses.replace(result, answer=scored, verdict=verdict))
         else:
             results.append(_diff_probe(pair, probe, ids, position, target, options))
+        report("probe", done, len(encoded))
         if on_probe is not None:
             on_probe(done, len(encoded))
     aggregate, groups = _aggregate(results)
@@ -385,7 +388,8 @@ def _effects(
         chosen = sorted(chosen, key=lambda n: -abs(estimates[n]))[: options.exact]
         notes += (f"exact patching for the top {len(chosen)} of {len(split.names)} components by estimate",)
     changes = {n: (sites[n], tuned.values[n].float() - base.values[n].float()) for n in chosen}
-    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=options.reverse)
+    runs = {"base": base, "tuned": tuned}
+    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=options.reverse, runs=runs)
     rows = []
     for name in split.names:
         causal, kl, reverse = exact.get(name, (None, None, None))
@@ -399,7 +403,7 @@ def _effects(
     )
     mlp_layers = drill.top_layers(components, "mlp", options.drill)
     neurons = drill.drill_neurons(*args, mlp_layers, grads, readout_b, options.neurons, options.reverse)
-    experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse)
+    experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse, runs)
     drilled = (tuple(sorted_effects(rows)) for rows in (heads, neurons, experts))
     return components, *drilled, notes
 
