@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenlens.attribution.result import LogitAttribution, LogitLens
-from tokenlens.report.kit.text import finite_json, show_token
+from tokenlens.report.kit.text import QUANTITY_WORDS, finite_json, show_token
 from tokenlens.report.layout import split_rows
 
 DATA_ID = "tokenlens-data"
@@ -234,7 +234,7 @@ function show(k) {
   view = views[k];
   if (chooser) { chooser.selectedIndex = k; }
   heading.textContent = "Position " + view.position + ", target " + view.target +
-    (view.contrast === null ? "" : " vs " + view.contrast) + ": " + view.quantity + " " +
+    (view.contrast === null ? "" : " vs " + view.contrast) + ": " + view.what + " " +
     signed(view.explained, 4);
   spans.forEach(function (s, j) {
     s.className = j === view.source_end - 1 ? "tok here" : j < view.source_end ? "tok" : "tok after";
@@ -266,7 +266,7 @@ var components = section("components");
 if (views.length > 1 || !components) {
   var built = el("section", "explorer-step");
   built.appendChild(el("h2", "", "Step explorer"));
-  built.appendChild(el("p", "", "The chosen step's split over the components (" + view.quantity +
+  built.appendChild(el("p", "", "The chosen step's split over the components (" + view.what +
     "); click a row for its finer parts."));
   var box = el("div", "scroll");
   table = el("table");
@@ -410,6 +410,7 @@ def _view(r: LogitAttribution, label: str = "") -> dict[str, Any]:
         "target": target,
         "contrast": None if r.contrast is None else show_token(r.contrast.token),
         "quantity": r.quantity,
+        "what": QUANTITY_WORDS[r.quantity][0],
         "explained": r.decomposition.logit,
         "components": [[k, v] for k, v in r.decomposition.as_dict().items()],
         "children": _children(r),
@@ -428,11 +429,11 @@ def explorer_data(result: LogitAttribution, lenses: Sequence[tuple[str, LogitLen
         ``tokens`` (every source position's literal, a prompt-tuning adapter's virtual ones first),
         ``offset`` (how many virtual positions come first), ``views`` (one per explained position and
         target, each with a ``label``, ``position``, ``source_end`` — how many tokens it sees —, ``target``,
-        ``contrast``, ``quantity``, ``explained``, ``components`` as ``[name, value]``, ``children`` by
-        component, and ``sources`` by split name: ``values`` per source up to ``source_end``, ``bias``,
-        ``residual``) and ``lens`` (per lens section: ``anchor``, ``target``, ``depths``, ``positions`` and
-        ``cells[depth][position]`` with ``top`` as ``[token, probability]``, the target's ``p`` and ``rank``,
-        0 = top-1).
+        ``contrast``, ``quantity`` and its name in words ``what``, ``explained``, ``components`` as
+        ``[name, value]``, ``children`` by component, and ``sources`` by split name: ``values`` per source up
+        to ``source_end``, ``bias``, ``residual``) and ``lens`` (per lens section: ``anchor``, ``target``,
+        ``depths``, ``positions`` and ``cells[depth][position]`` with ``top`` as ``[token, probability]``,
+        the target's ``p`` and ``rank``, 0 = top-1).
     """
     return {
         "tokens": [show_token(t) for t in result.source_tokens],
