@@ -163,22 +163,27 @@ def drill_neurons(
     """The ``count`` neurons of each of ``layers`` whose direct term changed most (needs ``internals``)."""
     spec = pair.spec
     runs = {"base": base, "tuned": tuned}
-    rows = []
+    chosen: dict[int, list[Site]] = {}
     for i in layers:
         if base.internals[i].act is None:
             continue  # a MoE layer: no single down_proj (see drill_experts)
         terms = {}
-        for which, run in (("base", base), ("tuned", tuned)):
+        for which, run in runs.items():
             with pair.side(which) as model:
                 layer = spec.layer_list(model)[i]
                 terms[which] = neuron_terms(layer, spec, run.internals[i].act[0, 0], readout)
         change = terms["tuned"] - terms["base"]
-        chosen = change.abs().topk(min(count, change.shape[0])).indices.tolist()
-        sites = [Site(f"L{i}.N{n}", "neuron", i, n) for n in chosen]
-        values = {}
-        for which in ("base", "tuned"):
-            with pair.side(which) as model:
-                values[which] = record_sites(model, spec, input_ids, sites)
+        top = change.abs().topk(min(count, change.shape[0])).indices.tolist()
+        chosen[i] = [Site(f"L{i}.N{n}", "neuron", i, n) for n in top]
+    if not chosen:
+        return []
+    values = {}  # every chosen neuron's activation over the prompt: one pass per side
+    for which, run in runs.items():
+        with pair.side(which) as model:
+            all_sites = [s for sites in chosen.values() for s in sites]
+            values[which] = record_sites(model, spec, input_ids, all_sites, run.values)
+    rows = []
+    for i, sites in chosen.items():
         units = {
             which: {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites}
             for which in ("base", "tuned")
@@ -209,7 +214,8 @@ def drill_experts(
     values = {}
     for which in ("base", "tuned"):
         with pair.side(which) as model:
-            values[which] = record_sites(model, pair.spec, input_ids, sites)
+            held = runs[which].values if runs else None
+            values[which] = record_sites(model, pair.spec, input_ids, sites, held)
     rows = []
     for i in sorted({s.layer for s in sites}):
         deltas = {

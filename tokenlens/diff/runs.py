@@ -109,13 +109,36 @@ def capture_run(
 
 
 def record_sites(
-    model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, sites: Sequence[Site]
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    input_ids: torch.Tensor,
+    sites: Sequence[Site],
+    held: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Each site's activation ``(1, seq, width)`` over the real positions on one forward pass."""
+    """Each site's activation ``(1, seq, width)`` over the real positions on one forward pass; with
+    ``held`` (the same run's ``L{i}.resid`` streams, :func:`capture_run`) the pass starts at the first
+    layer of ``sites``, as :func:`patched_logits` does."""
     seq = input_ids.shape[1]
-    with torch.no_grad(), record(model, spec, sites) as values:
+    edits, skip = _start(sites, held)
+    with (
+        torch.no_grad(),
+        record(model, spec, sites) as values,
+        replace(model, spec, edits),
+        skip_layers(model, spec, skip),
+    ):
         _forward(model, spec, input_ids, seq - 1)
     return {name: v[:, v.shape[1] - seq :] for name, v in values.items()}
+
+
+def _start(sites, held: Mapping[str, torch.Tensor] | None) -> tuple[dict[Site, Edit], int]:
+    """The edit writing the recorded stream into the first layer of ``sites`` and the number of layers
+    before it to skip (none without ``held`` or when that layer is the first)."""
+    first = min((0 if site.layer is None else site.layer) for site in sites) if sites else 0
+    entry = Site(f"L{first}.resid", "resid", first)
+    if not held or first == 0 or entry.name not in held:
+        return {}, 0
+    stream = held[entry.name]
+    return {entry: lambda a: stream.to(a).expand(a.shape[0], -1, -1).clone()}, first
 
 
 def patched_logits(
@@ -148,15 +171,8 @@ def patched_logits(
 
         return edit
 
-    edits = {site: merged(site) for site in sites}
-    skip = 0
-    if held:
-        first = min((0 if site.layer is None else site.layer) for site in sites) if sites else 0
-        entry = Site(f"L{first}.resid", "resid", first)
-        if first > 0 and entry.name in held:
-            skip = first
-            stream = held[entry.name]
-            edits[entry] = lambda a: stream.to(a).expand(a.shape[0], -1, -1).clone()
+    start, skip = _start(sites, held)
+    edits = {site: merged(site) for site in sites} | start
     batch = input_ids.expand(len(plans), -1)
     with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
         return _forward(model, spec, batch, position).logits[:, 0].double()
