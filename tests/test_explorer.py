@@ -24,7 +24,7 @@ from tokenlens.attribution.direct import attribute
 from tokenlens.attribution.lens import logit_lens
 from tokenlens.report.explorer import SCRIPT, explorer_data, json_for_script, script_hash
 from tokenlens.report.html import render_html
-from tokenlens.report.kit.text import show_token
+from tokenlens.report.kit.text import probability, show_token
 
 PROMPT = "The capital of France is"
 HOSTILE = (
@@ -285,7 +285,7 @@ def test_layers_expand_to_heads_that_add_up_and_heads_colour_the_prompt(browser,
     page.hover(f'#lens [data-lens="{lens.depths[depth]}@{int(lens.positions[column])}"]')
     status = page.js("document.querySelector('.explorer .status').textContent")
     for token, p in zip(lens.top_tokens[depth][column], lens.top_probs[depth, column].tolist()):
-        assert f"{show_token(token)} {p:.4f}" in status
+        assert f"{show_token(token)} {probability(p)}" in status
     assert f"rank {int(lens.target_rank[depth, column]) + 1} (1 = top-1)" in status
     assert page.problems() == []
 

@@ -71,6 +71,12 @@ function el(tag, cls, text) {
 }
 function section(id) { return root.querySelector('[id="' + id + '"]'); }
 function signed(v, digits) { return (v >= 0 ? "+" : "") + v.toFixed(digits); }
+function prob(p) {
+  if (!(p > 0 && p < 1e-3)) { return p.toFixed(4); }
+  return p.toExponential(2).replace(/e([+-])(\d)$/, function (m, sign, digit) {
+    return "e" + sign + "0" + digit;  // 6.60e-06, as the Python reports write it
+  });
+}
 function shade(v, peak) {
   if (!(peak > 0) || !v) { return ""; }
   var a = (0.7 * Math.min(1, Math.abs(v) / peak)).toFixed(2);
@@ -304,9 +310,9 @@ function showLens(lens, d, c, node) {
   status.appendChild(el("span", "", ": "));
   cell.top.forEach(function (t) {
     status.appendChild(token(t[0], "tok"));
-    status.appendChild(el("span", "", " " + t[1].toFixed(4) + " "));
+    status.appendChild(el("span", "", " " + prob(t[1]) + " "));
   });
-  status.appendChild(el("span", "", "; target " + lens.target + " p " + cell.p.toFixed(4) +
+  status.appendChild(el("span", "", "; target " + lens.target + " p " + prob(cell.p) +
     ", rank " + (cell.rank + 1) + " (1 = top-1)"));
   mark([node]);
 }
