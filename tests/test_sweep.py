@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tokenlens import files
+from tokenlens.errors import TokenlensError
 from tokenlens.models.loading import load
 from tokenlens.sweep import (
     CLEAR_GAIN,
@@ -186,7 +187,58 @@ def test_embeddings_rows_come_from_the_data_and_probes(small, qwen_tokenizer):
     assert (facts.n_layers, facts.qk_norm) == (3, True)
     early, late = (c.options(facts)["layers"] for c in select_configs(["lora-early", "lora-late"]))
     assert (early, late) == ([0], [2])
-    assert [c.name for c in select_configs(["lora"])] == ["lora-early", "lora-late", "lora-attn", "lora-mlp"]
+    assert [c.name for c in select_configs(["lora"])] == [
+        "lora-early", "lora-late", "lora-attn", "lora-mlp", "lora-mlp-preserve", "lora-located",
+        "lora-located-preserve",
+    ]  # fmt: skip
+
+
+def test_preserve_located_and_rank_one_configurations_train_as_named(small, tmp_path):
+    """The preserve-on, located and rank-one configurations reach the trainer as such (the manifest says
+    so, the located layers are an independent causal trace's), and a rerun accepts what ``auto`` chose."""
+    from tokenlens.causal.locate import locate_ids
+    from tokenlens.causal.results import Metric
+    from tokenlens.sweep.configs import CONFIGS
+
+    folder, _, probes = small
+    data = _jsonl(tmp_path / "data.jsonl", [{"prompt": "on at he", "completion": " a b"}, *DATA])
+    keep = tmp_path / "keep.txt"
+    keep.write_text("a b c d e\nhe is in the st\non at a b\n")  # ids below the tiny vocabulary's 1024
+    configs = (
+        dataclasses.replace(CONFIGS["lora-located-preserve"], preserve=str(keep)),
+        dataclasses.replace(CONFIGS["rank-one"], preserve=str(keep)),
+        CONFIGS["lora-located"],
+    )
+    plan = dataclasses.replace(
+        _plan(small, tmp_path / "out"), data=data, configs=configs, seeds=(0,), steps=2
+    )
+    loaded = load(str(folder), dtype="float32", device="cpu")
+    prompt, target = loaded.tokenizer.encode("on at he"), loaded.tokenizer.encode(" a")[0]
+    metric = Metric("prob", target, len(prompt) - 1)
+    expected = locate_ids(loaded.model, loaded.spec, torch.tensor([prompt]), metric)  # without the sweep
+    run_sweep(plan, loaded)
+    runs = tmp_path / "out" / "runs"
+    manifests = {c.name: json.loads((runs / f"{c.name}-s0" / files.MANIFEST).read_text()) for c in configs}
+    assert manifests["lora-located"]["options"]["layers"] == list(expected.layer_list)
+    assert manifests["lora-located-preserve"]["options"]["layers"] == list(expected.layer_list)
+    assert manifests["lora-located-preserve"]["preserve"]["sha256"] == _sha256(keep)
+    assert "preserve" not in manifests["lora-located"]
+    assert manifests["rank-one"]["method"] == "rank-one"
+    assert manifests["rank-one"]["options"]["layer"] == expected.peak_layer
+    mtimes = {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")}
+    run_sweep(plan, loaded)  # finished runs are accepted (auto = what was located), not retrained
+    assert mtimes == {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")}
+    other = tmp_path / "other.txt"
+    other.write_text("a b\n")
+    changed = dataclasses.replace(plan, configs=(dataclasses.replace(configs[0], preserve=str(other)),))
+    with pytest.raises(TokenlensError, match="trained with another preserve"):
+        run_sweep(changed, loaded)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _run(config: str, seed: int, gain: float, kl: float, fails: int = 0) -> RunMetrics:

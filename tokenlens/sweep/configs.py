@@ -5,8 +5,12 @@ layers, on attention or MLP only; ``embeddings`` on the rows the task needs). Op
 model or the task are computed from :class:`SweepFacts` (the layer count, whether the attention has
 ``q_norm``/``k_norm``, the token ids of the task), so one record serves every model.
 
+Some configurations train with the built-in preserve set (``preserve``: the trainer's KL(base ‖ tuned)
+term over ordinary text, weight 1), some on the layers a causal trace of the first training example locates
+(``layers=auto``), and ``rank-one`` is the closed-form ROME-style edit of the located layer.
+
 ``--methods`` names configurations or methods; a method name selects all of its configurations
-(``lora`` → ``lora-early``, ``lora-late``, ``lora-attn``, ``lora-mlp``). Every configuration trains with its
+(``lora`` → every ``lora-…`` configuration). Every configuration trains with its
 method's default learning rate (``METHODS[name].lr``) unless the sweep's learning-rate search replaces it.
 """
 
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenlens.errors import TokenlensError, option
+from tokenlens.options import AUTO
 from tokenlens.training.methods import METHODS
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -51,12 +56,14 @@ class SweepConfig:
         method: The trainer method (a key of ``METHODS``).
         summary: One line: what it trains.
         options: ``options(facts) -> dict`` the method's options for this model and task.
+        preserve: The trainer's preserve file (``"default"``: the built-in set), or ``None``.
     """
 
     name: str
     method: str
     summary: str
     options: Callable[[SweepFacts], dict[str, Any]]
+    preserve: str | None = None
 
     @property
     def lr(self) -> float:
@@ -93,6 +100,32 @@ CONFIGS: dict[str, SweepConfig] = {
         ),
         SweepConfig(
             "lora-mlp", "lora", "LoRA on gate, up, down of every layer", lambda f: {"target_modules": MLP}
+        ),
+        SweepConfig(
+            "lora-mlp-preserve",
+            "lora",
+            "LoRA on gate, up, down of every layer, with the built-in preserve set's KL term",
+            lambda f: {"target_modules": MLP},
+            preserve="default",
+        ),
+        SweepConfig(
+            "lora-located",
+            "lora",
+            "LoRA on gate, up, down of the layers a causal trace locates",
+            lambda f: {"target_modules": MLP, "layers": AUTO},
+        ),
+        SweepConfig(
+            "lora-located-preserve",
+            "lora",
+            "LoRA on the located layers' MLPs, with the built-in preserve set's KL term",
+            lambda f: {"target_modules": MLP, "layers": AUTO},
+            preserve="default",
+        ),
+        SweepConfig(
+            "rank-one",
+            "rank-one",
+            "closed-form rank-one edit of the located layer's down_proj at the subject",
+            _none,
         ),
         SweepConfig("head", "head", "the output head only (untied)", _none),
         SweepConfig("bias", "bias", "added biases on o_proj and down_proj", _none),

@@ -27,6 +27,7 @@ from typing import Any
 from tokenlens.errors import TokenlensError, option
 from tokenlens.files import CHECKPOINT, DIFF_FILE, DIFF_SCHEMA, MANIFEST, RUN_RECORD
 from tokenlens.io import atomic_write_text
+from tokenlens.options import AUTO
 
 EXACT = 3
 """With ``--causal``: components patched exactly per probe (the top ones by attribution-patching estimate)."""
@@ -56,6 +57,7 @@ class Job:
         device: Load device.
         causal: Measure causal effects in the diff.
         diff: Diff the result (``False`` for learning-rate search runs).
+        preserve: The trainer's preserve file (``"default"``: the built-in set), or ``None``.
     """
 
     config: str
@@ -73,6 +75,7 @@ class Job:
     device: str = "auto"
     causal: bool = False
     diff: bool = True
+    preserve: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -101,6 +104,13 @@ def read_json(path: Path) -> dict:
     return value
 
 
+def preserve_sha256(preserve: str) -> str:
+    """A preserve file's sha256 (``"default"``: the built-in set), as the trainer's manifest records it."""
+    from tokenlens.training.preserve import resolve_path
+
+    return sha256_file(resolve_path(preserve))
+
+
 def finished(job: Job) -> bool:
     """The run's folder holds a finished training run."""
     return (Path(job.run_dir) / MANIFEST).is_file()
@@ -116,16 +126,24 @@ def check_manifest(job: Job) -> dict:
 
     folder = Path(job.run_dir)
     manifest = read_json(folder / MANIFEST)
+    options = get_method(job.method).resolve(job.options)
+    recorded = manifest.get("options")
+    if isinstance(recorded, dict):  # what the trainer chose (layer=auto → a layer) stands for auto / unset
+        options = {k: recorded.get(k) if v in (AUTO, None) else v for k, v in options.items()}
     expected = {
         "method": job.method,
-        "options": get_method(job.method).resolve(job.options),
+        "options": options,
+        "preserve": None if job.preserve is None else preserve_sha256(job.preserve),
         "seed": job.seed,
         "steps": job.steps,
         "data_sha256": sha256_file(job.data),
         "base_model": job.base,
     }
     for key, value in expected.items():
-        if manifest.get(key) != value:
+        found = manifest.get(key)
+        if key == "preserve" and isinstance(found, dict):
+            found = found.get("sha256")
+        if found != value:
             raise TokenlensError(
                 f"{folder} was trained with another {key} ({manifest.get(key)!r}, this sweep: {value!r}); "
                 f"{_retrain()}"
@@ -181,6 +199,7 @@ def train_job(job: Job, base: Any | None) -> None:
         seed=job.seed,
         options=job.options,
         resume=resume,
+        preserve=job.preserve,
     )
     if cuda:
         peak, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"

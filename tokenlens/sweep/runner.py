@@ -132,6 +132,7 @@ def run_sweep(plan: SweepPlan, loaded: Any, on_event: Event | None = None) -> Sw
             device=plan.device,
             causal=plan.causal,
             diff=diff,
+            preserve=config.preserve,
         )
 
     def execute(j: jobs.Job) -> None:
