@@ -13,12 +13,14 @@ import json
 import math
 import os
 import queue
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+
+# Debian's Chromium, found as the HTML report's test finds it: skipped where missing, a failure in CI
+from test_report_html import _chromium  # tests/ is on sys.path (pytest puts it there)
 
 from tokenlens.attribution.direct import attribute
 from tokenlens.attribution.lens import logit_lens
@@ -32,18 +34,6 @@ HOSTILE = (
     'onerror="window.pwned=2"> \u202e RTL \u200b zero-width &amp;'
 )
 GREEN, RED = "rgba(46, 158, 79, ", "rgba(214, 69, 65, "  # as report.kit.html.shade; alpha ≤ 0.7
-DEBIAN_CHROMIUM = Path("/usr/bin/chromium")
-
-
-def _chromium() -> str:
-    """Debian's Chromium; skipped where it is missing, except in CI (``CI=true``), where that fails."""
-    found = shutil.which("chromium") or (str(DEBIAN_CHROMIUM) if DEBIAN_CHROMIUM.exists() else None)
-    if found is None:
-        reason = "chromium not installed: apt-get install chromium"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 # --- a small DevTools-protocol client over a pipe ----------------------------------------------------------
