@@ -70,8 +70,11 @@ function el(tag, cls, text) {
   return e;
 }
 function section(id) { return root.querySelector('[id="' + id + '"]'); }
-function signed(v, digits) { return (v >= 0 ? "+" : "") + v.toFixed(digits); }
+function signed(v, digits) {
+  return typeof v !== "number" ? "\u2014" : (v >= 0 ? "+" : "") + v.toFixed(digits);  // null: not finite
+}
 function prob(p) {
+  if (typeof p !== "number") { return "\u2014"; }
   if (!(p > 0 && p < 1e-3)) { return p.toFixed(4); }
   return p.toExponential(2).replace(/e([+-])(\d)$/, function (m, sign, digit) {
     return "e" + sign + "0" + digit;  // 6.60e-06, as the Python reports write it
