@@ -16,7 +16,7 @@ from pathlib import Path
 import tokenlens
 
 LAYERS = (
-    ("errors", "files", "io", "display", "version", "options", "progress", "tasks"),
+    ("errors", "files", "io", "display", "version", "options", "progress", "threads", "tasks"),
     ("models",),
     ("capture",),
     ("attribution",),

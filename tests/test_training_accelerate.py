@@ -217,7 +217,7 @@ def test_cli_gradient_checkpointing_flag_and_progress_bar(small_checkpoint, data
     )
     assert args.run(args) == 0
     assert json.loads((tmp_path / "o" / "tokenlens-manifest.json").read_text())["gradient_checkpointing"]
-    progress = train_cmd._progress()
+    progress = train_cmd._progress(terminal=True)
     update = progress.__enter__()
     try:
         update(StepInfo(step=3, total=10, loss=1.25, tokens=40, tokens_per_s=1234.4, elapsed_s=0.1))

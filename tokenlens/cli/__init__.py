@@ -34,6 +34,7 @@ from tokenlens.cli import locate as locate_cmd
 from tokenlens.cli import models as models_cmd
 from tokenlens.cli import sweep as sweep_cmd
 from tokenlens.cli import train as train_cmd
+from tokenlens.cli.feedback import quiet
 from tokenlens.errors import Interrupted, TokenlensError, command_line, first_line
 from tokenlens.version import __version__
 
@@ -70,14 +71,52 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tokenlens {__version__}")
+    _global_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for subparser in sub.choices.values():  # also after the subcommand, where users type them
+        _global_options(subparser, argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, at least 1, got {text!r}")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--threads`` and ``--quiet``, accepted before and after the subcommand (after it they default to
+    ``SUPPRESS``, so that they do not overwrite a value given before it)."""
+    group = parser.add_argument_group("every command")
+    group.add_argument(
+        "--threads",
+        type=_threads,
+        metavar="N",
+        default=default,
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else the idle physical cores)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="no progress display on stderr (errors and results still print)",
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, thread_policy: bool = False) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    ``thread_policy``: choose torch's CPU threads (:mod:`tokenlens.threads`) before the command runs, as the
+    ``tokenlens`` program does; off when the CLI runs inside another Python program, whose threads are its
+    own (``--threads N`` applies either way).
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -89,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was typed, for a report's settings
     _quiet_libraries()
     try:
-        with _sigterm_interrupts(), command_line():  # messages name flags, not Python parameters
+        with _sigterm_interrupts(), command_line(), quiet(bool(args.quiet)):
+            if thread_policy or args.threads is not None:
+                _set_threads(args.threads)
             return int(args.run(args))
     except TokenlensError as exc:
         print(f"tokenlens: error: {exc}", file=sys.stderr)
@@ -104,6 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if type(exc).__name__ != "PanicException":  # how Rust extensions (tokenizers …) fail
             raise
         return _unexpected(exc)
+
+
+def _set_threads(threads: int | None) -> None:
+    """torch's CPU threads by :func:`tokenlens.threads.configure_threads` (``--threads`` overrides it); the
+    choice goes into ``OMP_NUM_THREADS`` where that is unset, so that worker processes (a sweep's runs)
+    make the same one."""
+    from tokenlens.threads import configure_threads
+
+    try:
+        choice = configure_threads(threads)
+    except ValueError as exc:
+        raise TokenlensError(str(exc)) from exc
+    os.environ.setdefault("OMP_NUM_THREADS", str(choice.threads))
 
 
 def _unexpected(exc: BaseException) -> int:
@@ -146,7 +200,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def console_main() -> None:
     """Entry point of the ``tokenlens`` console script."""
-    sys.exit(main())
+    sys.exit(main(thread_policy=True))
 
 
 def _quiet_libraries() -> None:

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from tokenlens.cli.feedback import feedback as progress
+from tokenlens.cli.feedback import print_result
 from tokenlens.cli.options import ModelOptions, OutputOptions, quiet_transformers
 from tokenlens.errors import TokenlensError
 
@@ -188,9 +189,7 @@ def render(output: OutputOptions, report) -> str | None:
         from tokenlens.report.kit.terminal import renderables_to_text
 
         return renderables_to_text([render_diff(report)])
-    from rich.console import Console
-
-    Console().print(render_diff(report))
+    print_result(render_diff(report))
     return None
 
 

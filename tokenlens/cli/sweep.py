@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenlens.cli.feedback import eta, is_quiet, print_result
 from tokenlens.cli.options import ModelOptions
 from tokenlens.errors import TokenlensError, command_line
 
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenlens.sweep.runner import run_sweep
 
     loaded = ModelOptions.from_args(args).load()
-    sweep_map = run_sweep(plan, loaded, on_event=lambda line: print(f"tokenlens: {line}", file=sys.stderr))
+    sweep_map = run_sweep(plan, loaded, on_event=_Notes())
     if args.recommend is False:  # keep the ranking's reasoning, drop the verdict (its last line)
         rec = sweep_map.recommendation
         lines = (*rec.lines[:-1], "no recommendation requested (--no-recommend)")
@@ -245,16 +248,30 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "html":
         print(paths["html"])
     else:
-        from rich.console import Console
-
         from tokenlens.report.sweep_map import render_map
 
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=180)
-        console.print(render_map(sweep_map))
+        print_result(render_map(sweep_map))
     print(f"tokenlens: wrote {plan.out}/map.json, map.md, map.html, map_files/", file=sys.stderr)
     return 0
+
+
+class _Notes:
+    """The sweep's notes on stderr (one before each run), the numbered ones (``[3/10] …``) with the time
+    left, estimated from the runs done since the first numbered note; none with ``--quiet``."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def __call__(self, line: str) -> None:
+        if is_quiet():
+            return
+        numbered = re.match(r"\[(\d+)/(\d+)\]", line)
+        if numbered:
+            done, total = int(numbered[1]) - 1, int(numbered[2])
+            now = time.monotonic()
+            self.started = now if self.started is None else self.started
+            line += eta(now - self.started, done, total)
+        print(f"tokenlens: {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

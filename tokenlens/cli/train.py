@@ -246,16 +246,32 @@ def _silenced() -> Iterator[None]:
 
 
 class _progress:
-    """A rich progress bar on stderr: step, loss, tokens/s, ETA (fed by ``train(on_progress=...)``).
+    """Training progress on stderr, fed by ``train(on_progress=...)``: on a terminal a rich bar (step, loss,
+    tokens/s, ETA); otherwise plain lines (``training: step 4/30, loss 1.2345, 812 tok/s, about 20 s
+    left``, at most one every :data:`~tokenlens.cli.feedback.INTERVAL` seconds, and the last step);
+    nothing with ``--quiet``.
 
-    It appears with the first finished step and is always stopped on the way out (an error, Ctrl-C,
+    The bar appears with the first finished step and is always stopped on the way out (an error, Ctrl-C,
     SIGTERM), which gives the terminal its cursor back.
     """
+
+    def __init__(self, terminal: bool | None = None) -> None:
+        self.terminal = terminal  # None: whether stderr is a terminal
 
     def __enter__(self):
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from tokenlens.cli.feedback import Throttled, is_quiet
+
+        self.bar = None
+        self.first: int | None = None
+        console = Console(file=sys.stderr)
+        if is_quiet():
+            return lambda info: None
+        if not (console.is_terminal if self.terminal is None else self.terminal):
+            self.lines = Throttled()
+            return self.line
         self.bar = Progress(
             TextColumn("step {task.completed}/{task.total}"),
             BarColumn(),
@@ -263,7 +279,7 @@ class _progress:
             TextColumn("{task.fields[rate]} tok/s"),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=console,
             transient=True,
         )
         self.task = None
@@ -280,5 +296,19 @@ class _progress:
             self.task, completed=info.step, loss=f"{info.loss:.4f}", rate=f"{info.tokens_per_s:,.0f}"
         )
 
+    def line(self, info) -> None:
+        """One finished step as a plain line (not a terminal)."""
+        from tokenlens.cli.feedback import eta
+
+        if self.first is None:  # this invocation's first step (not 1 after a resume)
+            self.first = info.step
+        left = eta(info.elapsed_s, info.step - self.first + 1, info.total - self.first + 1)
+        self.lines(
+            f"training: step {info.step}/{info.total}, loss {info.loss:.4f}, "
+            f"{info.tokens_per_s:,.0f} tok/s{left}",
+            final=info.step == info.total,
+        )
+
     def __exit__(self, *exc) -> None:
-        self.bar.stop()
+        if self.bar is not None:
+            self.bar.stop()

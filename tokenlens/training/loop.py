@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenlens import progress
 from tokenlens.errors import Interrupted
 from tokenlens.files import CHECKPOINT
 from tokenlens.training import step as stepping
@@ -151,7 +152,9 @@ def run_loop(
 
 
 def report(on_step, on_progress, step: int, total: int, loss: float, tokens: int, done: int, since: float):
-    """Call the progress callbacks; ``done`` is the tokens of this invocation's steps so far."""
+    """Call the progress callbacks; ``done`` is the tokens of this invocation's steps so far. The step is
+    also reported as ``"train step"`` to a :mod:`tokenlens.progress` listener."""
+    progress.report("train step", step, total)
     if on_step is not None:
         on_step(step, total, loss)
     if on_progress is not None:
