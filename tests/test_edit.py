@@ -150,6 +150,8 @@ def test_edit_command(small_checkpoint, files, tmp_path, capsys):
             "1",
             "--steps",
             "10",
+            "--method",
+            "rank-one",
         ]
     )
     report = json.loads((tmp_path / "e2" / "edit-report.json").read_text())
@@ -192,3 +194,70 @@ def test_edit_bad_input_is_one_line(args, message, small_checkpoint, files, tmp_
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_neighbour_prompts_swap_the_subject_and_keep_the_check_held_out():
+    from tokenlens.training.neighbours import neighbour_prompts
+
+    prompt = "The capital of France is"
+    found = neighbour_prompts(
+        prompt, "France", exclude={"The capital of Canada is", " The flag of France is "}
+    )
+    assert "The capital of Brazil is" in found and "Shakespeare" not in found[0]
+    assert "The capital of Canada is" not in found and "The flag of France is" not in found  # excluded
+    assert "The climate of France is" in found and prompt not in found
+    assert len(found) == len(set(found))
+    # the last occurrence is the one replaced (where the fact is read)
+    assert "France, the capital of Brazil is" in neighbour_prompts(
+        "France, the capital of France is", "France"
+    )
+    with pytest.raises(ValueError, match="not in the prompt"):
+        neighbour_prompts(prompt, "Spain")
+    # the built-in fact-edit task's controls are never generated: they stay held out for the check
+    from tokenlens.diff import load_probes
+    from tokenlens.tasks import get_task
+
+    controls = {p.prompt for p in load_probes(get_task("fact-edit").probes) if p.expect == "unchanged"}
+    assert not controls & set(neighbour_prompts(prompt, "France"))
+
+
+def test_word_at_expands_a_located_subword_to_its_word():
+    from tokenlens.training.edit import _word_at
+
+    assert _word_at("The Eiffel Tower is in", "iffel") == "Eiffel"
+    assert _word_at("The capital of France is", " France") == "France"
+
+
+def test_edit_trains_with_the_neighbour_prompts(tiny_checkpoint, tmp_path, capsys):
+    import hashlib
+
+    from tokenlens.training.edit import NEIGHBOUR_WEIGHT, NEIGHBOURS_FILE
+
+    keep = tmp_path / "keep.txt"
+    keep.write_text("The capital of Brazil is\nThe sun rises in the\n")
+    out = tmp_path / "n"
+    argv = [
+        "edit",
+        "--model",
+        str(tiny_checkpoint),
+        "--keep",
+        str(keep),
+        "--prompt",
+        "The capital of France is",
+    ]
+    code = main(
+        [*argv, "--target", " Lyon", "--subject", "France", "--layer", "1", "--steps", "2", "--out", str(out)]
+    )
+    capsys.readouterr()
+    assert code in (0, 1)
+    written = (out / NEIGHBOURS_FILE).read_text().splitlines()
+    assert "The capital of Canada is" in written and "The flag of France is" in written
+    assert "The capital of Brazil is" not in written and "The capital of France is" not in written
+    manifest = json.loads((out / "model" / "tokenlens-manifest.json").read_text())
+    assert manifest["method"] == "lora" and manifest["preserve"]["weight"] == NEIGHBOUR_WEIGHT
+    assert manifest["preserve"]["sha256"] == hashlib.sha256((out / NEIGHBOURS_FILE).read_bytes()).hexdigest()
+    assert json.loads((out / "edit-report.json").read_text())["neighbour_prompts"] == len(written)
+    # without a subject and without locating, there is no subject to build neighbours from: one line, exit 2
+    code = main([*argv, "--target", " Lyon", "--layer", "1", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "need the subject" in err and err.count("\n") == 1

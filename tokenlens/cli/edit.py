@@ -20,19 +20,23 @@ EPILOG = """examples:
       --paraphrases paraphrases.txt --keep keep.jsonl --out edits/lyon
   tokenlens diff --tuned edits/lyon/model --probes probes.jsonl       (the saved edit, diffed in full)
 
---method auto is rank-one: a closed-form, ROME-style key -> value edit of the located layer's MLP down_proj
-at the subject's last token (measured the cleaner of rank-one and LoRA on the default model: reports/edit.md).
-lora trains rank-8 LoRA on the located layers' MLPs with the built-in preserve set's KL term.
+--method auto is lora: rank-8 LoRA on the located layers' MLPs, trained on the fact with a KL(base||tuned)
+term (weight 10) over the fact's neighbour prompts: the prompt with other subjects ("The capital of Canada
+is"), the subject with other relations ("The flag of France is"); written to edit-neighbours.txt, never a
+prompt the check judges (measured the cleaner of the two on the default model: reports/edit.md).
+rank-one: a closed-form, ROME-style key -> value edit of the located layer's MLP down_proj at the
+subject's last token.
 --keep / --paraphrases: a JSONL probe file ("prompt" fields) or plain text, one prompt per line. Default
 keep set: the built-in fact-edit task's 12 control probes. The output folder gets model/ (the trainer output:
-tokenlens.load, diff and check read it), edit-report.json, edit-report.md and edit-data.jsonl.
+tokenlens.load, diff and check read it), edit-report.json, edit-report.md, edit-data.jsonl and (lora)
+edit-neighbours.txt.
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "edit",
-        help="edit one fact (locate, rank-one edit with preservation) and check nothing else moved",
+        help="edit one fact (locate, edit with preservation) and check nothing else moved",
         description="Locate where the model keeps a fact, edit it there, check the edit and its locality.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,11 +49,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keep", metavar="FILE", help="prompts that must not move (default: built-in controls)")
     p.add_argument("--paraphrases", metavar="FILE", help="prompts that must move too")
-    p.add_argument("--method", default="auto", help="auto (= rank-one), rank-one or lora (default auto)")
+    p.add_argument("--method", default="auto", help="auto (= lora), lora or rank-one (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trace's noise and the edit (default 0)")
     p.add_argument("--steps", type=int, help="optimisation steps (default: rank-one 20, lora 30)")
     p.add_argument("--layer", type=int, help="edit this layer instead of locating one (faster)")
-    p.add_argument("--preserve", default="default", metavar="FILE", help="preserve text (default: built-in)")
+    p.add_argument(
+        "--preserve",
+        default="neighbours",
+        metavar="FILE",
+        help="what to preserve: neighbours (generated, default), default (built-in text) or a file",
+    )
+    p.add_argument(
+        "--preserve-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="weight of lora's preservation term (default 10)",
+    )
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.set_defaults(run=run)
 
@@ -69,12 +85,15 @@ def run(args: argparse.Namespace) -> int:
     for what, path in (
         ("keep", args.keep),
         ("paraphrases", args.paraphrases),
-        ("preserve", None if args.preserve == "default" else args.preserve),
+        ("preserve", None if args.preserve in ("default", "neighbours") else args.preserve),
     ):
         if path is not None:
             read_prompts(path, what)  # a missing or empty file costs no model load
-    from tokenlens.training.edit import edit
+    from tokenlens.training.edit import NEIGHBOUR_WEIGHT, edit
+    from tokenlens.training.preserve import check_weight
 
+    weight = NEIGHBOUR_WEIGHT if args.preserve_weight is None else args.preserve_weight
+    check_weight(weight)
     loaded = ModelOptions.from_args(args).load()
     result = edit(
         loaded,
@@ -89,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         layer=args.layer,
         preserve=args.preserve,
+        preserve_weight=weight,
     )
     if result.report is None:
         print(f"nothing to edit: the model already answers {args.target!r} after {args.prompt!r}")

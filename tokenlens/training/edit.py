@@ -8,17 +8,22 @@
    there is **nothing to edit** and nothing is written;
 2. **locates** the model's current answer (:func:`tokenlens.causal.locate.locate`, the subject noised when
    given): the prompt position and the MLP layers that carry it;
-3. **edits**: ``rank-one`` (default: the located peak layer's ``down_proj`` at the subject's last token, key
-   statistics from the built-in preserve set) or ``lora`` (rank 8 on the located layers' MLPs, trained on the
-   fact with the built-in preserve set's KL term) — through the trainer, into ``out/model``;
+3. **edits**: ``lora`` (rank 8 on the located layers' MLPs, trained on the fact with the trainer's
+   KL(base ‖ tuned) preservation term over the fact's **neighbour prompts**, weight :data:`NEIGHBOUR_WEIGHT`:
+   the prompt with other subjects, the subject with other relations —
+   :mod:`tokenlens.training.neighbours`, written to ``out/edit-neighbours.txt``) or ``rank-one`` (the located
+   peak layer's ``down_proj`` at the subject's last token, key statistics from the built-in preserve set) —
+   through the trainer, into ``out/model``;
 4. **checks** the saved edit with the diff engine (:func:`tokenlens.diff.diff`, no patching): the prompt and
    each paraphrase must now answer the target (its first token, for a multi-token target), and every keep
    probe must keep its top-1 with KL(base ‖ tuned) ≤ ``max_kl`` — ``tokenlens check``'s rules and
    thresholds.
 
-``auto`` is ``rank-one``: on the default model and the built-in fact-edit task it was the cleaner of the two
-(``reports/edit.md`` has the measurements). The default keep set is the built-in fact-edit task's control
-probes, minus any prompt that is the edit's own.
+``auto`` is ``lora`` with neighbours: on the default model and the built-in fact-edit task it was the
+cleaner of the two (``reports/edit.md`` has the measurements). ``preserve`` replaces the neighbour prompts by
+a file (``"default"``: the built-in plain-text set; for ``rank-one`` it is the key-statistics text).
+The default keep set is the built-in fact-edit task's control probes, minus any prompt that is the edit's
+own.
 """
 
 from __future__ import annotations
@@ -37,12 +42,19 @@ from tokenlens.diff import DiffOptions, DiffReport, Probe, diff, load_probes, pa
 from tokenlens.diff.check import MAX_KL, MIN_GAIN
 from tokenlens.errors import TokenlensError, option
 from tokenlens.tasks import get_task
+from tokenlens.training.neighbours import neighbour_prompts
 from tokenlens.training.preserve import read_texts
 from tokenlens.training.trainer import train
 
 METHODS = ("auto", "rank-one", "lora")
-AUTO_METHOD = "rank-one"
+AUTO_METHOD = "lora"
 """What ``method="auto"`` runs (the cleaner on the default model: see ``reports/edit.md``)."""
+NEIGHBOURS = "neighbours"
+"""``preserve=`` value: the fact's generated neighbour prompts (the default)."""
+NEIGHBOUR_WEIGHT = 10.0
+"""The preservation term's weight over the neighbour prompts (``reports/edit.md``: 1 spills, 30 loses the
+held-out paraphrase)."""
+NEIGHBOURS_FILE = "edit-neighbours.txt"
 LORA_STEPS = 30
 """Steps of the ``lora`` edit."""
 MODEL_DIR = "model"
@@ -67,6 +79,7 @@ class EditResult:
             edited).
         report: The check's diff report (``None`` when nothing was edited).
         seconds: Wall time of the whole edit.
+        neighbours: The neighbour prompts the edit was trained to keep (empty: another preserve set).
     """
 
     prompt: str
@@ -80,6 +93,7 @@ class EditResult:
     out_dir: Path | None = None
     report: DiffReport | None = None
     seconds: float = 0.0
+    neighbours: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -101,6 +115,7 @@ class EditResult:
             "edited_layers": list(self.edited_layers),
             "model": None if self.out_dir is None else str(self.out_dir / MODEL_DIR),
             "seconds": self.seconds,
+            "neighbour_prompts": len(self.neighbours),
             "max_kl": MAX_KL,
             "min_gain": MIN_GAIN,
             "probes": [
@@ -162,6 +177,34 @@ def check_inputs(prompt: str, target: str, out: str | Path, method: str) -> None
         raise TokenlensError(f"{out} exists and is not empty: choose a new {option('out')} folder")
 
 
+def _word_at(prompt: str, token: str) -> str:
+    """The whole word of ``prompt`` around the token text's last occurrence (``"iffel"`` → ``"Eiffel"``)."""
+    token = token.strip()
+    at = prompt.rfind(token) if token else -1
+    if at < 0:
+        return token
+    start, end = at, at + len(token)
+    while start > 0 and prompt[start - 1].isalnum():
+        start -= 1
+    while end < len(prompt) and prompt[end].isalnum():
+        end += 1
+    return prompt[start:end]
+
+
+def _neighbours(prompt: str, subject: str | None, judged: set[str]) -> tuple[str, ...]:
+    """The fact's neighbour prompts, minus every prompt the check judges.
+
+    Raises:
+        TokenlensError: No subject (``--layer`` without ``--subject``) or one the prompt does not contain.
+    """
+    if not subject or subject not in prompt:
+        raise TokenlensError(
+            f"the neighbour prompts need the subject: give {option('subject')} (or a file as "
+            f"{option('preserve')})"
+        )
+    return neighbour_prompts(prompt, subject, judged)
+
+
 def already_answers(loaded, prompt_ids: list[int], target_ids: list[int]) -> bool:
     """The model's greedy continuation of the prompt is the target, token for token."""
     ids = torch.tensor([prompt_ids + target_ids])
@@ -183,12 +226,15 @@ def edit(
     seed: int = 0,
     steps: int | None = None,
     layer: int | None = None,
-    preserve: str | Path = "default",
+    preserve: str | Path = NEIGHBOURS,
+    preserve_weight: float = NEIGHBOUR_WEIGHT,
 ) -> EditResult:
     """Locate, edit with preservation, check (see the module docstring). ``loaded`` is changed in place.
 
     ``layer`` skips the causal trace (the edit goes there; for ``lora`` that one layer); ``preserve`` is the
-    preserve file (key statistics for rank-one, the KL term for lora).
+    preservation set: ``"neighbours"`` (generated; needs a subject, given or located), ``"default"`` or a
+    file — the KL term's texts for lora (weight ``preserve_weight``), the key statistics' for rank-one
+    (``"neighbours"`` means the built-in text there).
 
     Raises:
         TokenlensError: Bad input (one line), before anything is written.
@@ -206,6 +252,7 @@ def edit(
     if already_answers(loaded, prompt_ids, target_ids):
         return EditResult(prompt, target, "nothing to edit", seconds=time.perf_counter() - started)
     method = AUTO_METHOD if method == "auto" else method
+    about = subject
     if layer is None:
         location = locate(loaded, prompt, subject=subject, seed=seed)
         where, window, peak, position = (
@@ -214,6 +261,7 @@ def edit(
             location.peak_layer,
             location.position,
         )
+        about = about or _word_at(prompt, location.token)
     else:
         where, window, peak, position = (
             f"not located: layer {layer} given",
@@ -229,9 +277,18 @@ def edit(
         options = {"layers": list(window), "target_modules": ["gate_proj", "up_proj", "down_proj"]}
         edited = window
         steps = steps or LORA_STEPS
+    neighbours: tuple[str, ...] = ()
+    if preserve == NEIGHBOURS and method == "lora":
+        judged = {prompt, *extra, *(p.prompt for p in controls)}
+        neighbours = _neighbours(prompt, about, judged)
     out.mkdir(parents=True, exist_ok=True)
     data = out / DATA_FILE
     data.write_text(json.dumps({"prompt": prompt, "completion": target}) + "\n", encoding="utf-8")
+    if neighbours:
+        preserve = out / NEIGHBOURS_FILE
+        preserve.write_text("".join(text + "\n" for text in neighbours), encoding="utf-8")
+    elif preserve == NEIGHBOURS:
+        preserve = "default"
     train(
         loaded,
         method,
@@ -241,6 +298,7 @@ def edit(
         seed=seed,
         options=options,
         preserve=preserve,
+        preserve_weight=preserve_weight if method == "lora" else 1.0,
         batch_size=1,
     )
     first = tokenizer.decode(target_ids[:1])
@@ -265,4 +323,5 @@ def edit(
         out,
         report,
         time.perf_counter() - started,
+        neighbours,
     )
