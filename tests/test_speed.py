@@ -73,7 +73,7 @@ def test_patched_runs_from_the_recorded_stream_equal_full_forwards(lora_all, mon
 
     monkeypatch.setattr(diff_runs, "skip_layers", counting)
     short = diff(lora_all, probes)
-    assert max(skipped) == 2  # the shortcut was taken (up to the last of the 3 layers)
+    assert max(skipped) >= 1  # the shortcut was taken
     monkeypatch.setattr(diff_runs, "stream_sites", lambda model, spec: [])  # no stream: every run from 0
     full = diff(lora_all, probes)
     a, b = _numbers(short), _numbers(full)
@@ -100,7 +100,8 @@ def test_patch_changes_equal_one_plain_forward_per_component(lora_all):
     tracked = int(tuned.logits.argmax())
     changes = {s.name: (s, tuned.values[s.name].float() - base.values[s.name].float()) for s in sites}
     runs = {"base": base, "tuned": tuned}
-    batched = patch_changes(pair, ids, position, tracked, changes, reverse=True, runs=runs)
+    one_batch = patch_changes(pair, ids, position, tracked, changes, reverse=True, runs=runs)
+    by_layer = patch_changes(pair, ids, position, tracked, changes, reverse=True, runs=runs, batch=2)
     for which, sign, slot in (("base", 1.0, 0), ("tuned", -1.0, 2)):
         with pair.side(which) as model, torch.no_grad():
             clean = model(input_ids=ids).logits[0, position].double()
@@ -108,7 +109,8 @@ def test_patch_changes_equal_one_plain_forward_per_component(lora_all):
                 with replace(model, pair.spec, {site: plus(sign * delta)}):
                     row = model(input_ids=ids).logits[0, position].double()
                 expected = float(read(row, tracked) - read(clean, tracked))
-                assert batched[name][slot] == pytest.approx(expected, abs=1e-5), (which, name)
+                assert one_batch[name][slot] == pytest.approx(expected, abs=1e-5), (which, name)
+                assert by_layer[name][slot] == pytest.approx(expected, abs=1e-5), (which, name)
 
 
 def test_adapters_off_equals_peft_disable_adapter(lora_all, qwen_tokenizer):

@@ -72,68 +72,24 @@ def _in_features(module: torch.nn.Module) -> int:
     return int(base.in_features)
 
 
-def _effects(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
-    site: Site,
-    deltas: Mapping[str, torch.Tensor],
-    grad: torch.Tensor | None,
-    readout: Readout,
-    reverse: bool,
-    runs: Mapping[str, Run] | None = None,
-) -> list[ComponentEffect]:
-    """One row per unit of one layer from its write changes ``deltas`` (name -> ``(1, seq, d_model)``);
-    ``runs`` (side -> its captured run) let the patched runs start at the layer (:func:`patch_changes`)."""
-    changes = {n: (site, d) for n, d in deltas.items()}
-    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=reverse, runs=runs)
-    rows = []
-    for name, delta in deltas.items():
-        direct = float(readout(delta[0, position]))
-        estimate = None if grad is None else float((delta.to(grad) * grad).sum())
-        rows.append(ComponentEffect(name, direct, *exact[name], estimate))
-    return rows
+Change = tuple[Site, torch.Tensor]
+"""A unit's write change and the site it is patched onto: ``(L{i}.attn or L{i}.mlp, (1, seq, d_model))``."""
 
 
-def _layer_effects(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
-    layer: int,
-    part: str,
-    units: Mapping[str, Mapping[str, tuple[slice, torch.Tensor]]],
-    grads: Mapping[str, torch.Tensor],
-    readout: Readout,
-    reverse: bool,
-    runs: Mapping[str, Run] | None = None,
-) -> list[ComponentEffect]:
-    """Rows for the units of one layer's ``part`` (``attn``/``mlp``): ``units[side]`` as for
-    :func:`unit_writes`, per side; each unit's write change is patched onto the layer's output."""
+def _layer_changes(
+    pair: ModelPair, layer: int, part: str, units: Mapping[str, Mapping[str, tuple[slice, torch.Tensor]]]
+) -> dict[str, Change]:
+    """Each unit's write change (tuned − base) through one layer's ``part`` (``attn``/``mlp``) output module;
+    ``units[side]`` as for :func:`unit_writes`."""
     writes = {which: unit_writes(pair, which, layer, part, units[which]) for which in ("base", "tuned")}
-    deltas = {name: writes["tuned"][name] - writes["base"][name] for name in units["base"]}
     site = Site(f"L{layer}.{part}", part, layer)
-    grad = grads.get(site.name)
-    return _effects(pair, input_ids, position, tracked, site, deltas, grad, readout, reverse, runs)
+    return {name: (site, writes["tuned"][name] - writes["base"][name]) for name in units["base"]}
 
 
-def drill_heads(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
-    base: Run,
-    tuned: Run,
-    layers: Sequence[int],
-    grads: Mapping[str, torch.Tensor],
-    readout: Readout,
-    reverse: bool,
-) -> list[ComponentEffect]:
+def _head_changes(pair: ModelPair, base: Run, tuned: Run, layers: Sequence[int]) -> dict[str, Change]:
     """Every head of ``layers`` (``base``/``tuned`` must have recorded the ``L{i}.H{h}`` sites)."""
     n_heads = head_count(pair.tuned.model)
-    runs = {"base": base, "tuned": tuned}
-    rows = []
+    changes: dict[str, Change] = {}
     for i in layers:
         heads = [Site(f"L{i}.H{h}", "head", i, h) for h in range(n_heads)]
         width = n_heads * base.values[heads[0].name].shape[-1]  # the o_proj input: heads side by side
@@ -141,90 +97,80 @@ def drill_heads(
             which: {s.name: (site_slice(s, width, n_heads), run.values[s.name]) for s in heads}
             for which, run in (("base", base), ("tuned", tuned))
         }
-        rows += _layer_effects(
-            pair, input_ids, position, tracked, i, "attn", units, grads, readout, reverse, runs
-        )
-    return rows
+        changes |= _layer_changes(pair, i, "attn", units)
+    return changes
 
 
-def drill_neurons(
+def _chosen_neurons(
+    pair: ModelPair, base: Run, tuned: Run, layers: Sequence[int], readout: Readout, count: int
+) -> list[Site]:
+    """The ``count`` neurons of each dense layer of ``layers`` whose direct term changed most."""
+    sites = []
+    for i in layers:
+        if base.internals[i].act is None:
+            continue  # a MoE layer: no single down_proj (see the experts)
+        terms = {}
+        for which, run in (("base", base), ("tuned", tuned)):
+            with pair.side(which) as model:
+                layer = pair.spec.layer_list(model)[i]
+                terms[which] = neuron_terms(layer, pair.spec, run.internals[i].act[0, 0], readout)
+        change = terms["tuned"] - terms["base"]
+        top = change.abs().topk(min(count, change.shape[0])).indices.tolist()
+        sites += [Site(f"L{i}.N{n}", "neuron", i, n) for n in top]
+    return sites
+
+
+def drill_down(
     pair: ModelPair,
     input_ids: torch.Tensor,
     position: int,
     tracked: Tracked,
     base: Run,
     tuned: Run,
-    layers: Sequence[int],
+    attn_layers: Sequence[int],
+    mlp_layers: Sequence[int],
     grads: Mapping[str, torch.Tensor],
     readout: Readout,
     count: int,
     reverse: bool,
-) -> list[ComponentEffect]:
-    """The ``count`` neurons of each of ``layers`` whose direct term changed most (needs ``internals``)."""
-    spec = pair.spec
+) -> tuple[list[ComponentEffect], list[ComponentEffect], list[ComponentEffect]]:
+    """Rows for every head of ``attn_layers``, the ``count`` neurons of each dense layer of ``mlp_layers``
+    whose direct term changed most, and every routed expert of its MoE layers (none in a dense model).
+
+    Every unit's change is patched exactly as one row of the same batched runs, one per side when they fit
+    in a batch (:func:`tokenlens.diff.runs.patch_changes`), starting at the first drilled layer from the
+    recorded streams of ``base``/``tuned``; the neurons' and experts' activations over the prompt come from
+    one recording pass per side.
+    """
     runs = {"base": base, "tuned": tuned}
-    chosen: dict[int, list[Site]] = {}
-    for i in layers:
-        if base.internals[i].act is None:
-            continue  # a MoE layer: no single down_proj (see drill_experts)
-        terms = {}
+    changes = _head_changes(pair, base, tuned, attn_layers)
+    neurons = _chosen_neurons(pair, base, tuned, mlp_layers, readout, count)
+    chosen = set(mlp_layers)
+    experts = [s for s in expert_sites(bare_model(pair.tuned.model), pair.spec) if s.layer in chosen]
+    values = {}
+    if neurons or experts:
         for which, run in runs.items():
             with pair.side(which) as model:
-                layer = spec.layer_list(model)[i]
-                terms[which] = neuron_terms(layer, spec, run.internals[i].act[0, 0], readout)
-        change = terms["tuned"] - terms["base"]
-        top = change.abs().topk(min(count, change.shape[0])).indices.tolist()
-        chosen[i] = [Site(f"L{i}.N{n}", "neuron", i, n) for n in top]
-    if not chosen:
-        return []
-    values = {}  # every chosen neuron's activation over the prompt: one pass per side
-    for which, run in runs.items():
-        with pair.side(which) as model:
-            all_sites = [s for sites in chosen.values() for s in sites]
-            values[which] = record_sites(model, spec, input_ids, all_sites, run.values)
-    rows = []
-    for i, sites in chosen.items():
+                values[which] = record_sites(model, pair.spec, input_ids, neurons + experts, run.values)
+    for i in dict.fromkeys(s.layer for s in neurons):
         units = {
-            which: {s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in sites}
-            for which in ("base", "tuned")
+            which: {
+                s.name: (slice(s.index, s.index + 1), values[which][s.name]) for s in neurons if s.layer == i
+            }
+            for which in runs
         }
-        rows += _layer_effects(
-            pair, input_ids, position, tracked, i, "mlp", units, grads, readout, reverse, runs
-        )
-    return rows
-
-
-def drill_experts(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
-    layers: Sequence[int],
-    grads: Mapping[str, torch.Tensor],
-    readout: Readout,
-    reverse: bool,
-    runs: Mapping[str, Run] | None = None,
-) -> list[ComponentEffect]:
-    """Every routed expert of the mixture-of-experts layers among ``layers`` (none in a dense model);
-    ``runs`` (side -> its captured run) let the patched runs start at the layer."""
-    chosen = set(layers)
-    sites = [s for s in expert_sites(bare_model(pair.tuned.model), pair.spec) if s.layer in chosen]
-    if not sites:
-        return []
-    values = {}
-    for which in ("base", "tuned"):
-        with pair.side(which) as model:
-            held = runs[which].values if runs else None
-            values[which] = record_sites(model, pair.spec, input_ids, sites, held)
-    rows = []
-    for i in sorted({s.layer for s in sites}):
-        deltas = {
-            s.name: values["tuned"][s.name].float() - values["base"][s.name].float()
-            for s in sites
-            if s.layer == i
-        }
-        block = Site(f"L{i}.mlp", "mlp", i)  # an expert's write is an additive part of the block output
-        rows += _effects(
-            pair, input_ids, position, tracked, block, deltas, grads.get(block.name), readout, reverse, runs
-        )
-    return rows
+        changes |= _layer_changes(pair, i, "mlp", units)
+    for s in experts:  # an expert's write is an additive part of its block's output
+        block = Site(f"L{s.layer}.mlp", "mlp", s.layer)
+        changes[s.name] = (block, values["tuned"][s.name].float() - values["base"][s.name].float())
+    if not changes:
+        return [], [], []
+    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=reverse, runs=runs)
+    rows: dict[str, list[ComponentEffect]] = {"head": [], "neuron": [], "expert": []}
+    for name, (site, delta) in changes.items():
+        grad = grads.get(site.name)
+        direct = float(readout(delta[0, position]))
+        estimate = None if grad is None else float((delta.to(grad) * grad).sum())
+        kind = "head" if ".H" in name else "neuron" if ".N" in name else "expert"
+        rows[kind].append(ComponentEffect(name, direct, *exact[name], estimate))
+    return rows["head"], rows["neuron"], rows["expert"]

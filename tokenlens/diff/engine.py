@@ -397,14 +397,21 @@ def _effects(
     components = tuple(sorted_effects(rows))
     if options.drill < 1:
         return components, (), (), (), notes
-    args = (pair, input_ids, position, tracked, base, tuned)
-    heads = drill.drill_heads(
-        *args, drill.top_layers(components, "attn", options.drill), grads, readout_b, options.reverse
+    drilled_rows = drill.drill_down(
+        pair,
+        input_ids,
+        position,
+        tracked,
+        base,
+        tuned,
+        drill.top_layers(components, "attn", options.drill),
+        drill.top_layers(components, "mlp", options.drill),
+        grads,
+        readout_b,
+        options.neurons,
+        options.reverse,
     )
-    mlp_layers = drill.top_layers(components, "mlp", options.drill)
-    neurons = drill.drill_neurons(*args, mlp_layers, grads, readout_b, options.neurons, options.reverse)
-    experts = drill.drill_experts(*args[:4], mlp_layers, grads, readout_b, options.reverse, runs)
-    drilled = (tuple(sorted_effects(rows)) for rows in (heads, neurons, experts))
+    drilled = (tuple(sorted_effects(rows)) for rows in drilled_rows)
     return components, *drilled, notes
 
 

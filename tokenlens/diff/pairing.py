@@ -113,7 +113,9 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
 
     PEFT walks every module twice and builds a status report on each entry (about 0.1 s on SmolLM2-135M;
     a diff toggles hundreds of times). The adapter layers are found once per model and switched with their
-    own ``enable_adapters``; layers that were off stay off. Other adapter kinds use PEFT's context.
+    own ``enable_adapters`` — a LoRA layer (LoRA, DoRA) by its ``disable_adapters`` flag alone, which is all
+    its forward reads (``enable_adapters`` also resets ``requires_grad`` on every adapter weight, which no
+    forward pass depends on); layers that were off stay off. Prompt learning uses PEFT's context.
     """
     config = model.peft_config[model.active_adapter]
     if config.is_prompt_learning or getattr(config, "is_adaption_prompt", False):
@@ -127,16 +129,24 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
 
         kinds = (BaseTunerLayer, AuxiliaryTrainingWrapper)
         layers = _ADAPTER_LAYERS[model] = [m for m in model.modules() if isinstance(m, kinds)]
+    from peft.tuners.lora.layer import LoraLayer
+
     on = [m for m in layers if not m._disable_adapters]
     was_disabled = model._adapters_disabled
-    try:
+
+    def switch(enabled: bool) -> None:
         for module in on:
-            module.enable_adapters(False)
+            if isinstance(module, LoraLayer):
+                module._disable_adapters = not enabled
+            else:
+                module.enable_adapters(enabled)
+
+    try:
+        switch(False)
         model._adapters_disabled = True
         yield
     finally:
-        for module in on:
-            module.enable_adapters(True)
+        switch(True)
         model._adapters_disabled = was_disabled
 
 

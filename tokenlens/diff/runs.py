@@ -25,7 +25,7 @@ from torch import nn
 from tokenlens.attribution.readout import stream_logits
 from tokenlens.capture.internals import LayerInternals, capture_internals
 from tokenlens.capture.residual import capture_residual, component_names
-from tokenlens.causal.grids import skip_layers
+from tokenlens.causal.grids import default_batch, skip_layers
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
 from tokenlens.diff.pairing import ModelPair
@@ -218,7 +218,19 @@ def divergences(base: torch.Tensor, tuned: torch.Tensor) -> tuple[float, float]:
 
 
 PATCH_BATCH = 16
-"""Patched runs per forward pass (rows of one batch)."""
+"""Rows per forward pass of the layer-cut runs of a prompt-tuned model."""
+
+MAX_PATCH_ROWS = 64
+"""At most this many patched runs per forward pass (each row keeps a float64 vocabulary of logits)."""
+
+
+def patch_batch(seq: int) -> int:
+    """Patched runs per forward pass for ``seq``-token prompts: about
+    :data:`~tokenlens.causal.grids.TOKENS_PER_BATCH` tokens, at most :data:`MAX_PATCH_ROWS` rows. A short
+    prompt's forward pass costs about as much for one row as for dozens (the weights are read once per
+    pass), so the rows of a probe share as few passes as fit."""
+    return min(MAX_PATCH_ROWS, default_batch(seq))
+
 
 Tracked = int | tuple[int, int]
 """What a patched run watches: one token's logit, or ``(target, contrast)`` for ``logit[target] −
@@ -240,7 +252,7 @@ def patch_changes(
     changes: Mapping[str, tuple[Site, torch.Tensor]],
     *,
     reverse: bool,
-    batch: int = PATCH_BATCH,
+    batch: int | None = None,
     runs: Mapping[str, Run] | None = None,
 ) -> dict[str, tuple[float, float, float | None]]:
     """Exact patching of activation changes: ``(causal, causal_kl, causal_reverse)`` per name.
@@ -250,12 +262,13 @@ def patch_changes(
     (:data:`Tracked`) and ``causal_kl`` the KL from the unpatched distribution; with ``reverse`` the tuned
     run gets ``−delta``.
     A change that is zero everywhere has no effect by definition and is not run. The others run ``batch``
-    at a time, as rows of one forward pass whose first row is the unpatched run: each change is measured
-    against that row, so batched arithmetic cannot show up as an effect. With ``runs`` (side -> its
-    :func:`capture_run`), the changes are batched in order of layer and each batch starts at its first
-    changed layer from the recorded stream (:func:`patched_logits`), so a late layer's patch costs only the
-    layers after it.
+    (default :func:`patch_batch`) at a time, as rows of one forward pass whose first row is the unpatched
+    run: each change is measured against that row, so batched arithmetic cannot show up as an effect.
+    With ``runs`` (side -> its :func:`capture_run`), the changes are batched in order of layer and each
+    batch starts at its first changed layer from the recorded stream (:func:`patched_logits`), so a late
+    layer's patch costs only the layers after it.
     """
+    batch = batch or patch_batch(input_ids.shape[1])
     out: dict[str, list] = {name: [0.0, 0.0, 0.0 if reverse else None] for name in changes}
     moved = [(name, site, delta) for name, (site, delta) in changes.items() if torch.count_nonzero(delta)]
     if runs:

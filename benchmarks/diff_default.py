@@ -1,0 +1,123 @@
+"""The default ``tokenlens diff`` of a LoRA on the default model over the fact-edit probes, against the plain
+forwards of base and tuned over the same probes — and the same for another copy of the tokenlens source
+(``--source DIR``: e.g. an older commit unpacked with ``git archive``), so that before and after run side
+by side on the same machine under the same load.
+
+Each measurement runs in its own subprocess (``PYTHONPATH`` = the source folder), one torch thread
+(``OMP_NUM_THREADS=1``), the model loaded before timing starts. Reported per job: wall seconds and CPU
+seconds of the process (CPU time is what a loaded shared machine distorts least), and the load average
+before and after. Jobs:
+
+  plain    base and tuned forward of every probe (last-position logits), the adapter toggled
+  direct   the diff with distribution metrics and the exact direct split (``--no-causal``)
+  default  the default diff: estimates, exact patching of the top 10 both ways, head/neuron drill-down
+
+    .venv/bin/tokenlens train --method lora --data tokenlens/tasks/fact_edit/train.jsonl --out /tmp/lora \\
+        --steps 5 --lr 1e-3 --seed 0
+    git archive <commit> tokenlens | tar -x -C /tmp/old
+    .venv/bin/python benchmarks/diff_default.py --tuned /tmp/lora --source /tmp/old --source . \\
+        --out reports/bench-diff-default.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROBES = "tokenlens/tasks/fact_edit/probes.jsonl"
+JOBS = ("plain", "direct", "default")
+
+
+def worker(tuned: str, job: str, probes_path: str) -> None:
+    import torch
+
+    from tokenlens.diff import DiffOptions, diff, load_probes, pair_models
+
+    pair = pair_models(tuned)
+    probes = load_probes(probes_path)
+    wall, cpu = time.perf_counter(), time.process_time()
+    if job == "plain":
+        encoded = [pair.tokenizer(probe.prompt, return_tensors="pt")["input_ids"] for probe in probes]
+        with torch.no_grad():
+            for side in ("base", "tuned"):
+                with pair.side(side) as model:
+                    for ids in encoded:
+                        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    else:
+        diff(pair, probes, DiffOptions(causal=job == "default"))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(
+        json.dumps(
+            {"wall": wall, "cpu": cpu, "probes": len(probes), "torch_threads": torch.get_num_threads()}
+        )
+    )
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tuned", required=True, help="a LoRA adapter folder of the default model")
+    parser.add_argument("--source", action="append", required=True, help="tokenlens source folder(s)")
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
+    parser.add_argument("--probes", default=PROBES)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.tuned, args.worker[0], args.worker[1])
+        return
+    rows = []
+    for job in args.jobs:  # sources interleaved within each job: both see the same load
+        for source in args.source:
+            env = {**os.environ, "PYTHONPATH": str(Path(source).resolve()), "OMP_NUM_THREADS": "1"}
+            before = load()
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--tuned",
+                    args.tuned,
+                    "--source",
+                    source,
+                    "--worker",
+                    job,
+                    args.probes,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{job} with {source} failed:\n{done.stderr[-2000:]}")
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append((job, source, data, before, load()))
+            print(job, source, data, before, "->", rows[-1][-1], flush=True)
+    plain = {s: d["cpu"] for j, s, d, _, _ in rows if j == "plain"}
+    lines = [
+        "| job | source | probes | wall s | CPU s | CPU × plain (same source) | load before → after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for job, source, data, before, after in rows:
+        ratio = f"{data['cpu'] / plain[source]:.1f}×" if source in plain else "—"
+        lines.append(
+            f"| {job} | `{source}` | {data['probes']} | {data['wall']:.1f} | {data['cpu']:.1f} | {ratio} | "
+            f"{before} → {after} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
