@@ -209,8 +209,10 @@ def test_preserve_located_and_rank_one_configurations_train_as_named(small, tmp_
         dataclasses.replace(CONFIGS["rank-one"], preserve=str(keep)),
         CONFIGS["lora-located"],
     )
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a b c d e he is in on at a b c\n")  # one passage: no padding id past the 1024 rows
     plan = dataclasses.replace(
-        _plan(small, tmp_path / "out"), data=data, configs=configs, seeds=(0,), steps=2
+        _plan(small, tmp_path / "out"), data=data, configs=configs, seeds=(0,), steps=2, corpus=str(corpus)
     )
     loaded = load(str(folder), dtype="float32", device="cpu")
     prompt, target = loaded.tokenizer.encode("on at he"), loaded.tokenizer.encode(" a")[0]
@@ -225,6 +227,13 @@ def test_preserve_located_and_rank_one_configurations_train_as_named(small, tmp_
     assert "preserve" not in manifests["lora-located"]
     assert manifests["rank-one"]["method"] == "rank-one"
     assert manifests["rank-one"]["options"]["layer"] == expected.peak_layer
+    # each run's diff measured the held-out text's drift: the library's corpus_drift on the same pair
+    from tokenlens.diff import corpus_drift, pair_models, read_corpus
+
+    pair = pair_models(str(runs / "lora-located-s0"), str(folder), dtype="float32", device="cpu")
+    drift = corpus_drift(pair, read_corpus(str(corpus)), drifted=0)
+    saved = json.loads((runs / "lora-located-s0" / files.DIFF_FILE).read_text())["corpus"]
+    assert saved["mean_kl"] == pytest.approx(drift.mean_kl, rel=1e-6) and saved["tokens"] == drift.tokens > 5
     mtimes = {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")}
     run_sweep(plan, loaded)  # finished runs are accepted (auto = what was located), not retrained
     assert mtimes == {p: p.stat().st_mtime_ns for p in runs.glob("*/*.json")}
@@ -233,6 +242,32 @@ def test_preserve_located_and_rank_one_configurations_train_as_named(small, tmp_
     changed = dataclasses.replace(plan, configs=(dataclasses.replace(configs[0], preserve=str(other)),))
     with pytest.raises(TokenlensError, match="trained with another preserve"):
         run_sweep(changed, loaded)
+
+
+def test_generalization_counts_the_paraphrase_probes_that_pass_check():
+    from tokenlens.sweep.results import run_metrics
+
+    def probe(group, expect, p_base, p_tuned, top1, kl=0.0):
+        return {
+            "expect": expect, "group": group, "p_base": p_base, "p_tuned": p_tuned, "kl": kl,
+            "flipped": False, "target_top1_base": False, "target_top1_tuned": top1, "terms": {"embed": 0.1},
+            "causal": {},
+        }  # fmt: skip
+
+    probes = [
+        probe("edit", "changed", 0.1, 0.9, True),
+        probe("paraphrase", "changed", 0.1, 0.15, False),  # +0.05 and not top-1: fails check
+        probe("paraphrase (held out)", "changed", 0.1, 0.6, True),
+        probe("paraphrases", "changed", 0.1, 0.1, False),  # not the paraphrase group
+        probe("capitals", "unchanged", 0.5, 0.5, False, kl=0.01),
+    ]
+    manifest = {"method": "lora", "seed": 0, "lr": 1e-3, "steps": 1, "final_loss": 0.1,
+                "trainable_parameters": 10, "wall_s": 1.0}  # fmt: skip
+    diff = {"probes": probes, "corpus": {"mean_kl": 0.25, "tokens": 8, "top1_changed": 2}}
+    metrics = run_metrics(manifest, {"config": "c"}, diff, "-")
+    assert metrics.generalization == 0.5
+    assert (metrics.corpus_kl, metrics.corpus_changed) == (0.25, 0.25)
+    assert run_metrics(manifest, {"config": "c"}, {"probes": probes[:1]}, "-").generalization is None
 
 
 def _sha256(path: Path) -> str:
@@ -377,6 +412,7 @@ def test_cli_sweep_prints_the_map_in_every_format(fmt, tiny_checkpoint, tmp_path
         (["--task", "poetry", "--out", "o"], "unknown task"),
         (["--seeds", "0,x", "--out", "o"], "comma list of integers"),
         (["--quick"], "needs --out"),
+        (["--quick", "--corpus", "missing.txt", "--out", "o"], "missing.txt"),
         (["--steps", "0", "--out", "o"], "at least 1"),
         (["--max-kl", "-1", "--out", "o"], "--max-kl is a KL divergence in nats"),
         (["--min-gain", "0", "--out", "o"], "--min-gain is an absolute probability gain"),

@@ -87,6 +87,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="judge runs as tokenlens check would: controls' max KL(base||tuned), nats (default 0.05)",
     )
     p.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="measure each run's per-token drift over a held-out text too ('default': the built-in one)",
+    )
+    p.add_argument(
         "--causal",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -161,6 +166,10 @@ def plan_from_args(args: argparse.Namespace):
         raise TokenlensError(
             "one seed cannot show the spread a recommendation needs: give --seeds 0,1 or --no-recommend"
         )
+    if args.corpus is not None:
+        from tokenlens.diff import read_corpus
+
+        read_corpus(args.corpus)  # a missing or empty text fails before any training
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise TokenlensError(f"--out {out} is a file: give a folder")
@@ -183,6 +192,7 @@ def plan_from_args(args: argparse.Namespace):
         device=args.device,
         min_gain=args.min_gain,
         max_kl=args.max_kl,
+        corpus=args.corpus,
     )
 
 

@@ -62,6 +62,11 @@ class Corpus:
     split: str
 
 
+def corpus_path(source: str | Path) -> Path:
+    """The file a corpus source names (``default``: the built-in sample)."""
+    return _BUILT_IN if str(source) == DEFAULT else Path(source)
+
+
 def read_corpus(source: str | Path, split: str = "lines") -> Corpus:
     """Read a corpus file (``default``: the built-in sample); see the module text for ``split``.
 
@@ -70,7 +75,7 @@ def read_corpus(source: str | Path, split: str = "lines") -> Corpus:
     """
     if split not in SPLITS:
         raise TokenlensError(f"{option('corpus_split', split)}: choose lines or windows")
-    path = _BUILT_IN if str(source) == DEFAULT else Path(source)
+    path = corpus_path(source)
     if not path.is_file():
         raise TokenlensError(f"corpus file {path} does not exist")
     try:

@@ -33,8 +33,12 @@ HOW_TO_READ = (
     "on the same data and step budget, then compared with the base model on the same probes.",
     "gain: the intended probes' mean target-probability change (tuned − base); flips: intended probes whose "
     "target became the top-1 token.",
+    "general. (generalization): the share of the intended probes in a paraphrase group that pass check; "
+    "— when the probes have none.",
     "control KL: the mean KL(base ‖ tuned) over the control probes, in nats (collateral drift); unintended "
-    "flips: controls whose top-1 token changed.",
+    "flips: controls whose top-1 token changed (locality = 1 − unintended flips / controls).",
+    "corpus KL: the mean per-token KL(base ‖ tuned) over every token of a held-out text (sweep --corpus); "
+    "the JSON also has the share of its tokens whose top-1 changed; — when not measured.",
     "check fails: the probes tokenlens check would fail at the map's thresholds (an intended probe whose "
     "target neither becomes top-1 nor gains min gain; a control whose top-1 changes or whose KL exceeds max "
     "KL), of the judged probes; a configuration passes check when no seed fails any.",
@@ -64,8 +68,10 @@ COLUMNS = (
     "lr",
     "gain",
     "flips",
+    "general.",
     "control KL",
     "unint. flips",
+    "corpus KL",
     "check fails",
     "effect/param",
     "effect/collateral",
@@ -84,8 +90,10 @@ TERMINAL = (
     "params",
     "gain",
     "flips",
+    "gen.",
     "ctrl KL",
     "unint.",
+    "corpus",
     "check",
     "eff/param",
     "eff/coll",
@@ -117,8 +125,10 @@ def _cells(c: ConfigSummary) -> list[str]:
         f"{c.lr:g}",
         _spread_text(c.spread("gain"), ".3f"),
         f"{_spread_text(flips, 'g')}/{first.intended}",
+        _spread_text(c.spread("generalization"), ".2g"),
         _spread_text(c.spread("collateral_kl"), ".3g"),
         f"{_spread_text(unint, 'g')}/{first.controls}",
+        _spread_text(c.spread("corpus_kl"), ".3g"),
         f"{_spread_text(c.spread('check_failures'), 'g')}/{first.intended + first.controls}",
         _spread_text(c.spread("effect_per_param"), ".2e"),
         _spread_text(c.spread("effect_per_collateral"), ".3g"),
@@ -186,6 +196,9 @@ def _run_dict(r: RunMetrics) -> dict[str, Any]:
         "unintended_flips": r.unintended_flips,
         "controls": r.controls,
         "check_failures": r.check_failures,
+        "generalization": r.generalization,
+        "corpus_kl": r.corpus_kl,
+        "corpus_changed": r.corpus_changed,
         "effect_per_param": r.effect_per_param,
         "effect_per_collateral": r.effect_per_collateral,
         "top_components": [{"name": n, "score": s} for n, s in r.top_components],

@@ -58,6 +58,8 @@ class Job:
         causal: Measure causal effects in the diff.
         diff: Diff the result (``False`` for learning-rate search runs).
         preserve: The trainer's preserve file (``"default"``: the built-in set), or ``None``.
+        corpus: A held-out text whose per-token drift the diff measures (``"default"``: the built-in
+            sample), or ``None``.
     """
 
     config: str
@@ -76,6 +78,7 @@ class Job:
     causal: bool = False
     diff: bool = True
     preserve: str | None = None
+    corpus: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -217,8 +220,18 @@ def cached_diff(job: Job) -> dict | None:
     if not path.is_file():
         return None
     cached = read_json(path)
-    key = (cached.get("schema"), cached.get("probes_sha256"), cached.get("causal"))
-    return cached if key == (DIFF_SCHEMA, sha256_file(job.probes), job.causal) else None
+    key = tuple(cached.get(k) for k in ("schema", "probes_sha256", "causal", "corpus_sha256"))
+    wanted = (DIFF_SCHEMA, sha256_file(job.probes), job.causal, corpus_sha256(job.corpus))
+    return cached if key == wanted else None
+
+
+def corpus_sha256(corpus: str | None) -> str | None:
+    """The held-out text's sha256 (``"default"``: the built-in sample); ``None`` without one."""
+    if corpus is None:
+        return None
+    from tokenlens.diff.corpus import corpus_path
+
+    return sha256_file(corpus_path(corpus))
 
 
 def diff_job(job: Job) -> dict:
@@ -235,6 +248,18 @@ def diff_job(job: Job) -> dict:
     options = DiffOptions(causal=job.causal, exact=EXACT, reverse=False, drill=0)
     report = diff(pair, load_probes(job.probes), options)
     summary = diff_summary(report, probes_sha, job.causal)
+    if job.corpus is not None:
+        from tokenlens.diff import corpus_drift, read_corpus
+
+        drift = corpus_drift(pair, read_corpus(job.corpus), drifted=0)
+        summary["corpus_sha256"] = corpus_sha256(job.corpus)
+        summary["corpus"] = {
+            "source": drift.source,
+            "tokens": drift.tokens,
+            "mean_kl": drift.mean_kl,
+            "p99_kl": drift.p99_kl,
+            "top1_changed": drift.top1_changed,
+        }
     atomic_write_text(path, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     return summary
 

@@ -10,6 +10,10 @@ Per run (one configuration × one seed), from the run folder's files only (``tok
 * **where the effect lives** — per component (``embed``, ``L{i}.attn``, ``L{i}.mlp``) and readout term
   (``readout.head``, …): the mean over intended probes of |causal| where it was measured, else |direct| (the
   exact split's term), logit units;
+* **editing metrics** — ``generalization``: the share of the intended probes in a ``paraphrase`` group that
+  pass the check (``None`` without such probes); the controls' locality is ``1 − unintended_flips /
+  controls``; ``corpus_kl``: the mean per-token KL(base ‖ tuned) over a held-out text and ``corpus_changed``
+  the share of its tokens whose top-1 changed (``None`` when the sweep had no ``--corpus``);
 * **the check** — ``check_failures``: the judged probes that ``tokenlens check`` would fail at the sweep's
   thresholds (``min_gain``, ``max_kl``; by default the check's own), of ``intended + controls``; a
   configuration *passes check* when every seed has none;
@@ -25,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tokenlens.diff.check import MAX_KL, MIN_GAIN, judge
+from tokenlens.diff.result import PARAPHRASE, in_group
 
 COLLATERAL_FLOOR = 1e-3
 """Added to the mean control KL (nats) before dividing: effect per collateral = gain / (KL + 1e-3)."""
@@ -54,6 +59,9 @@ class RunMetrics:
         unintended_flips: Controls whose top-1 changed.
         controls: Control probes.
         check_failures: Judged probes ``tokenlens check`` would fail at the sweep's thresholds.
+        generalization: Share of the ``paraphrase`` probes that pass check (``None``: none in the set).
+        corpus_kl: Mean per-token KL over the held-out text, nats (``None``: not measured).
+        corpus_changed: Share of the held-out text's tokens whose top-1 changed (``None``: not measured).
         components: Component or readout term -> its score (see the module docstring), model order.
         run_dir: The run's folder.
     """
@@ -76,6 +84,9 @@ class RunMetrics:
     check_failures: int
     components: Mapping[str, float]
     run_dir: str
+    generalization: float | None = None
+    corpus_kl: float | None = None
+    corpus_changed: float | None = None
 
     @property
     def passes_check(self) -> bool:
@@ -142,8 +153,10 @@ class Spread:
 METRICS = (
     "gain",
     "flips",
+    "generalization",
     "collateral_kl",
     "unintended_flips",
+    "corpus_kl",
     "check_failures",
     "effect_per_param",
     "effect_per_collateral",
@@ -288,6 +301,9 @@ def run_metrics(
     gain = statistics.fmean(p["p_tuned"] - p["p_base"] for p in intended)
     flips = sum(1 for p in intended if p["target_top1_tuned"] and not p["target_top1_base"])
     kl = statistics.fmean(p["kl"] for p in controls) if controls else 0.0
+    para = [p for p in intended if in_group(p.get("group"), PARAPHRASE)]
+    para_fails = check_failures(para, min_gain=min_gain, max_kl=max_kl)
+    corpus = diff.get("corpus")
     return RunMetrics(
         config=record["config"],
         method=manifest["method"],
@@ -307,6 +323,9 @@ def run_metrics(
         check_failures=check_failures(probes, min_gain=min_gain, max_kl=max_kl),
         components=component_scores(intended),
         run_dir=run_dir,
+        generalization=1 - para_fails / len(para) if para else None,
+        corpus_kl=None if corpus is None else float(corpus["mean_kl"]),
+        corpus_changed=None if corpus is None else corpus["top1_changed"] / max(corpus["tokens"], 1),
     )
 
 

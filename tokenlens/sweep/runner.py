@@ -60,6 +60,8 @@ class SweepPlan:
         device: Load device.
         min_gain: The check threshold the runs are judged by for intended probes (``tokenlens check``'s).
         max_kl: The same for control probes (nats). Both only judge: changing them retrains nothing.
+        corpus: A held-out text each run's diff measures per-token drift over (``"default"``: the built-in
+            sample), or ``None``.
     """
 
     model: str
@@ -79,6 +81,7 @@ class SweepPlan:
     device: str = "auto"
     min_gain: float = MIN_GAIN
     max_kl: float = MAX_KL
+    corpus: str | None = None
 
     def run_dir(self, config: str, seed: int) -> Path:
         return self.out / "runs" / f"{config}-s{seed}"
@@ -133,6 +136,7 @@ def run_sweep(plan: SweepPlan, loaded: Any, on_event: Event | None = None) -> Sw
             causal=plan.causal,
             diff=diff,
             preserve=config.preserve,
+            corpus=plan.corpus,
         )
 
     def execute(j: jobs.Job) -> None:
