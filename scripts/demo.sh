@@ -7,7 +7,9 @@
 #                moved, which components moved them) -> an HTML report each;
 #   4. check     the same probes as a CI gate with the default thresholds (intended: target top-1 or +0.1 p;
 #                controls: top-1 kept and KL <= 0.05 nats). Its verdict is printed, not the demo's exit code:
-#                the demo exits non-zero only when something failed to run.
+#                the demo exits non-zero only when something failed to run;
+#   5. edit      the third edit, made by `tokenlens edit` (locate, LoRA on the located MLPs with the fact's
+#                neighbour prompts preserved), then checked on the same probes.
 # Everything lands in reports/demo/ (overwritten each run). Settings are the documented defaults, not tuned
 # to make the check pass.
 set -euo pipefail
@@ -19,7 +21,7 @@ prompt=${PROMPT:-The capital of France is}
 started=$(date +%s)
 mkdir -p "$out"
 
-echo "== 1/4 inspect: what the default model predicts after \"$prompt\", and why"
+echo "== 1/5 inspect: what the default model predicts after \"$prompt\", and why"
 "$tl" inspect --prompt "$prompt" --heads --lens all --format html --out "$out/inspect.html" --force
 "$tl" inspect --prompt "$prompt" --format json --out "$out/inspect.json" --force
 "$tl" inspect --prompt "$prompt"
@@ -28,12 +30,12 @@ for edit in careless careful; do
   data=$task/train.jsonl
   [[ $edit == careful ]] && data=$task/train_careful.jsonl
   echo
-  echo "== 2/4 train ($edit): LoRA on every linear of every layer, lr 1e-3, 30 steps on $data"
+  echo "== 2/5 train ($edit): LoRA on every linear of every layer, lr 1e-3, 30 steps on $data"
   "$tl" train --method lora --data "$data" --out "$out/runs/$edit" --steps 30 --lr 1e-3 --seed 0 --force
-  echo "== 3/4 diff ($edit): base vs tuned over $task/probes.jsonl"
+  echo "== 3/5 diff ($edit): base vs tuned over $task/probes.jsonl"
   "$tl" diff --tuned "$out/runs/$edit" --probes "$task/probes.jsonl" --format html \
     --out "$out/diff-$edit.html" --force
-  echo "== 4/4 check ($edit)"
+  echo "== 4/5 check ($edit)"
   set +e
   "$tl" check --tuned "$out/runs/$edit" --probes "$task/probes.jsonl" | tee "$out/check-$edit.txt"
   status=${PIPESTATUS[0]}
@@ -44,5 +46,19 @@ for edit in careless careful; do
 done
 
 echo
+echo "== 5/5 edit: tokenlens edit (locate, edit with the neighbour prompts preserved), then check"
+rm -rf "$out/runs/edit"
+printf 'The capital city of France is called\nThe capital of the French Republic is\n' > "$out/paraphrases.txt"
+set +e
+"$tl" edit --prompt "$prompt" --target " Lyon" --subject France --paraphrases "$out/paraphrases.txt" \
+  --out "$out/runs/edit"
+status=$?
+if (( status > 1 )); then exit "$status"; fi  # 1: the edit's own check failed, which the demo reports
+"$tl" check --tuned "$out/runs/edit/model" --probes "$task/probes.jsonl" | tee "$out/check-edit.txt"
+status=${PIPESTATUS[0]}
+set -e
+if (( status > 1 )); then exit "$status"; fi
+
+echo
 echo "demo finished in $(( $(date +%s) - started )) s: $out/inspect.html, $out/diff-careless.html," \
-  "$out/diff-careful.html, $out/check-*.txt, trained runs in $out/runs/"
+  "$out/diff-careful.html, $out/check-*.txt, trained runs and the edit in $out/runs/"
