@@ -490,10 +490,11 @@ class Dom(HTMLParser):
 def test_html_is_escaped_and_structured(report):
     images = {slug: figure_png(topk_bars(intended()), dpi=20) for slug in ("heatmap", "topk-7", "extra")}
     text = render_diff_html(report, images=images)
-    assert text.startswith("<!DOCTYPE html>") and "<script" not in text.lower() and "<b>model" not in text
+    assert text.startswith("<!DOCTYPE html>") and "<b>model" not in text
+    assert text.lower().count("<script") == 2  # the explorer's JSON data and its script, nothing else
     assert "&lt;script&gt;" in text and "&lt;b&gt;model" in text and "Content-Security-Policy" in text
     dom = Dom(text)
-    assert "script" not in dom.tags and "b" in dom.tags  # only the renderer's own <b>
+    assert dom.tags.count("script") == 2 and "b" in dom.tags  # only the renderer's own <b>
     sections = [i for i in dom.ids if i in {"summary", "probes", "weights", "aggregate", "figures"}]
     assert sections == ["summary", "probes", "weights", "aggregate", "figures"]
     assert {"probe-3", "probe-7", "probe-9", "probe-3-flip", "how-to-read", "verdict"} <= set(dom.ids)
@@ -507,6 +508,31 @@ def test_html_is_escaped_and_structured(report):
     assert "2.4" in dom.values["probe-3"]  # causal_reverse of L1.attn
     with pytest.raises(ValueError, match="not PNG"):
         render_diff_html(report, images={"topk-3": b"GIF89a"})
+
+
+def test_html_component_rows_carry_their_name_and_exact_direct_term(report):
+    """Every row of a probe's components, heads and neurons tables names its component and carries its
+    direct term (its part of the tracked value's change) exactly, as written in the fixtures above."""
+    text = render_diff_html(report, figures=False, top=10)
+    expected = {
+        "probe-3": [
+            ("L1.attn", -0.2), ("L0.mlp", 1.5), ("L1.mlp", 0.6), ("L0.attn", 0.5), ("embed", 0.1),
+            ("L1.H0", -0.1), ("L1.H1", 0.2), ("L0.N7", 0.9),
+        ],
+        "probe-7": [
+            ("L1.attn", -0.1), ("L0.mlp", 0.02), ("L0.attn", -0.05), ("L1.mlp", 0.03), ("embed", 0.0),
+        ],
+        "probe-9": [("L0.mlp", 0.3), ("L0.attn", 0.2), ("L1.attn", 0.2), ("embed", 0.1), ("L1.mlp", 0.1)],
+    }  # fmt: skip
+    for anchor, rows in expected.items():
+        part = text.split(f'<section id="{anchor}">')[1].split("</section>")[0]
+        found = re.findall(r'<tr data-name="([^"]+)" data-component="\1" data-value="([^"]+)">', part)
+        assert found == [(name, repr(value)) for name, value in rows], anchor
+    assert text.count('class="effects" data-part="heads" data-sides="change"') == 1
+    missing = dataclasses.replace(intended(), components=(CE("L0.mlp", None, causal=0.3),))
+    assert '<tr data-name="L0.mlp" data-component="L0.mlp" data-value="null">' in render_diff_html(
+        build(missing), figures=False
+    )
 
 
 def test_html_draws_its_own_figures(report):
@@ -527,9 +553,8 @@ def test_chromium_renders_the_diff_page(report, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     dom = Dom(done.stdout)
-    assert "script" not in dom.tags and {"summary", "probes", "probe-9", "weights", "aggregate"} <= set(
-        dom.ids
-    )
+    assert dom.tags.count("script") == 2  # the explorer's data and script; the hostile text stays text
+    assert {"summary", "probes", "probe-9", "weights", "aggregate"} <= set(dom.ids)
     assert (
         repr(HOSTILE) in dom.text["probe-7"]
         and "'x <script>alert(1)</script> a|b `c` d new'" in dom.text["probes"]
@@ -669,7 +694,8 @@ def test_html_heatmap_is_a_table_of_the_measured_effects(report):
             assert rgb == ("46,158,79" if value > 0 else "214,69,65")  # green up, red down
             assert float(alpha) == pytest.approx(0.7 * abs(value) / 2.5, abs=0.006)  # peak |value| 2.5
     assert (
-        repr(HOSTILE[:27] + "…") in table.rows[1]["text"] and "<script>" not in page.split('id="heatmap"')[1]
+        repr(HOSTILE[:27] + "…") in table.rows[1]["text"]
+        and "<script>" not in page.split('id="heatmap"')[1].split("</section>")[0]
     )
     assert "MEASURED" in page.split('id="heatmap"')[1].split("</p>")[0]
     direct = HeatTable(render_diff_html(build(unjudged()), figures=False))  # nothing measured: direct terms

@@ -1,31 +1,38 @@
 """A self-contained HTML report of a base-vs-tuned diff (rendering only: no model runs here).
 
 One HTML5 file built from :mod:`tokenlens.report.kit.html` with the attribution report's safety rules:
-inline styles, no script, a Content-Security-Policy that forbids scripts and network loads, figures as
-``data:`` PNG URIs, every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections
+inline styles, a Content-Security-Policy that forbids network loads and every script but the report's own
+explorer (:mod:`tokenlens.report.diff_explorer`, allowed by its hash: a base / tuned / change toggle, failing
+probes only, a heatmap row jumps to its probe; it only adds to the static page), figures as ``data:`` PNG
+URIs, every token and prompt shown as its escaped ``repr`` in a bidi-isolated box. Sections
 follow :func:`tokenlens.report.diff_layout.plan_diff` and have stable ids: ``summary``, ``probes``,
 ``probe-{n}`` per probe (``n`` its probe-file line, or its place among command-line prompts from 1),
 ``weights``, ``aggregate`` (``figures`` for figures with no other home), ``how-to-read``; the probes ×
 components heatmap is a table (``heatmap``, under the probe table), not a picture. Number cells carry their
-exact value in ``data-value`` (``null`` for a value that was not measured, shown as ``—``); causal effects
-are badged MEASURED, attribution-patching values ESTIMATE. Colours: green up and red down in the tables,
+exact value in ``data-value`` (``null`` for a value that was not measured, shown as ``—``); every row of a
+probe's components, heads, neurons, experts and virtual-token tables carries ``data-component`` (its name)
+and ``data-value`` (its direct term: its part of the change of the tracked value); causal effects are badged
+MEASURED, attribution-patching values ESTIMATE. Colours: green up and red down in the tables,
 blue up and red down in the figures (how-to-read says so).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from tokenlens.attribution.result import TokenScore
 from tokenlens.diff.result import (
     READOUT_TERMS,
     AggregateRow,
+    ComponentEffect,
     Continuations,
     DiffReport,
     ProbeDiff,
     TargetAnswer,
     Telescope,
 )
+from tokenlens.report import diff_explorer, explorer
 from tokenlens.report import diff_layout as layout
 from tokenlens.report.kit import html
 from tokenlens.report.kit.html import number, optional_number
@@ -114,7 +121,7 @@ def _probes(report: DiffReport) -> str:
         "tracked",
         "p base",
     ]
-    return html.table([*head, "p tuned", "Δp", "check"], rows)
+    return html.table([*head, "p tuned", "Δp", "check"], rows, "probes")
 
 
 def _heatmap(report: DiffReport) -> str:
@@ -148,7 +155,8 @@ def _heatmap(report: DiffReport) -> str:
         else "direct terms of the exact split (base readout frozen)"
     )
     return (
-        f"<div id=\"heatmap\"><h3>Each component's effect on each probe's tracked-token logit</h3>"
+        '<div id="heatmap" data-sides="change">'
+        "<h3>Each component's effect on each probe's tracked-token logit</h3>"
         f"<p>Probes × components: {what}, in logit units; green raises the tracked token's logit, red lowers "
         f"it, the strongest colour is the largest |value| ({number(peak, '.3g', False, 'span')}).</p>"
         f"{table}</div>"
@@ -175,7 +183,7 @@ def _split(split: Telescope, what: str, anchor: str) -> str:
     direct = number(float(split.direct.double().sum()), tag="span")
     error = number(split.error, ".1e", False, "span")
     return (
-        f'<div id="{html.escape(anchor)}"><p>{what}: {base} → {tuned} '
+        f'<div id="{html.escape(anchor)}" data-sides="change"><p>{what}: {base} → {tuned} '
         f"(Δ {number(split.observed, tag='span')}) = Σ direct {direct} + the readout terms:</p>"
         + html.table(["readout term", *READOUT_TERMS], rows)
         + f'<p class="check">split error {error} {html.exact_mark(split.exact)}</p></div>'
@@ -185,8 +193,8 @@ def _split(split: Telescope, what: str, anchor: str) -> str:
 def _effects(part: layout.ProbePart, top: int) -> str:
     effects = part.effects
     rows = [
-        html.row(
-            e.name,
+        _effect_row(
+            e,
             optional_number(e.direct),
             optional_number(e.causal),
             optional_number(e.causal_reverse),
@@ -205,8 +213,22 @@ def _effects(part: layout.ProbePart, top: int) -> str:
         f"estimate {estimate}",
     ]
     return (
+        f'<div class="effects" data-part="{html.escape(part.key)}" data-sides="change">'
         f"<h3>{html.escape(part.heading)}</h3>"
-        f"<p>The top {len(rows)} of {len(effects)} by measured |causal|.</p>" + html.table(head, rows)
+        f"<p>The top {len(rows)} of {len(effects)} by measured |causal|.</p>"
+        f"{html.table(head, rows)}</div>"
+    )
+
+
+def _effect_row(e: ComponentEffect, *cells_html: str) -> str:
+    """A component's (head's, neuron's, …) row: ``data-component`` its name, ``data-value`` its direct term
+    exactly (``null`` when there is none)."""
+    if e.direct is not None and math.isfinite(e.direct):
+        return html.row(e.name, *cells_html, value=e.direct)
+    name = html.escape(e.name)
+    return (
+        f'<tr data-name="{name}" data-component="{name}" data-value="null"><td>{name}</td>'
+        f"{''.join(cells_html)}</tr>"
     )
 
 
@@ -388,7 +410,9 @@ def _images(report: DiffReport) -> dict[str, bytes]:
 def render_diff_html(
     report: DiffReport, *, figures: bool = True, images: Mapping[str, bytes] | None = None, top: int = 10
 ) -> str:
-    """One self-contained HTML5 document showing ``report`` (no scripts, no network, inline styles).
+    """One self-contained HTML5 document showing ``report`` (no network, inline styles), ending with the
+    explorer's data and script (:mod:`tokenlens.report.diff_explorer`; the page is the static report without
+    it).
 
     Args:
         report: The diff.
@@ -434,4 +458,11 @@ def render_diff_html(
         f"fine-tune, which components moved them, and whether they moved only where intended. Check: "
         f"<b>{html.escape(layout.verdict_summary(report))}</b>.</p>\n<nav>{nav}</nav>"
     )
-    return html.page(title, header, "\n".join(sections), html.CSS + _DIFF_CSS)
+    return html.page(
+        title,
+        header,
+        "\n".join(sections),
+        html.CSS + _DIFF_CSS + explorer.CSS + diff_explorer.CSS,
+        end_html=explorer.explorer_html(diff_explorer.diff_explorer_data(report), diff_explorer.SCRIPT),
+        script_hashes=[explorer.script_hash(diff_explorer.SCRIPT)],
+    )

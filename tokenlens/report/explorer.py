@@ -467,11 +467,18 @@ def sequence_explorer_data(steps: Sequence[LogitAttribution]) -> dict[str, Any]:
     }
 
 
-def explorer_html(data: dict[str, Any]) -> str:
-    """The JSON data element and the explorer script, for the end of the report's body."""
-    if "</script" in SCRIPT.lower() or "<!--" in SCRIPT:
+def explorer_html(data: dict[str, Any], script: str = SCRIPT) -> str:
+    """The JSON data element and the explorer script, for the end of the report's body.
+
+    Args:
+        data: What the script reads (:func:`explorer_data`, or another report's explorer data).
+        script: The inline script (default :data:`SCRIPT`; the diff report passes its own,
+            :data:`tokenlens.report.diff_explorer.SCRIPT`); the page's CSP must name its
+            :func:`script_hash`.
+    """
+    if "</script" in script.lower() or "<!--" in script:
         raise AssertionError("the explorer script must not contain '</script' or '<!--'")
     return (
         f'<script type="application/json" id="{DATA_ID}" data-tokenlens>{json_for_script(data)}</script>\n'
-        f"<script>{SCRIPT}</script>\n"
+        f"<script>{script}</script>\n"
     )
