@@ -131,3 +131,46 @@ def test_adapters_off_equals_peft_disable_adapter(lora_all, qwen_tokenizer):
     torch.testing.assert_close(side_base, peft_base, rtol=0, atol=0)
     torch.testing.assert_close(again, tuned, rtol=0, atol=0)
     assert not model._adapters_disabled
+
+
+def test_probes_patched_together_equal_probes_patched_one_at_a_time(lora_all):
+    """Rows of different probes (5, 5 and 7 tokens: right-padded) share forward passes; each probe's numbers
+    equal those of a diff of that probe alone."""
+    probes = prompt_probes(PROMPTS)
+    together = _numbers(diff(lora_all, probes))
+    alone = {}
+    for index, probe in enumerate(probes):
+        alone |= {(index, *key[1:]): v for key, v in _numbers(diff(lora_all, [probe])).items()}
+    assert together.keys() == alone.keys()
+    assert len({len(lora_all.tokenizer(p)["input_ids"]) for p in PROMPTS}) > 1
+    for key in together:
+        assert together[key] == pytest.approx(alone[key], abs=1e-5), key
+
+
+def test_patch_many_rows_are_padded_and_measured_against_their_own_probe(lora_all, monkeypatch):
+    """Several probes in one batch and in several batches give the numbers of patch_changes per probe."""
+    pair = lora_all
+    sites = layer_sites(bare_model(pair.tuned.model), pair.spec)
+    requests = []
+    for prompt in PROMPTS:
+        ids = pair.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        position = ids.shape[1] - 1
+        with pair.side("base") as model:
+            base = capture_run(model, pair.spec, ids, position, sites)
+        with pair.side("tuned") as model:
+            tuned = capture_run(model, pair.spec, ids, position, sites)
+        tracked = (int(tuned.logits.argmax()), int(base.logits.argmax()))
+        changes = {s.name: (s, tuned.values[s.name].float() - base.values[s.name].float()) for s in sites}
+        requests.append(
+            diff_runs.PatchRequest(ids, position, tracked, changes, True, {"base": base, "tuned": tuned})
+        )
+    one_by_one = [
+        patch_changes(pair, r.input_ids, r.position, r.tracked, r.changes, reverse=True, runs=r.runs)
+        for r in requests
+    ]
+    for limit in (64, 5):
+        monkeypatch.setattr(diff_runs, "patch_batch", lambda seq, limit=limit: limit)
+        together = diff_runs.patch_many(pair, requests)
+        for got, expected in zip(together, one_by_one, strict=True):
+            for name in expected:
+                assert got[name] == pytest.approx(expected[name], abs=1e-5), (limit, name)

@@ -16,6 +16,7 @@ from tokenlens.cli.options import ModelOptions, OutputOptions, quiet_transformer
 from tokenlens.errors import TokenlensError
 
 FORMATS = ("table", "json", "md", "markdown", "html")
+NOTHING_TO_CHECK = 'no probe has an "expect": nothing to check (see tokenlens check --help)'
 
 EPILOG = """examples:
   tokenlens diff --tuned runs/lora --probes probes.jsonl                    (base from the adapter)
@@ -122,6 +123,8 @@ def compute(args: argparse.Namespace):
         corpus = read_corpus(args.corpus, args.corpus_split)
     elif args.max_corpus_kl is not None:
         raise TokenlensError("--max-corpus-kl judges the drift over --corpus FILE: give one")
+    if args.command == "check" and args.max_corpus_kl is None and not any(p.expect for p in probes):
+        raise TokenlensError(NOTHING_TO_CHECK)  # before any model loads or runs
     model = ModelOptions.from_args(args)
     quiet_transformers()
     with progress(f"loading {model.model}"):
@@ -220,7 +223,7 @@ def run_check(args: argparse.Namespace) -> int:
     report = compute(args)
     corpus_judged = report.corpus is not None and report.corpus.passed is not None
     if report.judged == 0 and not corpus_judged:
-        raise TokenlensError('no probe has an "expect": nothing to check (see tokenlens check --help)')
+        raise TokenlensError(NOTHING_TO_CHECK)
     if output.format == "table":
         from tokenlens.report.diff_layout import corpus_lines, metric_lines
 

@@ -27,7 +27,7 @@ from tokenlens.attribution.readout import Readout
 from tokenlens.causal.sites import Site, expert_sites, head_count, site_slice
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
-from tokenlens.diff.runs import Run, Tracked, patch_changes, record_sites
+from tokenlens.diff.runs import Run, record_sites
 from tokenlens.models.specs import bare_model
 
 
@@ -120,27 +120,20 @@ def _chosen_neurons(
     return sites
 
 
-def drill_down(
+def drill_changes(
     pair: ModelPair,
     input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
     base: Run,
     tuned: Run,
     attn_layers: Sequence[int],
     mlp_layers: Sequence[int],
-    grads: Mapping[str, torch.Tensor],
     readout: Readout,
     count: int,
-    reverse: bool,
-) -> tuple[list[ComponentEffect], list[ComponentEffect], list[ComponentEffect]]:
-    """Rows for every head of ``attn_layers``, the ``count`` neurons of each dense layer of ``mlp_layers``
-    whose direct term changed most, and every routed expert of its MoE layers (none in a dense model).
-
-    Every unit's change is patched exactly as one row of the same batched runs, one per side when they fit
-    in a batch (:func:`tokenlens.diff.runs.patch_changes`), starting at the first drilled layer from the
-    recorded streams of ``base``/``tuned``; the neurons' and experts' activations over the prompt come from
-    one recording pass per side.
+) -> dict[str, Change]:
+    """The write change of every unit to drill into: every head of ``attn_layers``, the ``count`` neurons
+    of each dense layer of ``mlp_layers`` whose direct term changed most, and every routed expert of its
+    MoE layers (none in a dense model). The neurons' and experts' activations over the prompt come from one
+    recording pass per side, starting at their first layer from the recorded streams of ``base``/``tuned``.
     """
     runs = {"base": base, "tuned": tuned}
     changes = _head_changes(pair, base, tuned, attn_layers)
@@ -163,9 +156,19 @@ def drill_down(
     for s in experts:  # an expert's write is an additive part of its block's output
         block = Site(f"L{s.layer}.mlp", "mlp", s.layer)
         changes[s.name] = (block, values["tuned"][s.name].float() - values["base"][s.name].float())
-    if not changes:
-        return [], [], []
-    exact = patch_changes(pair, input_ids, position, tracked, changes, reverse=reverse, runs=runs)
+    return changes
+
+
+def drill_rows(
+    changes: Mapping[str, Change],
+    exact: Mapping[str, tuple[float, float, float | None]],
+    position: int,
+    grads: Mapping[str, torch.Tensor],
+    readout: Readout,
+) -> tuple[list[ComponentEffect], list[ComponentEffect], list[ComponentEffect]]:
+    """The head, neuron and expert rows from :func:`drill_changes` and their exact patching (``exact``,
+    :func:`tokenlens.diff.runs.patch_changes` of the same changes): direct term (base readout at the probe
+    position), causal effects, and the estimate from the base run's gradient at the layer output."""
     rows: dict[str, list[ComponentEffect]] = {"head": [], "neuron": [], "expert": []}
     for name, (site, delta) in changes.items():
         grad = grads.get(site.name)
