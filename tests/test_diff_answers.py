@@ -364,3 +364,17 @@ def test_every_view_shows_the_answers(planted, qwen_tokenizer, tmp_path):
     html = render_diff_html(report, figures=False)
     assert 'id="probe-1-answer"' in html and 'id="probe-2-answer"' in html
     assert "<b>Lyon" not in html and "&lt;b&gt;Lyon" in html  # untrusted token text escaped
+
+
+def test_min_gain_above_one_is_a_log_probability_gain_for_answers():
+    """A whole answer's gain is in nats, so ``--min-gain 2`` is meaningful there (it was refused as > 1)."""
+    from tokenlens.diff.check import check_thresholds, judge
+    from tokenlens.errors import TokenlensError
+
+    check_thresholds(2.0, 0.05)
+    kwargs = dict(flipped=False, target_top=False, kl=0.0, min_gain=2.0)
+    assert judge("changed", prob_gain=2.5, **kwargs).passed
+    assert not judge("changed", prob_gain=1.5, **kwargs).passed
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(TokenlensError, match="gain above 0"):
+            check_thresholds(bad, 0.05)

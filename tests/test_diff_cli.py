@@ -112,7 +112,7 @@ def test_check_exit_codes(folders, capsys):
         (["--prompt", PROMPT], "nothing to check"),
         (["--probes", "missing.jsonl"], "missing.jsonl does not exist"),
         (["--probes", "P", "--prompt", "x"], "not both"),
-        (["--prompt", PROMPT, "--min-gain", "2"], "--min-gain"),
+        (["--prompt", PROMPT, "--min-gain", "inf"], "--min-gain is a gain above 0"),
         (["--prompt", PROMPT, "--max-kl", "-1"], "--max-kl"),
         (["--prompt", " "], "is empty"),
         (["--prompt", PROMPT, "--format", "html"], "give --out"),

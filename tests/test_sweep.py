@@ -415,7 +415,7 @@ def test_cli_sweep_prints_the_map_in_every_format(fmt, tiny_checkpoint, tmp_path
         (["--quick", "--corpus", "missing.txt", "--out", "o"], "missing.txt"),
         (["--steps", "0", "--out", "o"], "at least 1"),
         (["--max-kl", "-1", "--out", "o"], "--max-kl is a KL divergence in nats"),
-        (["--min-gain", "0", "--out", "o"], "--min-gain is an absolute probability gain"),
+        (["--min-gain", "0", "--out", "o"], "--min-gain is a gain above 0"),
         (["--methods", "", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
         (["--methods", ",", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "--methods is empty"),
         (["--seeds", f"0,{2**64}", "--data", "x.jsonl", "--probes", "x.jsonl", "--out", "o"], "to 2**64 - 1"),

@@ -29,12 +29,16 @@ MAX_KL = 0.05
 def check_thresholds(min_gain: float, max_kl: float) -> None:
     """Refuse thresholds that cannot mean anything.
 
+    ``min_gain`` is a probability gain for a one-token target (so above 1 only the top-1 rule can pass it)
+    and a log-probability gain in nats for a whole-answer target (where 2 or 5 are meaningful).
+
     Raises:
-        TokenlensError: ``min_gain`` outside (0, 1] or a negative / non-finite ``max_kl``.
+        TokenlensError: ``min_gain`` not a finite number above 0, or a negative / non-finite ``max_kl``.
     """
-    if not 0.0 < min_gain <= 1.0:
+    if not 0.0 < min_gain < float("inf"):
         raise TokenlensError(
-            f"{option('min_gain')} is an absolute probability gain in (0, 1], got {min_gain}"
+            f"{option('min_gain')} is a gain above 0 (probability for a token, nats for a whole answer), "
+            f"got {min_gain}"
         )
     if not 0.0 <= max_kl < float("inf"):
         raise TokenlensError(f"{option('max_kl')} is a KL divergence in nats (>= 0), got {max_kl}")
