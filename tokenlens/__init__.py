@@ -52,6 +52,7 @@ __all__ = [
     "DiffReport",
     "diff_models",
     "check",
+    "explore",
     "ZOO",
     "DEFAULT_MODEL",
     "__version__",
@@ -86,6 +87,7 @@ _LAZY = {
     "DiffOptions": "tokenlens.diff.engine",
     "DiffReport": "tokenlens.diff.result",
     "check": "tokenlens.diff.check",
+    "explore": "tokenlens.report.live",
 }
 
 _ALIASES = {"diff_models": ("tokenlens.diff.engine", "diff")}
@@ -126,6 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.diff.result import DiffReport
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
+    from tokenlens.report.live import explore
     from tokenlens.training.trainer import TrainResult, train
 
 
