@@ -59,7 +59,7 @@ def _verdict(passed: bool | None) -> str:
 
 
 def _label(p: ProbeDiff, limit: int = 48) -> str:
-    return html.token(cut(p.probe.label, limit), title=p.probe.label)
+    return html.token(cut(p.probe.label, limit), title=visible(p.probe.label))
 
 
 def _score(s: TokenScore) -> str:
