@@ -124,22 +124,25 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
         return
     layers = _ADAPTER_LAYERS.get(model)
     if layers is None:
+        from peft.tuners.lora.layer import LoraLayer
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils.other import AuxiliaryTrainingWrapper
 
         kinds = (BaseTunerLayer, AuxiliaryTrainingWrapper)
-        layers = _ADAPTER_LAYERS[model] = [m for m in model.modules() if isinstance(m, kinds)]
-    from peft.tuners.lora.layer import LoraLayer
-
-    on = [m for m in layers if not m._disable_adapters]
+        found = [m for m in model.modules() if isinstance(m, kinds)]
+        layers = _ADAPTER_LAYERS[model] = (
+            [m for m in found if isinstance(m, LoraLayer)],
+            [m for m in found if not isinstance(m, LoraLayer)],
+        )
+    lora = [m for m in layers[0] if not m._disable_adapters]
+    other = [m for m in layers[1] if not m._disable_adapters]
     was_disabled = model._adapters_disabled
 
     def switch(enabled: bool) -> None:
-        for module in on:
-            if isinstance(module, LoraLayer):
-                module._disable_adapters = not enabled
-            else:
-                module.enable_adapters(enabled)
+        for module in lora:  # the plain attribute, without nn.Module.__setattr__'s bookkeeping
+            object.__setattr__(module, "_disable_adapters", not enabled)
+        for module in other:
+            module.enable_adapters(enabled)
 
     try:
         switch(False)
