@@ -6,13 +6,15 @@ of the current result: the same HTML fragment that a :class:`~tokenlens.attribut
 shows in a cell (:func:`tokenlens.report.notebook.attribution_html`), with its explorer
 (:mod:`tokenlens.report.explorer`) running on it.
 
-Why the view is an anywidget and not ipywidgets' ``HTML``: that widget sets ``innerHTML``, which does not run a
-``<script>`` (jupyter-widgets/ipywidgets#3079; only Colab runs some, and not in a nested box, #3654), so the
-explorer would not run and the tables would be static. The view's ES module (``_esm``, built here from the explorer's own script, no network) sets the
-fragment — the report's escaped HTML — and then runs :data:`tokenlens.report.explorer.SCRIPT` on it, the
-script's ``document.currentScript`` being the fragment's own (inert) ``<script>`` element, so the script acts
-inside that fragment exactly as it does in a notebook output or an opened report. No inline script is
-executed: the code arrives as the widget's module, which the front end loads as it loads any anywidget's.
+Why the view is an anywidget and not ipywidgets' ``HTML``: that widget sets ``innerHTML``, which does not run
+a ``<script>`` (jupyter-widgets/ipywidgets#3079; only Colab runs some, and not in a nested box, #3654), so the
+explorer would not run and the tables would be static. The view's ES module (``_esm``, built here from the
+explorer's own script, no network) sets the fragment — the report's escaped HTML — and then runs
+:data:`tokenlens.report.explorer.SCRIPT` on it, the script's ``document.currentScript`` being the fragment's
+own (inert) ``<script>`` element, so the script acts inside that fragment exactly as it does in a notebook
+output or an opened report. No inline script is executed: the code arrives as the widget's module, which the
+front end loads as it loads any anywidget's. Checked by hand in JupyterLab 4.6 (ipywidgets 8.1, anywidget
+0.11); VS Code and Colab were not tried.
 
 This is the one report module that runs a model (through :func:`tokenlens.attribution.direct.attribute`):
 the widget is the renderer and the recomputation together. ipywidgets and anywidget are imported only when
@@ -69,7 +71,9 @@ def view_esm(script: str = SCRIPT) -> str:
 
 def error_html(message: str) -> str:
     """A one-line error for the view, escaped."""
-    return f'<p class="tokenlens-error" style="color:#b00020">{html.escape(message)}</p>'
+    return (
+        f'<p class="tokenlens-error" style="color:#b00020;margin:.5em 0 .5em 1em">{html.escape(message)}</p>'
+    )
 
 
 @functools.cache
@@ -101,7 +105,7 @@ def _classes() -> tuple[type, type]:
             self.result: Any = None
             self.error: str | None = None
             self.prompt = ipywidgets.Text(
-                value=prompt, description="prompt", continuous_update=False, layout={"width": "100%"}
+                value=prompt, description="prompt", continuous_update=False, layout={"width": "auto"}
             )
             self.target = ipywidgets.Text(
                 value=target,
