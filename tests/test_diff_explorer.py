@@ -243,6 +243,9 @@ def test_a_hostile_probe_prompt_stays_text(browser, diffed):
     )
     assert isinstance(p.answer, TargetAnswer) and "<img src=x onerror=" in p.answer.text  # the decoded answer
     assert f"log p({show_token(p.answer.text)}) (nats)" in labels
+    isolated = """[...document.querySelectorAll('table[data-explorer="sides"] td')].every(td =>
+        td.childNodes.length === 1 && td.firstChild.tagName === 'BDI' && td.firstChild.dir === 'ltr')"""
+    assert page.js(isolated)  # token text in a bidi-isolated left-to-right box
     page.click(f'#heatmap tr[data-name="{anchor}"] td:nth-child(2)')
     assert in_view_below_panel(page, anchor)
     label = page.js(

@@ -31,9 +31,9 @@ SIDES = ("base", "tuned", "change")
 """The toggle's states, in order; ``change`` (tuned − base) is the one shown first."""
 
 CHANGE_ONLY = (
-    "Base and tuned: not in this report for these numbers — they are changes (each component's term of the "
-    "change's exact split, or the effect of patching one model's output into the other's run); the change "
-    "is shown."
+    "Base and tuned: this report records the terms below only as changes (each component's or readout "
+    "term's part of the change's exact split, or the effect of patching one model's output into the other's "
+    "run); the change is shown."
 )
 """What a change-only part of the page says under *base* or *tuned*."""
 
@@ -68,6 +68,12 @@ function activate(node, fn) {
   node.addEventListener("keydown", function (e) {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fn(e); }
   });
+}
+function isolated(tag, cls, text) {  // text in a left-to-right bidi-isolated box: RTL tokens stay put
+  var e = el(tag, cls), b = el("bdi", "", text);
+  b.dir = "ltr";
+  e.appendChild(b);
+  return e;
 }
 function button(text, fn) {
   var b = el("button", "", text);
@@ -133,7 +139,7 @@ data.probes.forEach(function (p) {
   p.rows.forEach(function (row) {
     var tr = el("tr");
     tr.setAttribute("data-name", row.key);
-    tr.appendChild(el("td", "", row.label));
+    tr.appendChild(isolated("td", "", row.label));
     tr.appendChild(valueCell(row));
     table.appendChild(tr);
   });
@@ -167,8 +173,10 @@ function setSide(s) {
     b.setAttribute("aria-pressed", b.getAttribute("data-side") === s ? "true" : "false");
   });
   cells.forEach(function (pair) {
-    var shown = pair[0][s], v = shown[0], td = pair[1];
-    td.textContent = shown[1];
+    var shown = pair[0][s], v = shown[0], td = pair[1], b = el("bdi", "", shown[1]);
+    b.dir = "ltr";
+    td.textContent = "";
+    td.appendChild(b);
     td.setAttribute("data-value", v === null ? "null" : String(v));
     td.setAttribute("data-side", s);
     var sign = typeof v !== "number" || s !== "change" ? "" : v > 0 ? " pos" : v < 0 ? " neg" : "";
