@@ -118,3 +118,19 @@ def test_piped_tables_use_the_width_they_need(capsys):
     narrow.add_row("b")
     feedback.print_result(narrow)
     assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 80
+
+
+def test_piped_prose_still_wraps_beside_a_wide_table(capsys):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table("name", "value")
+    table.add_row("row", "y" * 100)
+    prose = Text(" ".join(["word"] * 100))
+    feedback.print_result(Group(table, prose))
+    lines = capsys.readouterr().out.splitlines()
+    assert any("y" * 100 in line for line in lines)
+    width = max(len(line.rstrip()) for line in lines)
+    assert 100 < width < 200  # the table's width, not the prose's 499 characters
+    assert sum("word" in line for line in lines) > 1

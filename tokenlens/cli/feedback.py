@@ -111,13 +111,26 @@ def feedback(stage: str) -> Iterator[None]:
 
 def print_result(renderable: object) -> None:
     """Print a rich renderable to standard output: at the terminal's width on a terminal; otherwise (a
-    pipe, a file, CI) at the width it needs (80 to :data:`MAX_WIDTH` columns), so cells are not cut."""
+    pipe, a file, CI) at the width its widest table needs (80 to :data:`MAX_WIDTH` columns), so cells are not
+    cut (prose still wraps)."""
     from rich.console import Console
-    from rich.measure import Measurement
 
     console = Console()
     if not console.is_terminal:
         wide = Console(width=MAX_WIDTH)
-        needed = Measurement.get(wide, wide.options, renderable).maximum
-        console = Console(width=max(80, min(MAX_WIDTH, needed)))
+        console = Console(width=max(80, min(MAX_WIDTH, _table_width(wide, renderable))))
     console.print(renderable)
+
+
+def _table_width(console, renderable: object) -> int:
+    """The widest table in ``renderable`` (a table, or a group of renderables) at its natural width; prose
+    is not counted, so that it still wraps."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    if isinstance(renderable, Table):
+        return Measurement.get(console, console.options, renderable).maximum
+    children = getattr(renderable, "renderables", None)
+    if isinstance(children, list | tuple):
+        return max((_table_width(console, child) for child in children), default=0)
+    return 0
