@@ -3,7 +3,10 @@
 Each line is one example, in one of three shapes:
 
 * ``{"prompt": str, "completion": str}`` — the prompt and completion are tokenized separately and
-  concatenated (so the boundary is a token boundary); the loss covers the completion tokens only.
+  concatenated (so the boundary is a token boundary); the loss covers the completion tokens only. An
+  optional ``"subject"`` (words of the prompt, e.g. ``"France"``) marks a fact's subject: ``layers=auto`` and
+  ``rank-one`` then locate the model's current answer with the subject noised (a causal trace's protocol
+  for facts) instead of guessing where the subject is.
 * ``{"messages": [{"role": ..., "content": ...}, ...]}`` — rendered with the tokenizer's chat template;
   the loss covers the assistant turns only. An assistant turn's span starts where the template's
   generation prompt for that turn ends (the conversation before it, rendered with
@@ -46,11 +49,13 @@ class Example:
         input_ids: (seq,) token ids.
         labels: (seq,) the same ids where the loss applies, -100 elsewhere.
         line: 1-based line number in the source file.
+        subject: The prompt positions of the line's ``"subject"`` (empty without one).
     """
 
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     line: int
+    subject: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ def load_jsonl(
         where = f"{path}:{number}"
         record = _parse_line(text, where)
         shape, ids, labels = _tokenize(record, tokenizer, where)
+        subject = _subject(record, tokenizer, labels, ids, where)
         if len(ids) > max_length:
             raise TokenlensError(
                 f"{where}: {len(ids)} tokens, longer than the model's context ({max_length}); "
@@ -118,7 +124,7 @@ def load_jsonl(
         if sum(1 for label in labels[1:] if label != IGNORE) == 0:
             raise TokenlensError(f"{where}: no token carries loss (the example needs at least 2 tokens)")
         counts[shape] += 1
-        examples.append(Example(tuple(ids), tuple(labels), number))
+        examples.append(Example(tuple(ids), tuple(labels), number, subject))
     if not examples:
         raise TokenlensError(f"{path} has no examples (the file is empty or blank)")
     return TrainingData(
@@ -172,7 +178,7 @@ def _require_str(record: dict, key: str, where: str, allow_empty: bool = False) 
 
 
 def _tokenize(record: dict, tokenizer: Any, where: str) -> tuple[str, list[int], list[int]]:
-    keys = set(record)
+    keys = set(record) - ({"subject"} if {"prompt", "completion"} <= set(record) else set())
     if keys == {"prompt", "completion"}:
         prompt = _require_str(record, "prompt", where, allow_empty=True)
         completion = _require_str(record, "completion", where)
@@ -192,8 +198,26 @@ def _tokenize(record: dict, tokenizer: Any, where: str) -> tuple[str, list[int],
         raise TokenlensError(f"{where}: a 'prompt' without a 'completion'")
     raise TokenlensError(
         f"{where}: unknown shape with keys {sorted(keys)}; expected exactly "
-        '{"prompt","completion"}, {"messages"[, "thinking"]} or {"text"}'
+        '{"prompt","completion"[, "subject"]}, {"messages"[, "thinking"]} or {"text"}'
     )
+
+
+def _subject(record: dict, tokenizer: Any, labels: list[int], ids: list[int], where: str) -> tuple[int, ...]:
+    """The prompt positions of a prompt/completion line's ``"subject"`` (``()`` without one).
+
+    Raises:
+        TokenlensError: A subject that is not a non-empty string found in the prompt.
+    """
+    if "subject" not in record:
+        return ()
+    from tokenlens.causal.tracing import find_subject
+
+    subject = _require_str(record, "subject", where)
+    prompt = ids[: next(k for k, label in enumerate(labels) if label != IGNORE)]
+    try:
+        return find_subject(tokenizer, prompt, subject)
+    except TokenlensError as exc:
+        raise TokenlensError(f"{where}: {exc}") from None
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

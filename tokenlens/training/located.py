@@ -3,10 +3,12 @@
 A method option ``layers=auto`` is resolved before training by a causal trace
 (:func:`tokenlens.causal.locate.locate_ids`) of the training file's first example that has a loss: its
 tokens before the first loss token are the prompt, that token is the target, every prompt position but the
-last is noised. The located MLP window (e.g. layers 5–9 on SmolLM2-135M for "The capital of France is" →
-" Paris") becomes the option's value, and the manifest keeps the location as ``located``: the sentence,
-position, token and peak. The noise is seeded, so the same data locates the same layers again (a resumed
-run checks that).
+last is noised. When that line names a ``"subject"`` (a fact edit), the trace follows the protocol for facts
+instead: the subject's tokens are noised and the watched token is the model's **current** answer (the fact
+the edit overwrites: " Paris", not the new " Lyon" the base model does not carry). The located MLP window
+(e.g. layers 5–9 on SmolLM2-135M for "The capital of France is" → " Paris") becomes the option's value,
+and the manifest keeps the location as ``located``: the sentence, position, token, watched token and peak.
+The noise is seeded, so the same data locates the same layers again (a resumed run checks that).
 """
 
 from __future__ import annotations
@@ -45,10 +47,14 @@ def auto_layers(
         )
     ids = torch.tensor([example.input_ids[:first]])
     target = example.input_ids[first]
+    noised = example.subject or None
+    if noised is not None:
+        with torch.no_grad():
+            target = int(loaded.model(input_ids=ids).logits[0, -1].argmax())
     tokens = [decode_token(loaded.tokenizer, i) for i in ids[0].tolist()]
     metric = Metric("prob", target, first - 1, target_text=decode_token(loaded.tokenizer, target))
     try:
-        location = locate_ids(loaded.model, loaded.spec, ids, metric, tokens=tokens)
+        location = locate_ids(loaded.model, loaded.spec, ids, metric, noised, tokens=tokens)
     except TokenlensError as exc:
         raise TokenlensError(f"layers=auto (data line {example.line}): {exc}") from None
     located = {
@@ -56,6 +62,7 @@ def auto_layers(
         "sentence": location.sentence(),
         "position": location.position,
         "token": location.token,
+        "watched": decode_token(loaded.tokenizer, target),
         "layers": list(location.layer_list),
         "peak": location.peak,
         "weak": location.weak,

@@ -276,13 +276,14 @@ def write_edit(peft_model: torch.nn.Module, edit: RankOneEdit) -> None:
         lora.lora_A["default"].weight.copy_(a.to(lora.lora_A["default"].weight))
 
 
-def _fact(data: TrainingData) -> tuple[list[int], int, int]:
-    """``(ids, n_prompt, line)``: the first example with a completion after at least one prompt token."""
+def _fact(data: TrainingData) -> tuple[list[int], int, int, tuple[int, ...]]:
+    """``(ids, n_prompt, line, subject positions)``: the first example with a completion after at least one
+    prompt token."""
     for example in data.examples:
         first = next((k for k, label in enumerate(example.labels) if label != IGNORE), None)
         if first is not None and first >= 1:
             last = max(k for k, label in enumerate(example.labels) if label != IGNORE)
-            return list(example.input_ids[: last + 1]), first, example.line
+            return list(example.input_ids[: last + 1]), first, example.line, example.subject
     raise TokenlensError(
         "rank-one edits the first example's fact, but no example has a prompt and completion"
     )
@@ -294,7 +295,7 @@ def fit(loaded, data: TrainingData, options: dict, *, steps: int, lr: float, see
     Returns ``(model, losses, notes)`` (see :class:`tokenlens.training.methods.Method`).
     """
     model, tokenizer = loaded.model, loaded.tokenizer
-    ids, n_prompt, line = _fact(data)
+    ids, n_prompt, line, subject = _fact(data)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     vocab = bare_model(model).get_input_embeddings().weight.shape[0]
     pad_id = pad_id if pad_id < vocab else 0
@@ -303,10 +304,11 @@ def fit(loaded, data: TrainingData, options: dict, *, steps: int, lr: float, see
         preserve = load_preserve(DEFAULT, tokenizer, limit, vocab)
     prompt = ids[:n_prompt]
     position, layer = options["position"], options["layer"]
-    noised = None
+    noised = subject or None  # the data line's "subject", unless the option names one
     if options["subject"] is not None:
         noised = find_subject(tokenizer, prompt, options["subject"])
-        position = noised[-1] if position is None else position
+    if noised is not None and position is None:
+        position = noised[-1]
     if position is not None and position >= n_prompt:
         raise TokenlensError(f"option position={position}: the prompt has positions 0..{n_prompt - 1}")
     located = None
