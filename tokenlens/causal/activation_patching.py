@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from tokenlens.causal.effects import measure, resolve_sites, same_length
+from tokenlens.causal.effects import (
+    Variant,
+    entry_sites,
+    measure,
+    measure_all,
+    resolve_sites,
+    same_length,
+    site_layer,
+)
 from tokenlens.causal.interventions import constant, record
 from tokenlens.causal.metrics import Metric, encode, metric_for, run_metric
 from tokenlens.causal.results import PatchEffect, Patching, restored
@@ -76,7 +84,9 @@ def patch_from(
     seq = corrupted_ids.shape[1]
     if positions is not None and not all(0 <= p < seq for p in positions):
         raise TokenlensError(f"patch positions {list(positions)} must lie in 0..{seq - 1}")
-    corrupted, corrupted_values = record_run(model, spec, corrupted_ids, metric, sites)
+    batched = not any(s.kind == "expert" for s in sites)  # expert terms are computed per whole batch
+    entries = [e for e in entry_sites(model, spec) if e not in sites] if batched else []
+    corrupted, corrupted_values = record_run(model, spec, corrupted_ids, metric, [*sites, *entries])
     for site in sites:
         if clean_values[site.name].shape != corrupted_values[site.name].shape:
             raise TokenlensError(
@@ -84,10 +94,14 @@ def patch_from(
                 f"{tuple(clean_values[site.name].shape)}, the corrupted one "
                 f"{tuple(corrupted_values[site.name].shape)} (same token length and architecture needed)"
             )
+    runs = [{site: constant(clean_values[site.name], positions)} for site in sites]
+    if batched:
+        variants = [Variant(site_layer(list(edits)), edits) for edits in runs]
+        values = measure_all(model, spec, corrupted_ids, metric, variants, held=corrupted_values)
+    else:
+        values = [measure(model, spec, corrupted_ids, metric, edits) for edits in runs]
     effects = []
-    for site in sites:
-        edit = constant(clean_values[site.name], positions)
-        value = measure(model, spec, corrupted_ids, metric, {site: edit})
+    for site, value in zip(sites, values, strict=True):
         delta = value - corrupted
         effects.append(PatchEffect(site.name, value, delta, restored(delta, clean - corrupted)))
     return Patching(metric, clean, corrupted, tuple(effects), None if positions is None else tuple(positions))

@@ -30,8 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tokenlens.causal.activation_patching import check_same_tokenizer, clean_source, patch
-from tokenlens.causal.effects import ablate, record_values, resolve_sites, same_length
+from tokenlens.causal.activation_patching import (
+    check_same_tokenizer,
+    clean_source,
+    patch,
+    patch_from,
+    record_run,
+)
+from tokenlens.causal.effects import ablate, resolve_sites, same_length
 from tokenlens.causal.experts import ExpertTaps, expert_taps
 from tokenlens.causal.interventions import Parts, hooks, install
 from tokenlens.causal.metrics import Metric, encode, metric_for, run_metric
@@ -103,7 +109,7 @@ def _attribution_patch(
     sites: Sequence[Site],
     clean_ids: torch.Tensor | None = None,
     clean_model: nn.Module | None = None,
-) -> tuple[AttributionPatching, dict[str, float]]:
+) -> tuple[AttributionPatching, dict[str, float], tuple[float, dict[str, torch.Tensor]] | None]:
     """Estimate every site's effect at once: ``Σ (a' - a) · ∂metric/∂a`` on the run of ``input_ids``.
 
     Args:
@@ -115,6 +121,11 @@ def _attribution_patch(
             it ``a' = 0`` (zero-ablation estimates).
         clean_model: The model the clean run uses (default ``model``).
 
+    Returns:
+        The estimates, each site's :func:`bound`, and (with ``clean_ids``) the clean run's metric and its
+        non-expert sites' activations (:func:`~tokenlens.causal.activation_patching.record_run`), which the
+        exact check patches from.
+
     Raises:
         TokenlensError: Different token lengths, or called inside ``torch.inference_mode()``.
     """
@@ -123,12 +134,13 @@ def _attribution_patch(
     experts = [s for s in sites if s.kind == "expert"]
     others = [s for s in sites if s.kind != "expert"]
     blocks = [Site(f"L{i}.mlp", "mlp", i) for i in sorted({s.layer for s in experts})]  # experts' gradient
-    clean_values, clean_taps = None, None
+    clean_values, clean_taps, clean_run = None, None, None
     if clean_ids is not None:
         same_length(clean_ids, input_ids, "attribution patching")
         source, source_spec = clean_source(model, spec, clean_model)
         with expert_taps(source, source_spec, experts) as clean_taps:  # the experts' inputs, same forward
-            clean_values = record_values(source, source_spec, clean_ids, others)
+            clean_run = record_run(source, source_spec, clean_ids, metric, others)
+        clean_values = clean_run[1]
     needed = others + [block for block in blocks if block not in others]
     with expert_taps(model, spec, experts) as taps:
         value, pairs = activation_gradients(model, spec, input_ids, metric, needed)
@@ -149,7 +161,7 @@ def _attribution_patch(
         names=tuple(s.name for s in sites),
         estimates=torch.stack(estimates).cpu(),
     )
-    return result, bounds
+    return result, bounds, clean_run
 
 
 def _expert_estimates(
@@ -187,7 +199,9 @@ def check_estimates(
     them (up to ``2 · top_k`` sites: its estimates miss large effects, see the module docstring). The rows
     are in order of decreasing ``|estimate|``. Arguments as in :func:`attribution_patch`.
     """
-    estimates, bounds = _attribution_patch(model, spec, input_ids, metric, sites, clean_ids, clean_model)
+    estimates, bounds, clean_run = _attribution_patch(
+        model, spec, input_ids, metric, sites, clean_ids, clean_model
+    )
     top = list(estimates.ranked(top_k))
     if clean_ids is None:
         named = {name for name, _ in top}
@@ -199,8 +213,11 @@ def check_estimates(
     chosen = [by_name[name] for name, _ in top]
     if clean_ids is None:
         effects = ablate(model, spec, input_ids, metric, chosen, together=False).each
-    else:
+    elif any(s.kind == "expert" for s in chosen):
         effects = patch(model, spec, clean_ids, input_ids, metric, chosen, clean_model=clean_model).effects
+    else:  # the clean run's activations were recorded for the estimates already
+        clean, clean_values = clean_run
+        effects = patch_from(model, spec, input_ids, metric, chosen, clean, clean_values).effects
     exact = {e.name: e.delta for e in effects}
     return EstimateCheck(estimates, tuple(CheckedEstimate(name, est, exact[name]) for name, est in top))
 

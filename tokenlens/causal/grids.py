@@ -27,8 +27,8 @@ position.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -63,12 +63,15 @@ class Cell:
         frozen: Sites held, at ``position``, at the value they had on the unpatched target run of the same
             sample (a causal trace's "severed" paths).
         sample: Which noise sample's target run (0 without noise).
+        layer: The first layer changed by the cell's own intervention (installed by ``run_cells``'
+            ``interventions``, beyond ``restore`` / ``frozen``); ``None`` when it has none.
     """
 
     restore: tuple[Site, ...]
     position: int
     frozen: tuple[Site, ...] = ()
     sample: int = 0
+    layer: int | None = None
 
 
 def default_batch(seq: int) -> int:
@@ -105,7 +108,8 @@ def _noise_edit(noise: torch.Tensor, samples: list[int]) -> Edit:
 
 def _first_layer(cell: Cell) -> int:
     """The first layer a cell changes anything in (0 when it changes the embedding or nothing)."""
-    return min((s.layer for s in cell.restore + cell.frozen if s.layer is not None), default=0)
+    layers = [s.layer for s in cell.restore + cell.frozen if s.layer is not None]
+    return min(layers + ([] if cell.layer is None else [cell.layer]), default=0)
 
 
 @contextmanager
@@ -143,6 +147,7 @@ def run_cells(
     noise: torch.Tensor | None = None,
     batch_size: int | None = None,
     label: str = "",
+    interventions: Callable[[list[int]], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """The metric of every cell, ``(cells,)`` float64, in batches of forward passes.
 
@@ -165,6 +170,9 @@ def run_cells(
         batch_size: Rows per forward (default :func:`default_batch`).
         label: What the cells are, for progress reports (:func:`tokenlens.progress.report` after each
             batch; none when empty).
+        interventions: For cells with interventions of their own (their ``layer``):
+            ``interventions(indices)`` is a context installing them for one forward, batch row ``r`` getting
+            those of ``cells[indices[r]]``.
     """
     held = held or {}
     seq = input_ids.shape[1]
@@ -201,7 +209,8 @@ def run_cells(
                 raise ValueError("a noised run cannot also restore the embedding")
             edits[embed] = _noise_edit(noise, samples)
         ids = input_ids.to(device).expand(len(chunk), seq)
-        with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
+        own = nullcontext() if interventions is None else interventions(chosen)
+        with torch.no_grad(), replace(model, spec, edits), own, skip_layers(model, spec, skip):
             logits = model(
                 input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=keep
             ).logits[:, 0]

@@ -319,3 +319,103 @@ def block_virtual_attention(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def replace_rows(
+    model: nn.Module, spec: ArchitectureSpec, edits_by_row: Sequence[Mapping[Site, Edit]]
+) -> Iterator[None]:
+    """:func:`replace` with one set of edits per batch row: row ``r`` gets ``edits_by_row[r]``.
+
+    Each edit sees its own row's activation ``(1, seq, width)``, as it would in a run of that row alone,
+    and rows without edits at a hook point are left as they are. Not for expert sites (their terms are
+    computed for the whole batch).
+    """
+    sites = list(dict.fromkeys(site for edits in edits_by_row for site in edits))
+    if any(site.kind == "expert" for site in sites):
+        raise ValueError("replace_rows does not take expert sites")
+
+    def make(group: list[Site], parts: Parts) -> Callable:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            new = x.clone()
+            for r, edits in enumerate(edits_by_row):
+                for site in group:
+                    if site in edits:
+                        old = parts.get(site, x[r : r + 1])
+                        parts.put(site, new[r : r + 1], old, edits[site](old))
+            return new
+
+        return fn
+
+    with hooks(model, spec, sites, make):
+        yield
+
+
+@contextmanager
+def without_rope_rows(
+    model: nn.Module, spec: ArchitectureSpec, layers_by_row: Sequence[Sequence[int]]
+) -> Iterator[None]:
+    """:func:`without_rope` with its own layers per batch row: row ``r`` runs the attention of
+    ``layers_by_row[r]`` without rotary positions, the other rows keep their rotation.
+
+    The ``(cos, sin)`` pair is expanded to one table per row and only the chosen rows are set to
+    ``(m, 0)``: those rows compute exactly what :func:`without_rope` computes on a run of their own.
+
+    Raises:
+        TokenlensError: The attention module is not called with ``position_embeddings``.
+    """
+    scaling = spec.rotary_scale(model)
+    batch = len(layers_by_row)
+
+    def hook_for(layer: int) -> Callable:
+        chosen = [r for r, layers in enumerate(layers_by_row) if layer in layers]
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            pair = kwargs.get("position_embeddings")
+            if pair is None:
+                raise TokenlensError(
+                    "RoPE ablation needs attention modules called with position_embeddings=(cos, sin); "
+                    f"{type(_module).__name__} is not"
+                )
+            cos, sin = (t.expand(batch, *t.shape[1:]).clone() for t in pair)
+            cos[chosen], sin[chosen] = scaling, 0.0
+            return args, {**kwargs, "position_embeddings": (cos, sin)}
+
+        return hook
+
+    all_layers = spec.layer_list(model)
+    handles = []
+    try:
+        for i in sorted({i for layers in layers_by_row for i in layers}):
+            attn = all_layers[i].get_submodule(spec.attn)
+            handles.append(attn.register_forward_pre_hook(hook_for(i), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def rescale_norm_rows(norm: nn.Module, values: Mapping[int, float]) -> Iterator[None]:
+    """:func:`rescale_norm` holding the scale at ``values[r]`` in batch row ``r`` (every position), only in
+    the rows named; the other rows' output is left untouched.
+
+    Each chosen row's output is multiplied by ``value / s`` exactly as :func:`rescale_norm` does it on a
+    run of that row alone.
+    """
+    eps = norm_epsilon(norm)
+    rows = list(values)
+
+    def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        new = output.clone()
+        for r in rows:
+            s = torch.rsqrt(args[0][r : r + 1].float().pow(2).mean(-1) + eps)  # (1, seq)
+            ratio = torch.full_like(s, values[r]).to(s) / s
+            new[r : r + 1] = (output[r : r + 1].float() * ratio[..., None]).to(output.dtype)
+        return new
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -25,8 +25,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from tokenlens.causal.effects import measure
-from tokenlens.causal.interventions import block_virtual_attention, rescale_norm, without_rope
+from tokenlens.causal.effects import Variant, entry_sites, measure, measure_all, recording
+from tokenlens.causal.interventions import block_virtual_attention, rescale_norm
 from tokenlens.causal.metrics import Metric, encode, metric_for
 from tokenlens.causal.results import Ablation, Effect, NormAblation
 from tokenlens.errors import TokenlensError
@@ -77,16 +77,22 @@ def ablate_norms(
         TokenlensError: A bad reference.
     """
     norms = norm_modules(model, spec, layers=layers)
+    n_layers = len(spec.layer_list(model))
     seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in norms}
     recorders = [partial(rescale_norm, module, None, seen[name]) for name, module in norms]
+    held: dict[str, torch.Tensor] = {}
+    recorders.append(partial(recording, model, spec, entry_sites(model, spec), held))
     baseline = measure(model, spec, input_ids, metric, contexts=recorders)
     scales = torch.stack([seen[name][-1][0].cpu() for name, _ in norms])  # (norm, seq)
     references, described = _references(scales, reference)
-    effects = []
-    for (name, module), value in zip(norms, references.tolist(), strict=True):
-        fixed = partial(rescale_norm, module, lambda s, v=value: torch.full_like(s, v))
-        ablated = measure(model, spec, input_ids, metric, contexts=[fixed])
-        effects.append(Effect(name, ablated, ablated - baseline))
+    variants = [
+        Variant(
+            n_layers - 1 if name == "final_norm" else int(name[1:].split(".")[0]), norms=((module, value),)
+        )
+        for (name, module), value in zip(norms, references.tolist(), strict=True)
+    ]
+    values = measure_all(model, spec, input_ids, metric, variants, held=held)
+    effects = [Effect(name, value, value - baseline) for (name, _), value in zip(norms, values, strict=True)]
     ablation = Ablation(
         metric=metric,
         method="norm",
@@ -129,7 +135,7 @@ def ablate_rope(
         spec,
         input_ids,
         metric,
-        partial(without_rope, model, spec),
+        lambda chosen: Variant(min(chosen), rope=tuple(chosen)),
         layers=layers,
         each=each,
         together=together,
@@ -169,7 +175,7 @@ def ablate_virtual(
         spec,
         input_ids,
         metric,
-        lambda chosen: block_virtual_attention(model, spec, [chosen], virtual),
+        lambda chosen: partial(block_virtual_attention, model, spec, [chosen], virtual),
         layers=layers,
         each=each,
         together=together,
@@ -184,7 +190,7 @@ def _per_layer(
     spec: ArchitectureSpec,
     input_ids: torch.Tensor,
     metric: Metric,
-    cut: Callable[[list[int]], AbstractContextManager],
+    cut: Callable[[list[int]], Variant | Callable[[], AbstractContextManager]],
     *,
     layers: Sequence[int] | None,
     each: bool,
@@ -193,26 +199,33 @@ def _per_layer(
     reference: str,
     what: str,
 ) -> Ablation:
-    """Measure ``cut(layers)`` (a context changing those layers) for each layer alone and all together."""
+    """Measure ``cut(layers)`` for each layer alone and all together: a
+    :class:`~tokenlens.causal.effects.Variant` changing those layers (measured in shared forwards), or a
+    factory of a context changing them (one forward each)."""
     n_layers = len(spec.layer_list(model))
     chosen = list(range(n_layers)) if layers is None else list(layers)
     bad = [i for i in chosen if not 0 <= i < n_layers]
     if bad or not chosen:
         raise TokenlensError(f"{what} layers must be in 0..{n_layers - 1}, got {chosen}")
-    baseline = measure(model, spec, input_ids, metric)
-
-    def effect(name: str, which: list[int]) -> Effect:
-        value = measure(model, spec, input_ids, metric, contexts=[partial(cut, which)])
-        return Effect(name, value, value - baseline)
-
+    held: dict[str, torch.Tensor] = {}
+    entries = partial(recording, model, spec, entry_sites(model, spec), held)
+    baseline = measure(model, spec, input_ids, metric, contexts=[entries])
+    runs = [(f"L{i}.{method}", [i]) for i in chosen] if each else []
+    runs += [("together", chosen)] if together else []
+    cuts = [cut(which) for _, which in runs]
+    if all(isinstance(c, Variant) for c in cuts):
+        values = measure_all(model, spec, input_ids, metric, cuts, held=held)
+    else:
+        values = [measure(model, spec, input_ids, metric, contexts=[c]) for c in cuts]
+    effects = [Effect(name, value, value - baseline) for (name, _), value in zip(runs, values, strict=True)]
     return Ablation(
         metric=metric,
         method=method,
         reference=reference,
         sites=tuple(f"L{i}.{method}" for i in chosen),
         baseline=baseline,
-        each=tuple(effect(f"L{i}.{method}", [i]) for i in chosen) if each else (),
-        together=effect("together", chosen) if together else None,
+        each=tuple(effects[: len(chosen)]) if each else (),
+        together=effects[-1] if together else None,
     )
 
 
