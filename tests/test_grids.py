@@ -355,7 +355,7 @@ def test_results_show_themselves_in_jupyter(tiny_loaded):
     grids = tokenlens.patching_grids(loaded, "The capital of France is", "The capital of Italy is", "resid")
     page = grids._repr_html_()
     assert page.startswith('<div class="tokenlens-report">') and "Patching grid" in page
-    assert page.count("title=\"metric ") == 2 * 3  # a cell per layer (3) and position (3, 4)
+    assert page.count('title="metric ') == 2 * 3  # a cell per layer (3) and position (3, 4)
     location = _planted_trace([[0.9, 0.9, 0.0], [0.1, 0.6, 0.0]])
     from tokenlens.causal.locate import location_from
 

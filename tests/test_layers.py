@@ -3,7 +3,8 @@
 From the bottom: the foundations (errors, file names, atomic writes, the notebook display registry, typed
 options, task data), ``models`` (loading, architecture specs), ``capture`` (hooks), ``attribution``,
 ``causal``, ``diff``, ``training``, ``sweep``, ``report`` (renders the results of all of them, never runs a
-model), ``cli``, and the top-level package (the public facade). Every import counts, also one inside a
+model), ``cli`` and ``live`` (the Jupyter widget that recomputes and renders), and the top-level package
+(the public facade). Every import counts, also one inside a
 function or under ``TYPE_CHECKING``: a lazy import is still a dependency, and a cycle between layers makes
 every change spread.
 """
@@ -25,7 +26,7 @@ LAYERS = (
     ("training",),
     ("sweep",),
     ("report",),
-    ("cli",),
+    ("cli", "live"),
     ("__init__",),
 )
 ROOT = Path(tokenlens.__file__).parent

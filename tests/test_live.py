@@ -19,8 +19,8 @@ from test_explorer import HOSTILE, Browser, Page, _rows  # noqa: E402  (tests/ i
 from test_report_html import _chromium  # noqa: E402
 
 import tokenlens  # noqa: E402
+from tokenlens.live import INSTALL, view_esm  # noqa: E402
 from tokenlens.report.explorer import json_for_script  # noqa: E402
-from tokenlens.report.live import INSTALL, view_esm  # noqa: E402
 from tokenlens.report.notebook import attribution_html  # noqa: E402
 
 PROMPT = "The capital of France is"

@@ -87,7 +87,7 @@ _LAZY = {
     "DiffOptions": "tokenlens.diff.engine",
     "DiffReport": "tokenlens.diff.result",
     "check": "tokenlens.diff.check",
-    "explore": "tokenlens.report.live",
+    "explore": "tokenlens.live",
 }
 
 _ALIASES = {"diff_models": ("tokenlens.diff.engine", "diff")}
@@ -126,9 +126,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenlens.diff.pairing import pair_models
     from tokenlens.diff.probes import load_probes, prompt_probes
     from tokenlens.diff.result import DiffReport
+    from tokenlens.live import explore
     from tokenlens.models.loading import LoadedModel, load
     from tokenlens.models.zoo import DEFAULT_MODEL, ZOO
-    from tokenlens.report.live import explore
     from tokenlens.training.trainer import TrainResult, train
 
 

@@ -16,9 +16,9 @@ output or an opened report. No inline script is executed: the code arrives as th
 front end loads as it loads any anywidget's. Checked by hand in JupyterLab 4.6 (ipywidgets 8.1, anywidget
 0.11); VS Code and Colab were not tried.
 
-This is the one report module that runs a model (through :func:`tokenlens.attribution.direct.attribute`):
-the widget is the renderer and the recomputation together. ipywidgets and anywidget are imported only when
-:func:`explore` is called (the optional extra ``notebook``).
+It runs a model (through :func:`tokenlens.attribution.direct.attribute`) and renders the result, so it
+sits above the reports (which never run one), beside the command line. ipywidgets and anywidget are
+imported only when :func:`explore` is called (the optional extra ``notebook``).
 """
 
 from __future__ import annotations
