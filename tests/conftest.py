@@ -86,6 +86,23 @@ def build_tiny(kind: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
+def save_lyon_bias_pair(root: Path, tokenizer, kind: str = "qwen3-untied-mha") -> None:
+    """``root/base`` (a tiny ``kind`` checkpoint) and ``root/tuned``: a ``bias``-method fine-tune of it whose
+    head bias adds +20 to " Lyon"'s logit (a planted edit with a known effect), naming ``root/base``."""
+    import copy
+
+    from tokenlens.models import custom
+
+    base = build_tiny(kind)
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    tuned = custom.apply_bias(copy.deepcopy(base), {"targets": ["lm_head"], "layers": None})
+    with torch.no_grad():
+        tuned.lm_head.bias[tokenizer(" Lyon")["input_ids"][0]] = 20.0
+    custom.save(tuned, root / "tuned")
+    (root / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(root / "base")}))
+
+
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     from transformers import AutoTokenizer

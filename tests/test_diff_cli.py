@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import save_lyon_bias_pair
 
 from tokenlens.cli import main
-from tokenlens.models import custom
 
 PROMPT = "The capital of France is"
 
@@ -22,14 +20,7 @@ def folders(tmp_path_factory, qwen_tokenizer):
     (A head bias saved into a plain Qwen3 checkpoint would be dropped on load: the class has none.)
     """
     root = tmp_path_factory.mktemp("diffcli")
-    base = build_tiny("qwen3-untied-mha")
-    base.save_pretrained(root / "base")
-    qwen_tokenizer.save_pretrained(root / "base")
-    tuned = custom.apply_bias(copy.deepcopy(base), {"targets": ["lm_head"], "layers": None})
-    with torch.no_grad():
-        tuned.lm_head.bias[qwen_tokenizer(" Lyon")["input_ids"][0]] = 20.0
-    custom.save(tuned, root / "tuned")
-    (root / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(root / "base")}))
+    save_lyon_bias_pair(root, qwen_tokenizer)
     probes = root / "probes.jsonl"
     probes.write_text(
         json.dumps({"prompt": PROMPT, "target": " Lyon", "expect": "changed"})

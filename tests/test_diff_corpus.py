@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, save_lyon_bias_pair
 
 from tokenlens.cli import main
 from tokenlens.diff import DiffOptions, ModelPair, Probe, corpus_drift, diff, read_corpus
@@ -237,14 +237,7 @@ def test_metrics_on_a_planted_edit(planted):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, qwen_tokenizer):
     root = tmp_path_factory.mktemp("corpuscli")
-    base = build_tiny(KIND)
-    base.save_pretrained(root / "base")
-    qwen_tokenizer.save_pretrained(root / "base")
-    tuned = custom.apply_bias(copy.deepcopy(base), {"targets": ["lm_head"], "layers": None})
-    with torch.no_grad():
-        tuned.lm_head.bias[qwen_tokenizer(" Lyon")["input_ids"][0]] = 20.0
-    custom.save(tuned, root / "tuned")
-    (root / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(root / "base")}))
+    save_lyon_bias_pair(root, qwen_tokenizer, KIND)
     probes = root / "probes.jsonl"
     probes.write_text(
         json.dumps({"prompt": "The capital of France is", "target": " Lyon", "expect": "changed"}) + "\n"

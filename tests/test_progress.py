@@ -4,16 +4,13 @@ printed at the width they need."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
-import torch
-from conftest import build_tiny
+from conftest import save_lyon_bias_pair
 
 from tokenlens.cli import feedback, main
 from tokenlens.cli import sweep as sweep_cmd
-from tokenlens.models import custom
 from tokenlens.progress import report
 
 PROMPT = "The capital of France is"
@@ -23,14 +20,7 @@ PROMPT = "The capital of France is"
 def folders(tmp_path_factory, qwen_tokenizer):
     """A base checkpoint, a ``bias``-method fine-tune of it naming it, and a two-probe file."""
     root = tmp_path_factory.mktemp("progress")
-    base = build_tiny("qwen3-untied-mha")
-    base.save_pretrained(root / "base")
-    qwen_tokenizer.save_pretrained(root / "base")
-    tuned = custom.apply_bias(copy.deepcopy(base), {"targets": ["lm_head"], "layers": None})
-    with torch.no_grad():
-        tuned.lm_head.bias[qwen_tokenizer(" Lyon")["input_ids"][0]] = 20.0
-    custom.save(tuned, root / "tuned")
-    (root / "tuned" / custom.MANIFEST).write_text(json.dumps({"base_model": str(root / "base")}))
+    save_lyon_bias_pair(root, qwen_tokenizer)
     probes = root / "probes.jsonl"
     probes.write_text(
         json.dumps({"prompt": PROMPT, "target": " Lyon", "expect": "changed"})
