@@ -72,9 +72,11 @@ SCRIPT = textwrap.dedent("""
     result = trainer.train(load(checkpoint), "lora", data, out, resume=True, **kwargs)
     prompt = trainer.train(load(checkpoint), "prompt", data, out + "-prompt", steps=2,
                            options={"virtual_tokens": 2})
-    print("REPORT " + json.dumps({"rank": rank, "stopped_after": stopped_after, "saves": saves,
-                                  "writes": len(writes), "processes": result.processes,
-                                  "losses": list(result.losses), "prompt": list(prompt.losses)}))
+    # one file per process: two processes printing to one pipe can interleave their lines
+    with open(out + f"-report-{rank}.json", "w") as handle:
+        json.dump({"rank": rank, "stopped_after": stopped_after, "saves": saves, "writes": len(writes),
+                   "processes": result.processes, "losses": list(result.losses),
+                   "prompt": list(prompt.losses)}, handle)
 """)
 
 
@@ -91,10 +93,7 @@ def test_two_processes_match_one_and_resume(small_checkpoint, data_file, tmp_pat
     args = [str(script), str(small_checkpoint), str(data_file), str(out), json.dumps(KWARGS)]
     proc = subprocess.run(command + args, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = sorted(
-        (json.loads(line.split("REPORT ", 1)[1]) for line in proc.stdout.splitlines() if "REPORT " in line),
-        key=lambda r: r["rank"],
-    )
+    reports = [json.loads(Path(f"{out}-report-{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in reports] == [0, 1]
     assert all(r["stopped_after"] == 3 and r["processes"] == 2 for r in reports)  # both stopped together
     assert reports[0]["saves"] == [2, 3] and reports[1]["saves"] == []  # periodic + Ctrl-C, main only
