@@ -21,9 +21,11 @@ import pytest
 import torch
 from conftest import build_tiny
 
+from tokenlens.causal.estimates import activation_gradients
 from tokenlens.causal.interventions import replace
-from tokenlens.causal.sites import layer_sites
-from tokenlens.diff import diff, pair_models, prompt_probes
+from tokenlens.causal.metrics import Metric
+from tokenlens.causal.sites import Site, layer_sites
+from tokenlens.diff import batched, diff, pair_models, prompt_probes
 from tokenlens.diff import runs as diff_runs
 from tokenlens.diff.pairing import adapters_off
 from tokenlens.diff.runs import capture_run, patch_changes, plus, read
@@ -65,16 +67,17 @@ def _numbers(report) -> dict[tuple[int, str, str], float]:
 def test_patched_runs_from_the_recorded_stream_equal_full_forwards(lora_all, monkeypatch):
     probes = prompt_probes(PROMPTS)
     skipped = []
-    skip = diff_runs.skip_layers
+    skip = batched.skip_layers
 
     def counting(model, spec, count):
         skipped.append(count)
         return skip(model, spec, count)
 
-    monkeypatch.setattr(diff_runs, "skip_layers", counting)
+    monkeypatch.setattr(batched, "skip_layers", counting)
+    monkeypatch.setattr(batched, "patch_batch", lambda seq: 4)  # small batches: later ones start past L0
     short = diff(lora_all, probes)
     assert max(skipped) >= 1  # the shortcut was taken
-    monkeypatch.setattr(diff_runs, "stream_sites", lambda model, spec: [])  # no stream: every run from 0
+    monkeypatch.setattr(batched, "stream_sites", lambda model, spec: [])  # no stream: every run from 0
     full = diff(lora_all, probes)
     a, b = _numbers(short), _numbers(full)
     assert a.keys() == b.keys()
@@ -162,15 +165,70 @@ def test_patch_many_rows_are_padded_and_measured_against_their_own_probe(lora_al
         tracked = (int(tuned.logits.argmax()), int(base.logits.argmax()))
         changes = {s.name: (s, tuned.values[s.name].float() - base.values[s.name].float()) for s in sites}
         requests.append(
-            diff_runs.PatchRequest(ids, position, tracked, changes, True, {"base": base, "tuned": tuned})
+            batched.PatchRequest(ids, position, tracked, changes, True, {"base": base, "tuned": tuned})
         )
     one_by_one = [
         patch_changes(pair, r.input_ids, r.position, r.tracked, r.changes, reverse=True, runs=r.runs)
         for r in requests
     ]
     for limit in (64, 5):
-        monkeypatch.setattr(diff_runs, "patch_batch", lambda seq, limit=limit: limit)
-        together = diff_runs.patch_many(pair, requests)
+        monkeypatch.setattr(batched, "patch_batch", lambda seq, limit=limit: limit)
+        together = batched.patch_many(pair, requests)
         for got, expected in zip(together, one_by_one, strict=True):
             for name in expected:
                 assert got[name] == pytest.approx(expected[name], abs=1e-5), (limit, name)
+
+
+def test_batched_requests_equal_one_probe_at_a_time(lora_all):
+    """Captured runs, the estimates' gradients and the drill-down's recordings of several right-padded probes
+    (different lengths and positions, one batch) equal capture_run / activation_gradients / record_sites of
+    each probe alone: no padding, no batch, every pass from the embedding."""
+    pair = lora_all
+    sites = tuple(layer_sites(bare_model(pair.tuned.model), pair.spec))
+    prompts = [pair.tokenizer(p, return_tensors="pt")["input_ids"] for p in PROMPTS]
+    assert len({p.shape[1] for p in prompts}) > 1
+    positions = [p.shape[1] - 1 - k for k, p in enumerate(prompts)]
+    splits = (frozenset({"neurons"}), frozenset({"neurons"}))
+    captured = batched.capture_many(
+        pair,
+        [
+            batched.CaptureRequest(ids, pos, sites, splits)
+            for ids, pos in zip(prompts, positions, strict=True)
+        ],
+    )
+    metrics = [Metric("logit_diff", 5 + k, pos, contrast_id=9) for k, pos in enumerate(positions)]
+    grads = batched.gradients_many(
+        pair, [batched.GradientRequest(ids, m, sites) for ids, m in zip(prompts, metrics, strict=True)]
+    )
+    neurons = (Site("L1.N3", "neuron", 1, 3), Site("L2.N7", "neuron", 2, 7))
+    records = batched.record_many(
+        pair,
+        [
+            batched.RecordRequest(ids, neurons, {"base": base, "tuned": tuned})
+            for ids, (base, tuned) in zip(prompts, captured, strict=True)
+        ],
+    )
+    close = dict(rtol=1e-5, atol=1e-5)
+    for k, (ids, pos) in enumerate(zip(prompts, positions, strict=True)):
+        for side, which in enumerate(("base", "tuned")):
+            got = captured[k][side]
+            with pair.side(which) as model:
+                alone = capture_run(model, pair.spec, ids, pos, sites)
+                recorded = diff_runs.record_sites(model, pair.spec, ids, neurons)
+            for field in ("writes", "final_input", "logits"):
+                torch.testing.assert_close(getattr(got, field), getattr(alone, field), **close)
+            assert got.values.keys() == alone.values.keys()
+            for name, value in alone.values.items():
+                torch.testing.assert_close(got.values[name], value, **close)
+            for mine, theirs in zip(got.internals, alone.internals, strict=True):
+                torch.testing.assert_close(mine.act, theirs.act, **close)
+            assert records[k][which].keys() == recorded.keys()
+            for name, value in recorded.items():
+                torch.testing.assert_close(records[k][which][name], value, **close)
+        with pair.side("base") as model:
+            _, alone_grads = activation_gradients(model, pair.spec, ids, metrics[k], sites)
+        assert grads[k].keys() == alone_grads.keys()
+        assert any(bool(g.abs().sum() > 0) for _, g in alone_grads.values())
+        for name, (activation, grad) in alone_grads.items():
+            torch.testing.assert_close(grads[k][name][0], activation, **close)
+            torch.testing.assert_close(grads[k][name][1], grad, **close)

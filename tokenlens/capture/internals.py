@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,23 @@ class LayerInternals:
     expert_inputs: torch.Tensor | None = None
     expert_index: torch.Tensor | None = None
     expert_weights: torch.Tensor | None = None
+
+    def row(self, batch_index: int, kept_index: int, seq: int) -> LayerInternals:
+        """One row of a batch at one kept position: ``(1, 1, …)`` per-query tensors and ``(1, seq, …)``
+        per-position ones (``k``, ``v``, ``cos``, ``sin``), copied, so the batch can be freed."""
+
+        def pick(name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+            if tensor is None:
+                return None
+            b = batch_index if tensor.shape[0] > 1 else 0  # rotary tables may be shared by the batch
+            if name in _PER_POSITION:
+                return tensor[b : b + 1, :seq].clone()
+            return tensor[b : b + 1, kept_index : kept_index + 1].clone()
+
+        return LayerInternals(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(self)})
+
+
+_PER_POSITION = frozenset({"k", "v", "cos", "sin"})
 
 
 @dataclass

@@ -25,7 +25,7 @@ requires grad, and no parameter's ``.grad`` is touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -52,6 +52,19 @@ def activation_gradients(
     model: nn.Module, spec: ArchitectureSpec, input_ids: torch.Tensor, metric: Metric, sites: Sequence[Site]
 ) -> tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """The metric, and per site its activation and the metric's gradient there, both ``(1, seq, width)``."""
+    value, pairs = gradients_of(model, spec, sites, lambda: run_metric(model, spec, input_ids, metric))
+    return float(value), pairs
+
+
+def gradients_of(
+    model: nn.Module, spec: ArchitectureSpec, sites: Sequence[Site], forward: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """``forward()`` (a scalar tensor computed by running ``model``), and per site its activation and the
+    scalar's gradient there, both ``(batch, seq, width)`` float32.
+
+    ``forward`` may run a batch of independent rows and return the sum of one metric per row: rows do not
+    mix in a transformer, so each row's gradient is its own metric's.
+    """
     if torch.is_inference_mode_enabled():
         raise TokenlensError("attribution patching needs autograd: call it outside torch.inference_mode()")
     saved: list[tuple[list[Site], torch.Tensor]] = []
@@ -69,7 +82,7 @@ def activation_gradients(
     leaf = install(embed, False, lambda x: x.detach().requires_grad_(True))  # before the site hooks
     try:
         with torch.enable_grad(), hooks(model, spec, sites, make):
-            value = run_metric(model, spec, input_ids, metric)
+            value = forward()
             grads = torch.autograd.grad(value, [x for _, x in saved], allow_unused=True)
     finally:
         leaf.remove()
@@ -78,7 +91,7 @@ def activation_gradients(
         for site in group:
             activation, part = pairs[site.name]
             pairs[site.name] = (activation, grad[..., part].float())
-    return float(value.detach()), pairs
+    return value.detach(), pairs
 
 
 def attribution_patch(

@@ -18,16 +18,17 @@ so a change of routing shows up as well as a change of the expert.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 
 import torch
 
 from tokenlens.attribution.finer import neuron_terms
 from tokenlens.attribution.readout import Readout
 from tokenlens.causal.sites import Site, expert_sites, head_count, site_slice
+from tokenlens.diff.batched import RecordRequest
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import ComponentEffect
-from tokenlens.diff.runs import Run, record_sites
+from tokenlens.diff.runs import Run
 from tokenlens.models.specs import bare_model
 
 
@@ -129,11 +130,12 @@ def drill_changes(
     mlp_layers: Sequence[int],
     readout: Readout,
     count: int,
-) -> dict[str, Change]:
+) -> Generator[RecordRequest, dict[str, dict[str, torch.Tensor]], dict[str, Change]]:
     """The write change of every unit to drill into: every head of ``attn_layers``, the ``count`` neurons
     of each dense layer of ``mlp_layers`` whose direct term changed most, and every routed expert of its
     MoE layers (none in a dense model). The neurons' and experts' activations over the prompt come from one
-    recording pass per side, starting at their first layer from the recorded streams of ``base``/``tuned``.
+    recording pass per side, starting at their first layer from the recorded streams of ``base``/``tuned``
+    (as a step: the :class:`~tokenlens.diff.batched.RecordRequest` is yielded).
     """
     runs = {"base": base, "tuned": tuned}
     changes = _head_changes(pair, base, tuned, attn_layers)
@@ -142,9 +144,7 @@ def drill_changes(
     experts = [s for s in expert_sites(bare_model(pair.tuned.model), pair.spec) if s.layer in chosen]
     values = {}
     if neurons or experts:
-        for which, run in runs.items():
-            with pair.side(which) as model:
-                values[which] = record_sites(model, pair.spec, input_ids, neurons + experts, run.values)
+        values = yield RecordRequest(input_ids, tuple(neurons + experts), runs)
     for i in dict.fromkeys(s.layer for s in neurons):
         units = {
             which: {

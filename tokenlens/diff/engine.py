@@ -36,6 +36,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -43,11 +44,11 @@ from tokenlens.attribution import finer, inputs
 from tokenlens.attribution.readout import Readout, final_norm_eps, head_row, norm_weight
 from tokenlens.attribution.result import TokenScore
 from tokenlens.capture.residual import component_names
-from tokenlens.causal.estimates import activation_gradients
 from tokenlens.causal.metrics import Metric
-from tokenlens.causal.sites import Site, head_sites, layer_sites
+from tokenlens.causal.sites import head_sites, layer_sites
 from tokenlens.diff import answers, drill
 from tokenlens.diff import probes as probe_io
+from tokenlens.diff.batched import CaptureRequest, GradientRequest, PatchRequest, Request, run_requests
 from tokenlens.diff.check import judge, judge_answer, judge_continuation
 from tokenlens.diff.pairing import ModelPair
 from tokenlens.diff.result import (
@@ -60,18 +61,7 @@ from tokenlens.diff.result import (
     mean_or_nan,
     sorted_effects,
 )
-from tokenlens.diff.runs import (
-    PATCH_BATCH,
-    PatchRequest,
-    PatchResult,
-    Run,
-    Tracked,
-    blocked_logits,
-    capture_run,
-    divergences,
-    patch_many,
-    read,
-)
+from tokenlens.diff.runs import PATCH_BATCH, Run, Tracked, blocked_logits, divergences, read
 from tokenlens.diff.weights import weight_summary
 from tokenlens.errors import TokenlensError
 from tokenlens.models.specs import bare_model
@@ -183,17 +173,17 @@ GROUP_TOKENS = 256
 probe's captured runs are held until its patching is done (about 0.3 MB per token and side on
 SmolLM2-135M, 0.6 MB on the Qwen3-0.6B shape)."""
 
-Steps = Generator[PatchRequest, PatchResult, ProbeDiff]
-"""A probe's computation: it yields each :class:`~tokenlens.diff.runs.PatchRequest` it needs and receives
-the result (:func:`_run_alone` runs it with :func:`~tokenlens.diff.runs.patch_changes`,
-:func:`_run_together` with other probes' by :func:`~tokenlens.diff.runs.patch_many`)."""
+Steps = Generator[Request, Any, ProbeDiff]
+"""A probe's computation: it yields each :data:`~tokenlens.diff.batched.Request` for the model it needs and
+receives the result (:func:`_run_alone` runs them one at a time, :func:`_run_together` with other probes'
+requests of the same kind)."""
 
 
 def _run_alone(pair: ModelPair, steps: Steps) -> ProbeDiff:
     try:
         request = next(steps)
         while True:
-            request = steps.send(patch_many(pair, [request])[0])
+            request = steps.send(run_requests(pair, [request])[0])
     except StopIteration as stop:
         return stop.value
 
@@ -202,11 +192,12 @@ def _run_together(
     pair: ModelPair, jobs: Sequence[Steps], sizes: Sequence[int], on_probe: Callable[[int, int], None] | None
 ) -> list[ProbeDiff]:
     """Run every probe's steps, in groups of about :data:`GROUP_TOKENS` prompt tokens; within a group each
-    probe runs up to its next patching, and the group's patchings run together (:func:`patch_many`)."""
+    probe runs up to its next request, and the group's requests run together
+    (:func:`~tokenlens.diff.batched.run_requests`)."""
     results: dict[int, ProbeDiff] = {}
-    pending: dict[int, PatchRequest] = {}
+    pending: dict[int, Request] = {}
 
-    def advance(k: int, value: PatchResult | None) -> None:
+    def advance(k: int, value: Any) -> None:
         try:
             pending[k] = next(jobs[k]) if value is None else jobs[k].send(value)
         except StopIteration as stop:
@@ -226,7 +217,7 @@ def _run_together(
             advance(k, None)
         while pending:
             order = list(pending)
-            for k, value in zip(order, patch_many(pair, [pending[k] for k in order]), strict=True):
+            for k, value in zip(order, run_requests(pair, [pending[k] for k in order]), strict=True):
                 advance(k, value)
         start = end
     return [results[k] for k in range(len(jobs))]
@@ -291,11 +282,8 @@ def _probe_steps(
     virtual = pair.virtual_tokens
     bare = bare_model(pair.tuned.model)
     sites = layer_sites(bare, spec) + head_sites(bare, spec)
-    with pair.side("base") as model:
-        base = capture_run(model, spec, input_ids, position, sites)
-    with pair.side("tuned") as model:
-        splits = frozenset({"neurons", "heads", "sources"} if virtual else {"neurons"})
-        tuned = capture_run(model, spec, input_ids, position, sites, splits=splits)
+    splits = frozenset({"neurons", "heads", "sources"} if virtual else {"neurons"})
+    base, tuned = yield CaptureRequest(input_ids, position, tuple(sites), (frozenset({"neurons"}), splits))
     limit = inputs.decodable_vocab(tokenizer, base.logits.shape[0])
     base_probs, tuned_probs = base.logits.softmax(-1), tuned.logits.softmax(-1)
     base_top = _top(tokenizer, base.logits, base_probs, limit, options.top_k)
@@ -445,15 +433,19 @@ def _effects(
     tracked: Tracked,
     readout_b: Readout,
     options: DiffOptions,
-) -> Generator[PatchRequest, PatchResult, tuple[Rows, Rows, Rows, Rows, tuple[str, ...]]]:
-    """Components (sorted), the heads, neurons and experts of the drilled layers, and notes (as steps: each
-    exact patching is yielded as a :class:`~tokenlens.diff.runs.PatchRequest`)."""
+) -> Generator[Request, Any, tuple[Rows, Rows, Rows, Rows, tuple[str, ...]]]:
+    """Components (sorted), the heads, neurons and experts of the drilled layers, and notes (as steps: the
+    estimates' backward pass, each exact patching and the drill-down's recording are yielded as requests,
+    :mod:`tokenlens.diff.batched`)."""
     direct = dict(zip(split.names, split.direct.tolist(), strict=True))
     if not options.causal:
         rows = [ComponentEffect(n, direct[n]) for n in split.names]
         return tuple(sorted_effects(rows)), (), (), (), ("causal effects not measured (--no-causal)",)
     sites = {s.name: s for s in layer_sites(bare_model(pair.tuned.model), pair.spec)}
-    estimates, grads = _estimates(pair, input_ids, position, tracked, base, tuned, list(sites.values()))
+    metric = _metric(position, tracked)
+    pairs = yield GradientRequest(input_ids, metric, tuple(sites.values()))
+    estimates = {name: float(((tuned.values[name].float() - a) * g).sum()) for name, (a, g) in pairs.items()}
+    grads = {name: g for name, (_, g) in pairs.items()}
     chosen = list(split.names)
     notes: tuple[str, ...] = ()
     if len(chosen) > EXACT_ALL_UP_TO:
@@ -469,7 +461,7 @@ def _effects(
     components = tuple(sorted_effects(rows))
     if options.drill < 1:
         return components, (), (), (), notes
-    units = drill.drill_changes(
+    units = yield from drill.drill_changes(
         pair,
         input_ids,
         base,
@@ -522,29 +514,11 @@ def _virtual_rows(
     return tuple(sorted_effects(rows))
 
 
-def _estimates(
-    pair: ModelPair,
-    input_ids: torch.Tensor,
-    position: int,
-    tracked: Tracked,
-    base: Run,
-    tuned: Run,
-    sites: Sequence[Site],
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Attribution patching on the base run: ``Σ (a_T − a_B) · ∂logit/∂a_B`` per site (ESTIMATES), and
-    each site's gradient ``(1, seq, width)``."""
+def _metric(position: int, tracked: Tracked) -> Metric:
+    """The tracked value at ``position`` as a metric (for the estimates' backward pass)."""
     if isinstance(tracked, tuple):
-        metric = Metric("logit_diff", tracked[0], position, contrast_id=tracked[1])
-    else:
-        metric = Metric("logit", tracked, position)
-    with pair.side("base") as model:
-        _, pairs = activation_gradients(model, pair.spec, input_ids, metric, sites)
-    estimates, grads = {}, {}
-    for site in sites:
-        activation, grad = pairs[site.name]
-        estimates[site.name] = float(((tuned.values[site.name].float() - activation) * grad).sum())
-        grads[site.name] = grad
-    return estimates, grads
+        return Metric("logit_diff", tracked[0], position, contrast_id=tracked[1])
+    return Metric("logit", tracked, position)
 
 
 def _aggregate(

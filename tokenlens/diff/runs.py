@@ -24,7 +24,7 @@ from torch import nn
 
 from tokenlens.attribution.readout import stream_logits
 from tokenlens.capture.internals import LayerInternals, capture_internals
-from tokenlens.capture.residual import capture_residual, component_names
+from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
 from tokenlens.causal.grids import default_batch, skip_layers
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
@@ -90,21 +90,38 @@ def capture_run(
         values = stack.enter_context(record(model, spec, [*sites, *streams]))
         output = _forward(model, spec, input_ids, position)
     capture = residual.result(component_names(spec, bare_model(model)))
-    logits = output.logits[0, 0].double()
+    values = {name: v[:, v.shape[1] - seq :] for name, v in values.items()}
+    return run_from(model, spec, capture, output.logits[0, 0], 0, 0, values, inner.layers)
+
+
+def run_from(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    capture: ResidualCapture,
+    logits: torch.Tensor,
+    batch_index: int,
+    kept_index: int,
+    values: dict[str, torch.Tensor],
+    internals: list[LayerInternals],
+) -> Run:
+    """The :class:`Run` of one row of a captured forward pass at one kept position (``logits`` ``(vocab,)``
+    the model's there; ``values`` and ``internals`` already that row's).
+
+    Raises:
+        TokenlensError: The model produced NaN or infinite values.
+    """
+    final_input = capture.final_input[batch_index, kept_index]
+    logits = logits.double()
     if capture.increments:  # a 16-bit model: the float32 readout of its stream, which the writes sum to
-        logits = stream_logits(model, spec, capture.final_input[0, 0]).double()
-    writes = capture.writes[:, 0, 0].double()
+        logits = stream_logits(model, spec, final_input).double()
+    writes = capture.writes[:, batch_index, kept_index].double()
     if not (torch.isfinite(writes).all() and torch.isfinite(logits).all()):
         raise TokenlensError(
             f"a model produced NaN or infinite values (overflow in a low-precision dtype? try "
             f"{option('dtype', 'float32')})"
         )
     return Run(
-        writes=writes,
-        final_input=capture.final_input[0, 0].double(),
-        logits=logits,
-        values={name: v[:, v.shape[1] - seq :] for name, v in values.items()},
-        internals=inner.layers,
+        writes=writes, final_input=final_input.double(), logits=logits, values=values, internals=internals
     )
 
 
@@ -289,149 +306,3 @@ def patch_changes(
                     else:
                         out[name][2] = float(read(row, tracked) - read(clean, tracked))
     return {name: (v[0], v[1], v[2]) for name, v in out.items()}
-
-
-@dataclass(frozen=True)
-class PatchRequest:
-    """The arguments of one probe's :func:`patch_changes`, run with other probes' by :func:`patch_many`."""
-
-    input_ids: torch.Tensor
-    position: int
-    tracked: Tracked
-    changes: Mapping[str, tuple[Site, torch.Tensor]]
-    reverse: bool
-    runs: Mapping[str, Run] | None = None
-
-
-PatchResult = dict[str, tuple[float, float, float | None]]
-
-
-@dataclass(frozen=True)
-class _Row:
-    request: int
-    name: str | None  # None: the request's unpatched row
-    site: Site | None
-    delta: torch.Tensor | None
-
-
-def patch_many(pair: ModelPair, requests: Sequence[PatchRequest]) -> list[PatchResult]:
-    """:func:`patch_changes` of several probes, their patched runs sharing forward passes.
-
-    Rows of different probes are right-padded to the longest prompt (with an attention mask: under causal
-    attention no real position sees a padded one, and positions are not shifted) and each probe's first
-    row in every batch is its own unpatched run, against which its changes are measured, as in
-    :func:`patch_changes`. Batches hold about :data:`~tokenlens.causal.grids.TOKENS_PER_BATCH` tokens
-    (at most :data:`MAX_PATCH_ROWS` rows) in order of layer, and start at their first changed layer from
-    each probe's recorded stream. A prompt-tuned pair, or a single request, runs one probe at a time.
-    """
-    if len(requests) < 2 or pair.prompt_learning:
-        return [
-            patch_changes(pair, r.input_ids, r.position, r.tracked, r.changes, reverse=r.reverse, runs=r.runs)
-            for r in requests
-        ]
-    out: list[dict[str, list]] = [
-        {name: [0.0, 0.0, 0.0 if r.reverse else None] for name in r.changes} for r in requests
-    ]
-    rows = [
-        _Row(k, name, site, delta)
-        for k, r in enumerate(requests)
-        for name, (site, delta) in r.changes.items()
-        if torch.count_nonzero(delta)
-    ]
-    rows.sort(key=lambda row: row.site.layer or 0)
-    longest = max(r.input_ids.shape[1] for r in requests)
-    limit = patch_batch(longest)
-    for which, sign in (("base", 1.0), ("tuned", -1.0)):
-        todo = [row for row in rows if which == "base" or requests[row.request].reverse]
-        with pair.side(which) as model:
-            for chunk in _chunks(todo, limit):
-                batch = [_Row(k, None, None, None) for k in dict.fromkeys(row.request for row in chunk)]
-                batch += chunk
-                logits = _padded_logits(model, pair.spec, requests, batch, sign, which)
-                clean = {row.request: logits[i] for i, row in enumerate(batch) if row.name is None}
-                for row, values in zip(batch, logits, strict=True):
-                    if row.name is None:
-                        continue
-                    tracked, base_row = requests[row.request].tracked, clean[row.request]
-                    change = float(read(values, tracked) - read(base_row, tracked))
-                    if which == "base":
-                        out[row.request][row.name][:2] = [change, divergences(base_row, values)[0]]
-                    else:
-                        out[row.request][row.name][2] = change
-    return [{name: (v[0], v[1], v[2]) for name, v in result.items()} for result in out]
-
-
-def _chunks(rows: list[_Row], limit: int) -> list[list[_Row]]:
-    """``rows`` cut into batches of at most ``limit`` rows, counting each probe's unpatched row."""
-    chunks: list[list[_Row]] = []
-    current: list[_Row] = []
-    probes: set[int] = set()
-    for row in rows:
-        extra = 1 + (row.request not in probes)
-        if current and len(current) + len(probes) + extra > limit:
-            chunks.append(current)
-            current, probes = [], set()
-        current.append(row)
-        probes.add(row.request)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _padded_logits(
-    model: nn.Module,
-    spec: ArchitectureSpec,
-    requests: Sequence[PatchRequest],
-    batch: Sequence[_Row],
-    sign: float,
-    which: str,
-) -> torch.Tensor:
-    """The logits ``(len(batch), vocab)`` float64 of each row's probe at its position, rows right-padded."""
-    lengths = [requests[row.request].input_ids.shape[1] for row in batch]
-    width = max(lengths)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    mask = torch.zeros(len(batch), width, dtype=torch.long)
-    for r, row in enumerate(batch):
-        prompt = requests[row.request].input_ids[0]
-        ids[r, : len(prompt)] = prompt
-        ids[r, len(prompt) :] = prompt[-1]  # any token: nothing real attends to it
-        mask[r, : len(prompt)] = 1
-    by_site: dict[Site, list[tuple[int, torch.Tensor]]] = {}
-    for r, row in enumerate(batch):
-        if row.site is not None:
-            by_site.setdefault(row.site, []).append((r, sign * row.delta))
-
-    def add(changes: list[tuple[int, torch.Tensor]]) -> Edit:
-        def edit(a: torch.Tensor) -> torch.Tensor:
-            new = a.clone()
-            for r, delta in changes:
-                new[r : r + 1, : delta.shape[1]] = a[r : r + 1, : delta.shape[1]] + delta.to(a)
-            return new
-
-        return edit
-
-    edits: dict[Site, Edit] = {site: add(changes) for site, changes in by_site.items()}
-    first = min((site.layer or 0) for site in by_site) if by_site else 0
-    entry = Site(f"L{first}.resid", "resid", first)
-    streams = [requests[row.request].runs for row in batch]
-    skip = 0
-    if first > 0 and all(runs and entry.name in runs[which].values for runs in streams):
-        skip = first
-        held = [runs[which].values[entry.name] for runs in streams]
-
-        def start(a: torch.Tensor) -> torch.Tensor:
-            new = a.clone()
-            for r, stream in enumerate(held):
-                new[r : r + 1, : stream.shape[1]] = stream.to(a)
-            return new
-
-        edits[entry] = start
-    device = spec.module(model, spec.embed).weight.device
-    positions = sorted({requests[row.request].position for row in batch})
-    keep = torch.tensor(positions, device=device)
-    with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
-        output = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=keep
-        )
-    column = [positions.index(requests[row.request].position) for row in batch]
-    return output.logits[torch.arange(len(batch)), torch.tensor(column)].double()
