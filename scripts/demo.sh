@@ -21,7 +21,7 @@ prompt=${PROMPT:-The capital of France is}
 started=$(date +%s)
 mkdir -p "$out"
 
-echo "== 1/5 inspect: what the default model predicts after \"$prompt\", and why"
+echo "== 1/5 inspect: what the default model predicts after \"$prompt\", and why  [at ${SECONDS} s]"
 "$tl" inspect --prompt "$prompt" --heads --lens all --format html --out "$out/inspect.html" --force
 "$tl" inspect --prompt "$prompt" --format json --out "$out/inspect.json" --force
 "$tl" inspect --prompt "$prompt"
@@ -30,12 +30,12 @@ for edit in careless careful; do
   data=$task/train.jsonl
   [[ $edit == careful ]] && data=$task/train_careful.jsonl
   echo
-  echo "== 2/5 train ($edit): LoRA on every linear of every layer, lr 1e-3, 30 steps on $data"
+  echo "== 2/5 train ($edit): LoRA on every linear of every layer, lr 1e-3, 30 steps on $data  [at ${SECONDS} s]"
   "$tl" train --method lora --data "$data" --out "$out/runs/$edit" --steps 30 --lr 1e-3 --seed 0 --force
-  echo "== 3/5 diff ($edit): base vs tuned over $task/probes.jsonl"
+  echo "== 3/5 diff ($edit): base vs tuned over $task/probes.jsonl  [at ${SECONDS} s]"
   "$tl" diff --tuned "$out/runs/$edit" --probes "$task/probes.jsonl" --format html \
     --out "$out/diff-$edit.html" --force
-  echo "== 4/5 check ($edit)"
+  echo "== 4/5 check ($edit)  [at ${SECONDS} s]"
   set +e
   "$tl" check --tuned "$out/runs/$edit" --probes "$task/probes.jsonl" | tee "$out/check-$edit.txt"
   status=${PIPESTATUS[0]}
@@ -46,18 +46,16 @@ for edit in careless careful; do
 done
 
 echo
-echo "== 5/5 edit: tokenlens edit (locate, edit with the neighbour prompts preserved), then check"
+echo "== 5/5 edit: tokenlens edit (locate, edit with the neighbour prompts preserved), then check  [at ${SECONDS} s]"
 rm -rf "$out/runs/edit"
 printf 'The capital city of France is called\nThe capital of the French Republic is\n' > "$out/paraphrases.txt"
 set +e
+# its own check is over the same probes (the task's, its default keep set): the verdict is saved as it prints
 "$tl" edit --prompt "$prompt" --target " Lyon" --subject France --paraphrases "$out/paraphrases.txt" \
-  --out "$out/runs/edit"
-status=$?
-if (( status > 1 )); then exit "$status"; fi  # 1: the edit's own check failed, which the demo reports
-"$tl" check --tuned "$out/runs/edit/model" --probes "$task/probes.jsonl" | tee "$out/check-edit.txt"
+  --out "$out/runs/edit" | tee "$out/check-edit.txt"
 status=${PIPESTATUS[0]}
 set -e
-if (( status > 1 )); then exit "$status"; fi
+if (( status > 1 )); then exit "$status"; fi  # 1: the edit's own check failed, which the demo reports
 
 echo
 echo "demo finished in $(( $(date +%s) - started )) s: $out/inspect.html, $out/diff-careless.html," \

@@ -248,13 +248,9 @@ def _padded_logits(
     first = min((site.layer or 0) for site in by_site) if by_site else 0
     start, skip = _entry(first, [requests[row.request].runs for row in batch], which)
     edits |= start
-    device = spec.module(model, spec.embed).weight.device
     positions = sorted({requests[row.request].position for row in batch})
-    keep = torch.tensor(positions, device=device)
     with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
-        output = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=keep
-        )
+        output = _forward(model, spec, ids, mask, positions)
     column = [positions.index(requests[row.request].position) for row in batch]
     return output.logits[torch.arange(len(batch)), torch.tensor(column)].double()
 
@@ -316,18 +312,12 @@ def _capture_batch(
     kept = torch.tensor(positions)
     sites = list(dict.fromkeys(s for r in requests for s in r.sites))
     splits = frozenset().union(*(r.splits[side] for r in requests))
-    device = spec.module(model, spec.embed).weight.device
     streams = stream_sites(model, spec)
     with ExitStack() as stack, torch.no_grad():
         residual = stack.enter_context(capture_residual(model, spec, kept))
         inner = stack.enter_context(capture_internals(model, spec, tuple(ids.shape), kept, splits))
         values = stack.enter_context(record(model, spec, [*sites, *streams]))
-        output = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            use_cache=False,
-            logits_to_keep=kept.to(device),
-        )
+        output = _forward(model, spec, ids, mask, positions)
     capture = residual.result(component_names(spec, bare_model(model)))
     runs = []
     for r, request in enumerate(requests):
@@ -350,20 +340,13 @@ def gradients_many(
             return [
                 activation_gradients(model, pair.spec, r.input_ids, r.metric, r.sites)[1] for r in requests
             ]
-        device = pair.spec.module(model, pair.spec.embed).weight.device
         for rows in _rows([r.input_ids for r in requests]):
             chunk = [requests[k] for k in rows]
             ids, mask = pad_right([r.input_ids for r in chunk])
             positions = sorted({r.metric.position for r in chunk})
-            kept = torch.tensor(positions, device=device)
 
-            def forward(chunk=chunk, ids=ids, mask=mask, positions=positions, kept=kept) -> torch.Tensor:
-                logits = model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    use_cache=False,
-                    logits_to_keep=kept,
-                ).logits
+            def forward(chunk=chunk, ids=ids, mask=mask, positions=positions) -> torch.Tensor:
+                logits = _forward(model, pair.spec, ids, mask, positions).logits
                 return sum(
                     r.metric.of(logits[b, positions.index(r.metric.position)]) for b, r in enumerate(chunk)
                 )
@@ -396,19 +379,13 @@ def record_many(
                 sites = list(dict.fromkeys(s for r in chunk for s in r.sites))
                 first = min((s.layer or 0) for s in sites)
                 edits, skip = _entry(first, [r.runs for r in chunk], which)
-                device = pair.spec.module(model, pair.spec.embed).weight.device
                 with (
                     torch.no_grad(),
                     record(model, pair.spec, sites) as values,
                     replace(model, pair.spec, edits),
                     skip_layers(model, pair.spec, skip),
                 ):
-                    model(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        use_cache=False,
-                        logits_to_keep=1,
-                    )
+                    _forward(model, pair.spec, ids, mask, [ids.shape[1] - 1])
                 for b, (k, r) in enumerate(zip(rows, chunk, strict=True)):
                     seq = r.input_ids.shape[1]
                     out[k][which] = {s.name: values[s.name][b : b + 1, :seq].clone() for s in r.sites}
@@ -430,3 +407,15 @@ def _entry(first: int, runs: Sequence[Mapping[str, Run] | None], which: str) -> 
         return new
 
     return {entry: start}, first
+
+
+def _forward(
+    model: nn.Module, spec: ArchitectureSpec, ids: torch.Tensor, mask: torch.Tensor, positions: Sequence[int]
+):
+    """The model's output on a right-padded batch (:func:`pad_right`), logits only at ``positions``
+    (ascending): ``output.logits`` is ``(rows, len(positions), vocab)``."""
+    device = spec.module(model, spec.embed).weight.device
+    keep = torch.tensor(list(positions), device=device)
+    return model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, logits_to_keep=keep
+    )

@@ -18,11 +18,12 @@ split is of its first token at the prompt's end; with ``generate`` both models d
 continuations diverge the probe is explained there — prefix = prompt + the common continuation, every term
 (direct, causal, estimates, drill-down) of ``logit[tuned token] − logit[base token]``.
 
-Speed: the probes run in groups of about :data:`GROUP_TOKENS` prompt tokens. Each probe's captured runs and
-estimates are its own; its exact patching (components, then the drill-down) is a request that the group's
-probes run together — their patched rows share forward passes, right-padded, each measured against its own
-probe's unpatched row in the same pass (:func:`tokenlens.diff.runs.patch_many`), starting at the first
-changed layer from the recorded streams. The numbers equal one probe at a time (tested to 1e-5).
+Speed: the probes run in groups of about :data:`GROUP_TOKENS` prompt tokens. Each probe's computation is a
+generator of steps that yields a request whenever it needs the model (captured runs, the estimates' backward
+pass, the drill-down's recording, exact patching); the group's pending requests of one kind run together as
+rows of right-padded forward passes (:mod:`tokenlens.diff.batched`), patched rows measured against their own
+probe's unpatched row in the same pass and started at the first changed layer from the recorded streams. The
+numbers equal one probe at a time (tested to 1e-5).
 
 Prompt tuning prepends virtual positions to the tuned run: the two runs are compared at the real positions,
 and the virtual tokens act through attention only. Their share is shown per layer (``L{i}.virtual``): the
