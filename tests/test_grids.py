@@ -237,6 +237,12 @@ def test_subject_is_found_by_text(qwen_tokenizer):
     positions = find_subject(qwen_tokenizer, ids, "The Eiffel Tower")
     assert "".join(pieces[p] for p in positions).strip() == "The Eiffel Tower"
     assert find_subject(qwen_tokenizer, ids, " city") == (ids.index(qwen_tokenizer.encode(" city")[0]),)
+    # a whole word beats a later match inside a word; a fragment is still found inside its word
+    he = qwen_tokenizer.encode("he is on the")
+    assert find_subject(qwen_tokenizer, he, "he") == (0,)
+    assert qwen_tokenizer.decode(he[-1:]) == " the"  # "he" inside the last token: the old, wrong answer
+    eiffel = find_subject(qwen_tokenizer, ids, "iffel")
+    assert "iffel" in "".join(pieces[p] for p in eiffel) and len(eiffel) >= 1
     with pytest.raises(TokenlensError, match="not in the prompt"):
         find_subject(qwen_tokenizer, ids, "Louvre")
     with pytest.raises(TokenlensError, match="empty"):

@@ -24,6 +24,7 @@ after the metric's position.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -58,7 +59,9 @@ def find_subject(tokenizer, ids: Sequence[int], subject: str) -> tuple[int, ...]
 
     The prompt's tokens are decoded one by one and their character spans compared with the subject's: a
     position belongs to the subject when its span overlaps the subject's characters (so a subject that
-    starts or ends inside a token takes the whole token).
+    starts or ends inside a token takes the whole token). A whole-word occurrence wins over a later one inside
+    another word ("he" in "he is on the" is the first word, not the end of "the"); a subject found only inside
+    words (a fragment such as "iffel") is taken there.
 
     Raises:
         TokenlensError: An empty subject, or one the decoded prompt does not contain.
@@ -67,10 +70,10 @@ def find_subject(tokenizer, ids: Sequence[int], subject: str) -> tuple[int, ...]
         raise TokenlensError("the subject is empty: give the words of the prompt to noise")
     pieces = [tokenizer.decode([i]) for i in ids]
     text = "".join(pieces)
-    start = text.rfind(subject)
+    start = _last_occurrence(text, subject)
     if start < 0:
-        start = text.rfind(subject.strip())
         subject = subject.strip()
+        start = _last_occurrence(text, subject)
     if start < 0:
         raise TokenlensError(f"the subject {subject!r} is not in the prompt {text!r}")
     end, positions, offset = start + len(subject), [], 0
@@ -79,6 +82,16 @@ def find_subject(tokenizer, ids: Sequence[int], subject: str) -> tuple[int, ...]
             positions.append(position)
         offset += len(piece)
     return tuple(positions)
+
+
+def _last_occurrence(text: str, subject: str) -> int:
+    """Where the last whole-word occurrence of ``subject`` in ``text`` starts, else its last occurrence of
+    any kind, else -1. Whole-word: no letter, digit or underscore right before it when it starts with one,
+    nor right after it when it ends with one."""
+    before = r"(?<!\w)" if re.match(r"\w", subject[:1]) else ""
+    after = r"(?!\w)" if re.match(r"\w", subject[-1:]) else ""
+    words = [m.start() for m in re.finditer(before + re.escape(subject) + after, text)]
+    return words[-1] if words else text.rfind(subject)
 
 
 def parse_positions(text: str, seq: int) -> tuple[int, ...]:
