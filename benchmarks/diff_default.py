@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import ratio_table, side_by_side
 
 PROBES = "tokenlens/tasks/fact_edit/probes.jsonl"
 JOBS = ("plain", "direct", "default")
@@ -67,10 +66,6 @@ def worker(tuned: str, job: str, probes_path: str, repeats: int) -> None:
     )
 
 
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,46 +81,12 @@ def main() -> None:
     if args.worker:
         worker(args.tuned, args.worker[0], args.worker[1], args.repeats)
         return
-    rows = []
-    for job in args.jobs:  # sources interleaved within each job: both see the same load
-        for source in args.source:
-            env = {**os.environ, "PYTHONPATH": str(Path(source).resolve()), "OMP_NUM_THREADS": "1"}
-            before = load()
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--tuned",
-                    args.tuned,
-                    "--source",
-                    source,
-                    "--repeats",
-                    str(args.repeats),
-                    "--worker",
-                    job,
-                    args.probes,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            if done.returncode != 0:
-                raise SystemExit(f"{job} with {source} failed:\n{done.stderr[-2000:]}")
-            data = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append((job, source, data, before, load()))
-            print(job, source, data, before, "->", rows[-1][-1], flush=True)
-    plain = {s: d["cpu"] for j, s, d, _, _ in rows if j == "plain"}
-    lines = [
-        "| job | source | probes | wall s | CPU s | CPU × plain (same source) | load before → after |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for job, source, data, before, after in rows:
-        ratio = f"{data['cpu'] / plain[source]:.1f}×" if source in plain else "—"
-        lines.append(
-            f"| {job} | `{source}` | {data['probes']} | {data['wall']:.1f} | {data['cpu']:.1f} | {ratio} | "
-            f"{before} → {after} |"
-        )
-    text = "\n".join(lines) + "\n"
+
+    def arguments(job: str, source: str) -> list[str]:
+        command = [__file__, "--tuned", args.tuned, "--source", source, "--repeats", str(args.repeats)]
+        return [*command, "--worker", job, args.probes]
+
+    text = ratio_table(side_by_side(args.jobs, args.source, arguments), extra=["probes"])
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")

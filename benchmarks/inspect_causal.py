@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import ratio_table, side_by_side
+
 PROMPT = "The capital of France is"
 BASE = ["inspect", "--prompt", PROMPT, "--target", " Paris", "--vs", " London"]
 SECTIONS = {
@@ -86,10 +88,6 @@ def worker(job: str, repeats: int, profile: bool) -> None:
     print(json.dumps({**best, "torch_threads": torch.get_num_threads()}))
 
 
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,31 +107,11 @@ def main() -> None:
         command = [sys.executable, __file__, "--source", args.source[0], "--worker", args.profile]
         subprocess.run([*command, "--profile", args.profile], env=env, check=True)
         return
-    rows = []
-    for job in args.jobs:  # sources interleaved within each job: both see about the same load
-        for source in args.source:
-            env = {**os.environ, "PYTHONPATH": str(Path(source).resolve()), "OMP_NUM_THREADS": "1"}
-            before = load()
-            command = [sys.executable, __file__, "--source", source, "--worker", job]
-            done = subprocess.run(
-                [*command, "--repeats", str(args.repeats)], env=env, capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise SystemExit(f"{job} with {source} failed:\n{done.stderr[-2000:]}")
-            data = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append((job, source, data, before, load()))
-            print(job, source, data, before, "->", rows[-1][-1], flush=True)
-    plain = {s: d["cpu"] for j, s, d, _, _ in rows if j == "plain"}
-    lines = [
-        "| job | source | wall s | CPU s | CPU × plain (same source) | load before → after |",
-        "|---|---|---|---|---|---|",
-    ]
-    for job, source, data, before, after in rows:
-        ratio = f"{data['cpu'] / plain[source]:.1f}×" if source in plain else "—"
-        lines.append(
-            f"| {job} | `{source}` | {data['wall']:.2f} | {data['cpu']:.2f} | {ratio} | {before} → {after} |"
-        )
-    text = "\n".join(lines) + "\n"
+
+    def arguments(job: str, source: str) -> list[str]:
+        return [__file__, "--source", source, "--worker", job, "--repeats", str(args.repeats)]
+
+    text = ratio_table(side_by_side(args.jobs, args.source, arguments), digits=2)
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")

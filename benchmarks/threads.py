@@ -18,10 +18,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import load, run_worker
 
 WORKLOADS = {"forward 5 tok": (1, 5), "patch batch 17×5": (17, 5), "forward 256 tok": (1, 256)}
 
@@ -49,10 +49,6 @@ def worker(repeats: int) -> None:
     print(json.dumps(out))
 
 
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,14 +68,7 @@ def main() -> None:
         for n in args.threads:
             env = {**os.environ, "OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
             before = load()
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", str(args.repeats)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            data = json.loads(proc.stdout.strip().splitlines()[-1])
+            data = run_worker([__file__, "--worker", str(args.repeats)], env, f"{n} thread(s)")
             after = load()
             loads.append((round_ + 1, n, before, after))
             for w, t in data["times"].items():
