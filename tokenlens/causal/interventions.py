@@ -239,20 +239,38 @@ def without_rope(model: nn.Module, spec: ArchitectureSpec, layers: Sequence[int]
     """
     scaling = spec.rotary_scale(model)
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        pair = kwargs.get("position_embeddings")
-        if pair is None:
-            raise TokenlensError(
-                "RoPE ablation needs attention modules called with position_embeddings=(cos, sin); "
-                f"{type(_module).__name__} is not"
-            )
-        cos, sin = pair
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        cos, sin = _rotary_tables(module, kwargs)
         return args, {**kwargs, "position_embeddings": (torch.full_like(cos, scaling), torch.zeros_like(sin))}
 
+    with _attention_pre_hooks(model, spec, dict.fromkeys(layers, hook)):
+        yield
+
+
+def _rotary_tables(module: nn.Module, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(cos, sin)`` an attention module is called with.
+
+    Raises:
+        TokenlensError: It is not called with ``position_embeddings``.
+    """
+    pair = kwargs.get("position_embeddings")
+    if pair is None:
+        raise TokenlensError(
+            "RoPE ablation needs attention modules called with position_embeddings=(cos, sin); "
+            f"{type(module).__name__} is not"
+        )
+    return pair
+
+
+@contextmanager
+def _attention_pre_hooks(
+    model: nn.Module, spec: ArchitectureSpec, hooks_by_layer: Mapping[int, Callable]
+) -> Iterator[None]:
+    """Register each layer's ``with_kwargs`` forward pre-hook on its attention module for the block."""
     all_layers = spec.layer_list(model)
     handles = []
     try:
-        for i in layers:
+        for i, hook in hooks_by_layer.items():
             attn = all_layers[i].get_submodule(spec.attn)
             handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
         yield
@@ -309,16 +327,8 @@ def block_virtual_attention(
 
         return hook
 
-    all_layers = spec.layer_list(model)
-    handles = []
-    try:
-        for i in layers:
-            attn = all_layers[i].get_submodule(spec.attn)
-            handles.append(attn.register_forward_pre_hook(hook_for(i), with_kwargs=True))
+    with _attention_pre_hooks(model, spec, {i: hook_for(i) for i in layers}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -370,29 +380,16 @@ def without_rope_rows(
     def hook_for(layer: int) -> Callable:
         chosen = [r for r, layers in enumerate(layers_by_row) if layer in layers]
 
-        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            pair = kwargs.get("position_embeddings")
-            if pair is None:
-                raise TokenlensError(
-                    "RoPE ablation needs attention modules called with position_embeddings=(cos, sin); "
-                    f"{type(_module).__name__} is not"
-                )
-            cos, sin = (t.expand(batch, *t.shape[1:]).clone() for t in pair)
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            cos, sin = (t.expand(batch, *t.shape[1:]).clone() for t in _rotary_tables(module, kwargs))
             cos[chosen], sin[chosen] = scaling, 0.0
             return args, {**kwargs, "position_embeddings": (cos, sin)}
 
         return hook
 
-    all_layers = spec.layer_list(model)
-    handles = []
-    try:
-        for i in sorted({i for layers in layers_by_row for i in layers}):
-            attn = all_layers[i].get_submodule(spec.attn)
-            handles.append(attn.register_forward_pre_hook(hook_for(i), with_kwargs=True))
+    chosen = sorted({i for layers in layers_by_row for i in layers})
+    with _attention_pre_hooks(model, spec, {i: hook_for(i) for i in chosen}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager

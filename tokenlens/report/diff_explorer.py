@@ -25,6 +25,7 @@ from typing import Any
 
 from tokenlens.diff.result import Continuations, DiffReport, ProbeDiff, TargetAnswer, Telescope
 from tokenlens.report import diff_layout as layout
+from tokenlens.report import explorer
 from tokenlens.report.kit.text import probability, probability_change, show_token
 
 SIDES = ("base", "tuned", "change")
@@ -46,29 +47,10 @@ section.selected>h2{outline:2px solid #1f5fa8;outline-offset:2px}
 """
 """The diff explorer's style rules (after the report's own and :data:`tokenlens.report.explorer.CSS`)."""
 
-SCRIPT = r"""(function () {
-"use strict";
-var me = document.currentScript;
-var root = (me && me.closest && me.closest(".tokenlens-report")) || document;
-var holder = root.querySelector('script[type="application/json"][data-tokenlens]');
-var main = root.querySelector("main");
-if (!holder || !main) { return; }
-var data = JSON.parse(holder.textContent);
-var side = "change", onlyFailing = false, nextFailing = 0;
-function el(tag, cls, text) {
-  var e = document.createElement(tag);
-  if (cls) { e.className = cls; }
-  if (text !== undefined) { e.textContent = text; }
-  return e;
-}
-function section(id) { return root.querySelector('[id="' + id + '"]'); }
-function activate(node, fn) {
-  node.tabIndex = 0;
-  node.addEventListener("click", fn);
-  node.addEventListener("keydown", function (e) {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fn(e); }
-  });
-}
+SCRIPT = (
+    "(function () {\n"
+    + explorer.PRELUDE
+    + r"""var side = "change", onlyFailing = false, nextFailing = 0;
 function isolated(tag, cls, text) {  // text in a left-to-right bidi-isolated box: RTL tokens stay put
   var e = el(tag, cls), b = el("bdi", "", text);
   b.dir = "ltr";
@@ -230,6 +212,7 @@ setSide("change");
 setFilter(false);
 })();
 """
+)
 """The diff explorer: one self-contained script (no library, no network), run after the report's content."""
 
 

@@ -54,15 +54,13 @@ tr.expandable:hover,tr.sub:hover{background:#eef3fb}
 """
 """The explorer's style rules (added after the report's own)."""
 
-SCRIPT = r"""(function () {
-"use strict";
+PRELUDE = r""""use strict";
 var me = document.currentScript;
 var root = (me && me.closest && me.closest(".tokenlens-report")) || document;
 var holder = root.querySelector('script[type="application/json"][data-tokenlens]');
 var main = root.querySelector("main");
 if (!holder || !main) { return; }
 var data = JSON.parse(holder.textContent);
-var views = data.views, view = views[0];
 function el(tag, cls, text) {
   var e = document.createElement(tag);
   if (cls) { e.className = cls; }
@@ -70,6 +68,23 @@ function el(tag, cls, text) {
   return e;
 }
 function section(id) { return root.querySelector('[id="' + id + '"]'); }
+function activate(node, fn) {
+  node.tabIndex = 0;
+  node.addEventListener("click", fn);
+  node.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fn(e); }
+  });
+}
+"""
+"""The start of every explorer script, inside its ``(function () {`` wrapper: find the report it belongs to
+(``root``: its own ``.tokenlens-report`` element, so several reports in one notebook stay apart), read the
+JSON data, and the helpers ``el`` (an element with text set by ``textContent``, never HTML), ``section`` and
+``activate`` (click or Enter/Space)."""
+
+SCRIPT = (
+    "(function () {\n"
+    + PRELUDE
+    + r"""var views = data.views, view = views[0];
 function signed(v, digits) {
   return typeof v !== "number" ? "\u2014" : (v >= 0 ? "+" : "") + v.toFixed(digits);  // null: not finite
 }
@@ -90,13 +105,6 @@ function token(text, cls) {
   b.dir = "ltr";
   s.appendChild(b);
   return s;
-}
-function activate(node, fn) {
-  node.tabIndex = 0;
-  node.addEventListener("click", fn);
-  node.addEventListener("keydown", function (e) {
-    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fn(e); }
-  });
 }
 function peakOf(values) {
   var p = 0;
@@ -343,6 +351,7 @@ data.lens.forEach(function (lens) {
 });
 })();
 """
+)
 """The explorer: one self-contained script (no library, no network), run after the report's content."""
 
 
