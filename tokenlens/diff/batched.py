@@ -42,7 +42,6 @@ from tokenlens.diff.runs import (
     Run,
     Tracked,
     capture_run,
-    divergences,
     patch_batch,
     patch_changes,
     read,
@@ -152,17 +151,26 @@ def patch_many(pair: ModelPair, requests: Sequence[PatchRequest]) -> list[PatchR
                 batch = [_Row(k, None, None, None) for k in dict.fromkeys(row.request for row in chunk)]
                 batch += chunk
                 logits = _padded_logits(model, pair.spec, requests, batch, sign, which)
-                clean = {row.request: logits[i] for i, row in enumerate(batch) if row.name is None}
-                for row, values in zip(batch, logits, strict=True):
+                first = {row.request: i for i, row in enumerate(batch) if row.name is None}
+                reference = logits[[first[row.request] for row in batch]]  # each row's unpatched run
+                kl = _kl(reference, logits).tolist() if which == "base" else None
+                for i, row in enumerate(batch):
                     if row.name is None:
                         continue
-                    tracked, base_row = requests[row.request].tracked, clean[row.request]
-                    change = float(read(values, tracked) - read(base_row, tracked))
-                    if which == "base":
-                        out[row.request][row.name][:2] = [change, divergences(base_row, values)[0]]
+                    tracked = requests[row.request].tracked
+                    change = float(read(logits[i], tracked) - read(reference[i], tracked))
+                    if kl is not None:
+                        out[row.request][row.name][:2] = [change, kl[i]]
                     else:
                         out[row.request][row.name][2] = change
     return [{name: (v[0], v[1], v[2]) for name, v in result.items()} for result in out]
+
+
+def _kl(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+    """KL(base‖tuned) in nats of each row of ``(rows, vocab)`` float64 logits, as
+    :func:`~tokenlens.diff.runs.divergences` computes it for one row (at least 0)."""
+    log_p, log_q = base.log_softmax(-1), tuned.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)
 
 
 PASS_OVERHEAD = 10
