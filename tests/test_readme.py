@@ -16,8 +16,9 @@ from tokenlens.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-EXTERNAL_FLAGS = {"--nproc_per_node", "--num_processes", "--no-deps", "--index-url", "--sizes"}
-"""Flags the README names for other programs: torchrun, accelerate, pip, benchmarks/attribution_speed.py."""
+EXTERNAL_FLAGS = {"--nproc_per_node", "--num_processes", "--no-deps", "--index-url", "--sizes", "--repeats"}
+"""Flags the README names for other programs: torchrun, accelerate, pip, the benchmarks (``--sizes``,
+``--repeats``)."""
 
 
 def blocks(text: str, language: str) -> list[str]:
