@@ -19,6 +19,7 @@ from tokenlens.causal.effects import (
     measure,
     measure_all,
     resolve_sites,
+    rows_can_share,
     same_length,
     site_layer,
 )
@@ -84,7 +85,7 @@ def patch_from(
     seq = corrupted_ids.shape[1]
     if positions is not None and not all(0 <= p < seq for p in positions):
         raise TokenlensError(f"patch positions {list(positions)} must lie in 0..{seq - 1}")
-    batched = not any(s.kind == "expert" for s in sites)  # expert terms are computed per whole batch
+    batched = rows_can_share(sites)
     entries = [e for e in entry_sites(model, spec) if e not in sites] if batched else []
     corrupted, corrupted_values = record_run(model, spec, corrupted_ids, metric, [*sites, *entries])
     for site in sites:

@@ -196,6 +196,12 @@ def _groups(variants: Sequence[Variant], n_layers: int) -> list[list[int]]:
     return groups[::-1]
 
 
+def rows_can_share(sites: Sequence[Site]) -> bool:
+    """Whether runs editing ``sites`` can be rows of one batch (:func:`measure_all`): not with expert sites,
+    whose terms are computed for the whole batch."""
+    return not any(s.kind == "expert" for s in sites)
+
+
 def site_layer(sites: Sequence[Site]) -> int:
     """The first layer any of ``sites`` changes (0 with ``embed``)."""
     return min((0 if s.layer is None else s.layer for s in sites), default=0)
@@ -314,7 +320,7 @@ def ablate(
         TokenlensError: Bad mode or reference prompts (see :func:`ablation_edits`).
     """
     edits, reference = ablation_edits(model, spec, input_ids, sites, mode=mode, reference_ids=reference_ids)
-    batched = not any(s.kind == "expert" for s in sites)  # expert terms are computed per whole batch
+    batched = rows_can_share(sites)
     held: dict[str, torch.Tensor] = {}
     entries = entry_sites(model, spec) if batched else []
     seen: list[torch.Tensor] = []

@@ -32,6 +32,7 @@ from torch import nn
 
 from tokenlens.capture.internals import capture_internals
 from tokenlens.capture.residual import capture_residual, component_names
+from tokenlens.causal.effects import site_layer
 from tokenlens.causal.estimates import activation_gradients, gradients_of
 from tokenlens.causal.grids import default_batch, skip_layers
 from tokenlens.causal.interventions import Edit, record, replace
@@ -42,6 +43,7 @@ from tokenlens.diff.runs import (
     Run,
     Tracked,
     capture_run,
+    enter_at,
     patch_batch,
     patch_changes,
     read,
@@ -253,8 +255,8 @@ def _padded_logits(
         return edit
 
     edits: dict[Site, Edit] = {site: add(changes) for site, changes in by_site.items()}
-    first = min((site.layer or 0) for site in by_site) if by_site else 0
-    start, skip = _entry(first, [requests[row.request].runs for row in batch], which)
+    runs = [requests[row.request].runs for row in batch]
+    start, skip = enter_at(site_layer(list(by_site)), [r[which].values if r else None for r in runs])
     edits |= start
     positions = sorted({requests[row.request].position for row in batch})
     with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
@@ -385,8 +387,8 @@ def record_many(
                 chunk = [requests[k] for k in rows]
                 ids, mask = pad_right([r.input_ids for r in chunk])
                 sites = list(dict.fromkeys(s for r in chunk for s in r.sites))
-                first = min((s.layer or 0) for s in sites)
-                edits, skip = _entry(first, [r.runs for r in chunk], which)
+                streams = [r.runs[which].values for r in chunk]
+                edits, skip = enter_at(site_layer(sites), streams)
                 with (
                     torch.no_grad(),
                     record(model, pair.spec, sites) as values,
@@ -398,23 +400,6 @@ def record_many(
                     seq = r.input_ids.shape[1]
                     out[k][which] = {s.name: values[s.name][b : b + 1, :seq].clone() for s in r.sites}
     return out
-
-
-def _entry(first: int, runs: Sequence[Mapping[str, Run] | None], which: str) -> tuple[dict[Site, Edit], int]:
-    """The edit that writes each row's recorded stream (``runs[row][which]``) into layer ``first`` and the
-    number of layers before it to skip: none when ``first`` is 0 or a row has no recorded stream."""
-    entry = Site(f"L{first}.resid", "resid", first)
-    if first == 0 or not all(r and entry.name in r[which].values for r in runs):
-        return {}, 0
-    held = [r[which].values[entry.name] for r in runs]
-
-    def start(a: torch.Tensor) -> torch.Tensor:
-        new = a.clone()
-        for row, stream in enumerate(held):
-            new[row : row + 1, : stream.shape[1]] = stream.to(a)
-        return new
-
-    return {entry: start}, first
 
 
 def _forward(

@@ -443,6 +443,7 @@ def _effects(
         rows = [ComponentEffect(n, direct[n]) for n in split.names]
         return tuple(sorted_effects(rows)), (), (), (), ("causal effects not measured (--no-causal)",)
     sites = {s.name: s for s in layer_sites(bare_model(pair.tuned.model), pair.spec)}
+    # attribution patching on the base run: Σ (a_T − a_B) · ∂logit/∂a_B per site (ESTIMATES)
     metric = _metric(position, tracked)
     pairs = yield GradientRequest(input_ids, metric, tuple(sites.values()))
     estimates = {name: float(((tuned.values[name].float() - a) * g).sum()) for name, (a, g) in pairs.items()}

@@ -25,6 +25,7 @@ from torch import nn
 from tokenlens.attribution.readout import stream_logits
 from tokenlens.capture.internals import LayerInternals, capture_internals
 from tokenlens.capture.residual import ResidualCapture, capture_residual, component_names
+from tokenlens.causal.effects import entry_sites, site_layer
 from tokenlens.causal.grids import default_batch, skip_layers
 from tokenlens.causal.interventions import Edit, block_virtual_attention, record, replace
 from tokenlens.causal.sites import Site
@@ -136,7 +137,7 @@ def record_sites(
     ``held`` (the same run's ``L{i}.resid`` streams, :func:`capture_run`) the pass starts at the first
     layer of ``sites``, as :func:`patched_logits` does."""
     seq = input_ids.shape[1]
-    edits, skip = _start(sites, held)
+    edits, skip = enter_at(site_layer(sites), [held])
     with (
         torch.no_grad(),
         record(model, spec, sites) as values,
@@ -147,15 +148,27 @@ def record_sites(
     return {name: v[:, v.shape[1] - seq :] for name, v in values.items()}
 
 
-def _start(sites, held: Mapping[str, torch.Tensor] | None) -> tuple[dict[Site, Edit], int]:
-    """The edit writing the recorded stream into the first layer of ``sites`` and the number of layers
-    before it to skip (none without ``held`` or when that layer is the first)."""
-    first = min((0 if site.layer is None else site.layer) for site in sites) if sites else 0
+def enter_at(
+    first: int, streams: Sequence[Mapping[str, torch.Tensor] | None]
+) -> tuple[dict[Site, Edit], int]:
+    """The edit that writes each batch row's recorded stream into layer ``first`` and the number of layers
+    before it to skip; none when ``first`` is 0 or a row has no recorded stream.
+
+    ``streams[r]`` is the values of row ``r``'s unpatched run (:attr:`Run.values`), holding ``L{first}.resid``
+    ``(1, seq_r, d_model)``; a shorter row's stream fills its real positions only (right padding).
+    """
     entry = Site(f"L{first}.resid", "resid", first)
-    if not held or first == 0 or entry.name not in held:
+    if first == 0 or not all(held and entry.name in held for held in streams):
         return {}, 0
-    stream = held[entry.name]
-    return {entry: lambda a: stream.to(a).expand(a.shape[0], -1, -1).clone()}, first
+    rows = [held[entry.name] for held in streams]
+
+    def start(a: torch.Tensor) -> torch.Tensor:
+        new = a.clone()
+        for r, stream in enumerate(rows):
+            new[r : r + 1, : stream.shape[1]] = stream.to(a)
+        return new
+
+    return {entry: start}, first
 
 
 def patched_logits(
@@ -188,7 +201,7 @@ def patched_logits(
 
         return edit
 
-    start, skip = _start(sites, held)
+    start, skip = enter_at(site_layer(list(sites)), [held] * len(plans))
     edits = {site: merged(site) for site in sites} | start
     batch = input_ids.expand(len(plans), -1)
     with torch.no_grad(), replace(model, spec, edits), skip_layers(model, spec, skip):
@@ -197,7 +210,7 @@ def patched_logits(
 
 def stream_sites(model: nn.Module, spec: ArchitectureSpec) -> list[Site]:
     """``L{i}.resid`` for every layer but the first: the streams a patched run can start from."""
-    return [Site(f"L{i}.resid", "resid", i) for i in range(1, len(spec.layer_list(model)))]
+    return entry_sites(model, spec)[1:]
 
 
 def blocked_logits(
